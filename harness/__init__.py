@@ -1,0 +1,1 @@
+"""attnbench measurement harness: inputs, accuracy, timing, memory, results, scaling, report."""

@@ -1,0 +1,220 @@
+"""Conformance kit: the checks every attention variant must pass, built-in or plugin.
+
+A plugin's own tests run the same kit as the built-ins::
+
+    from harness.conformance import run_conformance
+    def test_my_variant():
+        run_conformance("my_variant")               # registry name, or
+        run_conformance(lambda **kw: MyVariant(**kw))  # a factory taking seq_len, head_dim, seed
+
+Each ``check_*`` function raises ``AssertionError`` with a message on failure, so it can be used
+from pytest (``tests/test_conformance.py`` parametrizes every check over
+``variants.available()``) or from a script.
+
+Checks: output shape, dtype and device; finite outputs on random inputs; causal outputs do not
+depend on future keys and values (bottom-right aligned); exact variants match the float64
+reference (fp32 within 1e-5 relative); backward runs and gives finite gradients (exact variants:
+gradients match the reference); the same seed gives the same output; cross-attention lengths.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import variants
+from harness.reference import reference_attention, reference_grads, reference_mask
+from variants.base import AttentionVariant
+
+Factory = Callable[..., AttentionVariant]
+
+#: Shapes the kit runs: (batch, heads, q_len, kv_len, head_dim). Lengths are not multiples of
+#: common block sizes on purpose.
+SELF_SHAPE = (2, 3, 67, 67, 16)
+CROSS_SHAPE = (2, 3, 37, 83, 16)
+
+
+def _factory(variant: str | Factory) -> Factory:
+    if isinstance(variant, str):
+        return lambda **kw: variants.create(variant, **kw)
+    return variant
+
+
+def build(variant: str | Factory, seq_len: int, head_dim: int, seed: int = 0) -> AttentionVariant:
+    """Build a variant for a shape, passing ``seed`` only to variants that accept it."""
+    factory = _factory(variant)
+    params: dict[str, Any] = {"seq_len": seq_len, "head_dim": head_dim}
+    target = factory if not isinstance(variant, str) else variants.get_class(variant).__init__
+    try:
+        accepts_seed = "seed" in inspect.signature(target).parameters or any(
+            p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()
+        )
+    except (TypeError, ValueError):
+        accepts_seed = False
+    if accepts_seed:
+        params["seed"] = seed
+    module = factory(**params)
+    torch.manual_seed(seed)
+    return module
+
+
+def make_qkv(shape: tuple[int, int, int, int, int], seed: int = 0, dtype=torch.float32,
+             device="cpu", requires_grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Random (never zero) q, k, v for ``(batch, heads, q_len, kv_len, head_dim)``."""
+    b, h, nq, nk, d = shape
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(b, h, nq, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, h, nk, d, generator=gen, dtype=torch.float64)
+    v = torch.randn(b, h, nk, d, generator=gen, dtype=torch.float64)
+    out = tuple(t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (q, k, v))
+    return out  # type: ignore[return-value]
+
+
+def _runs(module: AttentionVariant, q, k, v, causal: bool) -> bool:
+    return not module.not_supported_reasons(q, k, v, causal)
+
+
+def _cases(module: AttentionVariant) -> list[tuple[tuple, bool]]:
+    cases = [(SELF_SHAPE, False)]
+    if module.supports_causal:
+        cases.append((SELF_SHAPE, True))
+    if module.supports_cross:
+        cases.append((CROSS_SHAPE, False))
+        if module.supports_causal:
+            cases.append((CROSS_SHAPE, True))
+    return cases
+
+
+def check_interface(variant: str | Factory) -> None:
+    """Class constants are present and typed; flops and analytic memory are positive ints."""
+    module = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
+    assert isinstance(module, AttentionVariant), f"{module!r} is not an AttentionVariant"
+    for attr in ("exact", "supports_causal", "supports_cross"):
+        assert isinstance(getattr(module, attr), bool), f"{attr} must be a bool"
+    assert isinstance(module.name, str) and module.name, "name must be a non-empty str"
+    b, h, n, _, d = SELF_SHAPE
+    flops = module.flops(b, h, n, n, d, False)
+    assert isinstance(flops, int) and flops > 0, f"flops() must be a positive int, got {flops!r}"
+    mem = module.analytic_mem_bytes(b, h, n, n, d, False)
+    assert isinstance(mem, int) and mem > 0, f"analytic_mem_bytes must be positive int: {mem!r}"
+    q, k, v = make_qkv(SELF_SHAPE)
+    reasons = module.not_supported_reasons(q, k, v, False)
+    assert isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
+    if module.supports_causal is False:
+        assert module.not_supported_reasons(q, k, v, True), "causal must be reported unsupported"
+    json_ok = module.config()
+    assert isinstance(json_ok, dict)
+
+
+def check_shape_dtype_device_finite(variant: str | Factory) -> None:
+    """Output has shape (B, H, Nq, Dv), the input dtype and device, and no NaN/Inf."""
+    for shape, causal in _cases(build(variant, SELF_SHAPE[2], SELF_SHAPE[4])):
+        module = build(variant, shape[3], shape[4])
+        q, k, v = make_qkv(shape)
+        if not _runs(module, q, k, v, causal):
+            continue
+        out = module(q, k, v, causal=causal)
+        b, h, nq, _, d = shape
+        assert out.shape == (b, h, nq, d), f"shape {tuple(out.shape)} != {(b, h, nq, d)}"
+        assert out.dtype == q.dtype, f"dtype {out.dtype} != {q.dtype}"
+        assert out.device == q.device
+        assert torch.isfinite(out).all(), f"non-finite output (causal={causal}, shape={shape})"
+
+
+def check_causal_no_future(variant: str | Factory) -> None:
+    """Perturbing keys/values a query may not see leaves that query's output unchanged."""
+    probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
+    if not probe.supports_causal:
+        return
+    for shape in ([SELF_SHAPE, CROSS_SHAPE] if probe.supports_cross else [SELF_SHAPE]):
+        module = build(variant, shape[3], shape[4])
+        q, k, v = make_qkv(shape, seed=1)
+        if not _runs(module, q, k, v, True):
+            continue
+        nq, nk = shape[2], shape[3]
+        cut = nq // 2  # queries [0, cut) see keys j <= i + (nk - nq) <= cut - 1 + nk - nq
+        first_hidden = cut + (nk - nq)
+        k2, v2 = k.clone(), v.clone()
+        gen = torch.Generator().manual_seed(7)
+        k2[..., first_hidden:, :] += 3 * torch.randn(k2[..., first_hidden:, :].shape, generator=gen)
+        v2[..., first_hidden:, :] += 3 * torch.randn(v2[..., first_hidden:, :].shape, generator=gen)
+        with torch.no_grad():
+            a = module(q, k, v, causal=True)[..., :cut, :]
+            b = module(q, k2, v2, causal=True)[..., :cut, :]
+        torch.testing.assert_close(
+            a, b, rtol=1e-5, atol=1e-6,
+            msg=lambda m: f"causal output depends on future keys/values ({shape}): {m}",
+        )
+        assert reference_mask(nq, nk)[:cut, first_hidden:].sum() == 0
+
+
+def check_exact_matches_reference(variant: str | Factory) -> None:
+    """Variants declaring ``exact = True`` match float64 attention (fp32: 1e-5 relative)."""
+    probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
+    if not probe.exact:
+        return
+    for shape, causal in _cases(probe):
+        module = build(variant, shape[3], shape[4])
+        q, k, v = make_qkv(shape, seed=2)
+        if not _runs(module, q, k, v, causal):
+            continue
+        with torch.no_grad():
+            out = module(q, k, v, causal=causal).double()
+        ref = reference_attention(q, k, v, causal=causal)
+        rel = ((out - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-5, f"exact variant off by rel {rel:.2e} (causal={causal}, {shape})"
+
+
+def check_backward(variant: str | Factory) -> None:
+    """Backward runs and gives finite gradients; exact variants' gradients match the reference."""
+    probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
+    if not probe.supports_backward:
+        return
+    for shape, causal in _cases(probe):
+        module = build(variant, shape[3], shape[4])
+        q, k, v = make_qkv(shape, seed=3, requires_grad=True)
+        if not _runs(module, q, k, v, causal):
+            continue
+        out = module(q, k, v, causal=causal)
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+        out.backward(grad_out)
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            assert t.grad is not None and torch.isfinite(t.grad).all(), f"d{name} not finite"
+        if probe.exact:
+            refs = reference_grads(q, k, v, grad_out, causal=causal)
+            for name, t, ref in zip("qkv", (q, k, v), refs):
+                rel = ((t.grad.double() - ref).norm() / ref.norm()).item()
+                assert rel <= 1e-4, f"d{name} off by rel {rel:.2e} (causal={causal}, {shape})"
+
+
+def check_seed_determinism(variant: str | Factory) -> None:
+    """Two instances built with the same seed give the same output on the same inputs."""
+    shape = SELF_SHAPE
+    a_mod = build(variant, shape[3], shape[4], seed=5)
+    b_mod = build(variant, shape[3], shape[4], seed=5)
+    q, k, v = make_qkv(shape, seed=6)
+    if not _runs(a_mod, q, k, v, False):
+        return
+    with torch.no_grad():
+        a, b = a_mod(q, k, v), b_mod(q, k, v)
+    torch.testing.assert_close(a, b, rtol=0, atol=0, msg="same seed gave different outputs")
+
+
+CHECKS: dict[str, Callable[[str | Factory], None]] = {
+    "interface": check_interface,
+    "shape_dtype_device_finite": check_shape_dtype_device_finite,
+    "causal_no_future": check_causal_no_future,
+    "exact_matches_reference": check_exact_matches_reference,
+    "backward": check_backward,
+    "seed_determinism": check_seed_determinism,
+}
+
+
+def run_conformance(variant: str | Factory) -> None:
+    """Run every check on ``variant`` (registry name or factory); raise on the first failure."""
+    for check in CHECKS.values():
+        check(variant)

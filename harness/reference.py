@@ -1,0 +1,85 @@
+"""The exact float64 softmax-attention reference every measurement and test compares with.
+
+Computed independently of any variant (plain matmuls in float64 on the inputs' device, or on the
+CPU when asked), with the suite's bottom-right causal convention. Never compare a variant with
+itself: this module does not import ``variants``' implementations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def reference_mask(q_len: int, kv_len: int, device: torch.device | str | None = None) -> Tensor:
+    """Bottom-right causal mask, True where allowed: key j visible to query i iff j <= i + Nk-Nq."""
+    i = torch.arange(q_len, device=device)[:, None]
+    j = torch.arange(kv_len, device=device)[None, :]
+    return j <= i + (kv_len - q_len)
+
+
+def reference_probs(
+    q: Tensor,
+    k: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Exact attention matrix ``softmax(q k^T * scale)`` in float64, ``(B, H, Nq, Nk)``.
+
+    Args:
+        q: ``(B, H, Nq, D)`` queries.
+        k: ``(B, H, Nk, D)`` keys.
+        causal: Apply the bottom-right causal mask.
+        scale: Softmax scale; default ``1/sqrt(D)``.
+        mask: Optional boolean ``(Nq, Nk)`` (or broadcastable) mask, True where allowed; combined
+            with the causal mask. Used for masked references (sliding windows, padding).
+    """
+    q64, k64 = q.detach().double(), k.detach().double()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q64, k64.transpose(-2, -1)) * scale
+    allowed = None
+    if causal:
+        allowed = reference_mask(q.shape[-2], k.shape[-2], device=q.device)
+    if mask is not None:
+        allowed = mask if allowed is None else allowed & mask
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def reference_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Exact softmax attention in float64: ``softmax(q k^T * scale) v``, ``(B, H, Nq, Dv)``."""
+    return torch.matmul(reference_probs(q, k, causal, scale, mask), v.detach().double())
+
+
+def reference_attention_autograd(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None
+) -> Tensor:
+    """Like :func:`reference_attention` but differentiable (inputs must be float64 leaves)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if causal:
+        allowed = reference_mask(q.shape[-2], k.shape[-2], device=q.device)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def reference_grads(
+    q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact float64 gradients ``(dq, dk, dv)`` of attention for upstream gradient ``grad_out``."""
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    out = reference_attention_autograd(q64, k64, v64, causal, scale)
+    dq, dk, dv = torch.autograd.grad(out, (q64, k64, v64), grad_out.detach().double())
+    return dq, dk, dv

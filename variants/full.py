@@ -1,0 +1,53 @@
+"""Textbook softmax attention: ``softmax(Q K^T / sqrt(d)) V`` with the n x n matrix in memory.
+
+The plain reference path (Vaswani et al. 2017, "Attention Is All You Need"). It materialises the
+full ``(B, H, Nq, Nk)`` score matrix, so its time and memory grow as O(Nq * Nk); it is the
+baseline the efficient variants are compared with and the eager path that defines correctness.
+Causal attention uses the bottom-right aligned mask of :func:`variants.base.causal_mask`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from variants.base import AttentionVariant, causal_mask
+
+
+class FullAttention(AttentionVariant):
+    """Exact softmax attention with an explicit score matrix.
+
+    Args:
+        seq_len: Ignored (accepted for a uniform constructor).
+        head_dim: Ignored.
+        scale: Softmax scale; default ``1/sqrt(head_dim)``.
+    """
+
+    name: ClassVar[str] = "full"
+    exact: ClassVar[bool] = True
+    supports_causal: ClassVar[bool] = True
+    supports_cross: ClassVar[bool] = True
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * self.softmax_scale(q.shape[-1])
+        # scores: (B, H, Nq, Nk)
+        if causal:
+            mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # (B, H, Nq, Nk)
+        return torch.matmul(probs, v)  # (B, H, Nq, Dv)
+
+    def flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # QK^T and PV, each 2 * Nq * Nk * D; the causal mask does not skip work here.
+        return 4 * batch * heads * q_len * kv_len * head_dim
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+    ) -> int:
+        # scores and probabilities (and the mask copy when causal), plus the output
+        n_mats = 3 if causal else 2
+        return batch * heads * (n_mats * q_len * kv_len + q_len * head_dim) * element_size

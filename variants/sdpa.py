@@ -1,0 +1,114 @@
+"""PyTorch ``scaled_dot_product_attention`` with its backend pinned.
+
+Exact softmax attention through ``torch.nn.functional.scaled_dot_product_attention``. The
+``backend`` parameter pins one kernel through ``torch.nn.attention.sdpa_kernel``: ``math``
+(eager reference), ``flash`` (FlashAttention-2, CUDA fp16/bf16), ``efficient`` (memory-efficient
+attention), ``cudnn`` (cuDNN fused attention), or ``auto`` (let PyTorch choose). A pinned
+backend that the device or inputs cannot use is reported by ``not_supported_reasons``, never
+replaced by another kernel: a benchmark row that says ``flash`` ran flash.
+
+Causal attention with ``q_len != kv_len`` uses an explicit bottom-right boolean mask, because
+SDPA's ``is_causal=True`` aligns to the top left; with equal lengths ``is_causal=True`` is used.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from variants.base import AttentionVariant, causal_mask, check_choice
+
+BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
+
+
+def _sdp_backend(backend: str):
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "math": SDPBackend.MATH,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }[backend]
+
+
+class SDPAAttention(AttentionVariant):
+    """Exact attention through ``F.scaled_dot_product_attention``.
+
+    Args:
+        backend: One of auto, math, flash, efficient, cudnn. Default ``auto``.
+        seq_len: Ignored.
+        head_dim: Ignored.
+        scale: Softmax scale; default ``1/sqrt(head_dim)``.
+    """
+
+    name: ClassVar[str] = "sdpa"
+    exact: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        seq_len: int | None = None,
+        head_dim: int | None = None,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        self.backend = check_choice(self.name, "backend", backend, BACKENDS)
+
+    def _call(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+        mask = None
+        is_causal = False
+        if causal:
+            if q.shape[-2] == k.shape[-2]:
+                is_causal = True
+            else:
+                mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.softmax_scale(q.shape[-1])
+        )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        if self.backend == "auto":
+            return self._call(q, k, v, causal)
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel([_sdp_backend(self.backend)]):
+            return self._call(q, k, v, causal)  # (B, H, Nq, Dv)
+
+    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        reasons = super().not_supported_reasons(q, k, v, causal)
+        if reasons or self.backend in ("auto", "math"):
+            return reasons
+        if q.device.type != "cuda":
+            return [f"sdpa: backend {self.backend} needs a CUDA device (got {q.device.type})"]
+        # Ask PyTorch itself: run on a tiny slice with the backend pinned; a kernel that cannot
+        # run raises "No available kernel" and warns why. Cheap next to any real point.
+        probe = (q[:1, :1], k[:1, :1], v[:1, :1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self.forward(*probe, causal=causal)
+            except RuntimeError as exc:
+                why = "; ".join(str(w.message).splitlines()[0] for w in caught) or str(exc)
+                return [f"sdpa: backend {self.backend} cannot run these inputs: {why}"]
+        return reasons
+
+    def flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # Report the work of the attention as defined (no causal discount), like `full`, so
+        # that achieved rates of exact kernels are comparable.
+        return 4 * batch * heads * q_len * kv_len * head_dim
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+    ) -> int:
+        out = batch * heads * q_len * head_dim * element_size
+        if self.backend in ("flash", "efficient", "cudnn"):
+            return out + batch * heads * q_len * 4  # log-sum-exp per row
+        # math (and the CPU's auto path for long sequences) materialise scores
+        return out + 2 * batch * heads * q_len * kv_len * element_size

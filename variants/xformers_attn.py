@@ -1,0 +1,102 @@
+"""xformers ``memory_efficient_attention`` (Rabe & Staats 2021; Lefaudeux et al., xformers).
+
+Exact softmax attention computed blockwise without the n x n matrix, through
+``xformers.ops.memory_efficient_attention``. xformers takes ``(B, N, H, D)`` tensors, so the
+layout is converted on the way in and out. Its kernels are CUDA-only: on a CPU, or where the
+package is not installed, the variant reports itself unsupported with the reason. xformers is an
+optional dependency (``pip install attnbench[xformers]``) imported only inside this module's
+functions.
+
+Causal with ``q_len != kv_len`` uses ``LowerTriangularFromBottomRightMask``, matching the
+suite's bottom-right convention.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from variants.base import AttentionVariant
+
+
+def xformers_import_error() -> str | None:
+    """Why xformers.ops cannot be imported here, or None when it can."""
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure means "unusable", with its reason
+        return f"xformers is not importable ({type(exc).__name__}: {exc}); pip install xformers"
+    return None
+
+
+class XFormersAttention(AttentionVariant):
+    """Exact attention through ``xformers.ops.memory_efficient_attention`` (CUDA only).
+
+    Args:
+        seq_len: Ignored.
+        head_dim: Ignored.
+        scale: Softmax scale; default ``1/sqrt(head_dim)``.
+    """
+
+    name: ClassVar[str] = "xformers"
+    exact: ClassVar[bool] = True
+    supported_devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+    )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        import xformers.ops as xops
+        from xformers.ops import fmha
+
+        bias = None
+        if causal:
+            bias = (
+                fmha.attn_bias.LowerTriangularMask()
+                if q.shape[-2] == k.shape[-2]
+                else fmha.attn_bias.LowerTriangularFromBottomRightMask()
+            )
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2),  # (B, Nq, H, D)
+            k.transpose(1, 2),  # (B, Nk, H, D)
+            v.transpose(1, 2),  # (B, Nk, H, Dv)
+            attn_bias=bias,
+            scale=self.softmax_scale(q.shape[-1]),
+        )
+        return out.transpose(1, 2)  # (B, H, Nq, Dv)
+
+    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        reasons = super().not_supported_reasons(q, k, v, causal)
+        err = xformers_import_error()
+        if err:
+            reasons.append(f"xformers: {err}")
+        if reasons:
+            return reasons
+        # Let xformers' own dispatcher say why no operator fits (head dim, alignment, ...).
+        try:
+            from xformers.ops import fmha
+
+            inp = fmha.Inputs(
+                query=q[:1].transpose(1, 2),
+                key=k[:1].transpose(1, 2),
+                value=v[:1].transpose(1, 2),
+                attn_bias=None,
+                scale=self.softmax_scale(q.shape[-1]),
+            )
+            fmha.dispatch._dispatch_fw(inp, False)
+        except Exception as exc:  # noqa: BLE001 - xformers raises NotImplementedError w/ reasons
+            reasons.append(f"xformers: no operator for these inputs: {str(exc).strip()[:400]}")
+        return reasons
+
+    def flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        return 4 * batch * heads * q_len * kv_len * head_dim
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+    ) -> int:
+        return batch * heads * q_len * (head_dim * element_size + 4)
