@@ -288,7 +288,8 @@ def run_point(cfg: DictConfig) -> list[dict[str, Any]]:
     point["run_id"] = Path(hc.sweep.dir if multirun else hc.run.dir).name
     pid = point_id(point)
     total = os.environ.get("ATTNBENCH_SWEEP_TOTAL")
-    index = f"{hc.job.num + 1}/{total}" if multirun and total else str(hc.job.num + 1)
+    num = hc.job.num + 1 if multirun else 1
+    index = f"{num}/{total}" if multirun and total else str(num)
 
     if multirun and not cfg.force:
         if pid in existing_point_ids(Path(hc.sweep.dir)):

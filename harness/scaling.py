@@ -39,9 +39,27 @@ SERIES_KEYS: list[str] = CONTEXT_KEYS + ["series", "variant"]
 BASELINES: tuple[str, ...] = ("full", "sdpa")
 
 _NUMERIC = [
-    "batch", "heads", "q_len", "kv_len", "head_dim", "seed", "time_ms", "time_iqr_ms",
-    "peak_mem_bytes", "analytic_mem_bytes", "flops", "tflops", "matmul_tflops", "rel_err",
-    "rel_err_std", "max_abs_err", "cosine", "grad_rel_err", "attn_kl", "attn_tv", "setup_ms",
+    "batch",
+    "heads",
+    "q_len",
+    "kv_len",
+    "head_dim",
+    "seed",
+    "time_ms",
+    "time_iqr_ms",
+    "peak_mem_bytes",
+    "analytic_mem_bytes",
+    "flops",
+    "tflops",
+    "matmul_tflops",
+    "rel_err",
+    "rel_err_std",
+    "max_abs_err",
+    "cosine",
+    "grad_rel_err",
+    "attn_kl",
+    "attn_tv",
+    "setup_ms",
 ]
 
 

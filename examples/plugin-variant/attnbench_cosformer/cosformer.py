@@ -85,7 +85,9 @@ class CosFormerAttention(AttentionVariant):
     ) -> None:
         super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
         self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
-        self.max_len = None if max_len is None else check_positive_int(self.name, "max_len", max_len)
+        self.max_len = (
+            None if max_len is None else check_positive_int(self.name, "max_len", max_len)
+        )
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise VariantConfigError(f"{self.name}: eps={eps!r} must be a number in (0, 1)")
         self.eps = float(eps)
@@ -133,10 +135,13 @@ class CosFormerAttention(AttentionVariant):
         # Earlier chunks: exclusive prefix sums of the per-chunk states.
         chunk_kv = torch.matmul(kc.transpose(-2, -1), vc)  # (B, H, C, 2D, Dv)
         chunk_ksum = kc.sum(dim=-2)  # (B, H, C, 2D)
-        prev_kv = torch.cumsum(torch.cat([torch.zeros_like(chunk_kv[:, :, :1]),
-                                          chunk_kv[:, :, :-1]], dim=2), dim=2)
-        prev_ksum = torch.cumsum(torch.cat([torch.zeros_like(chunk_ksum[:, :, :1]),
-                                            chunk_ksum[:, :, :-1]], dim=2), dim=2)
+        prev_kv = torch.cumsum(
+            torch.cat([torch.zeros_like(chunk_kv[:, :, :1]), chunk_kv[:, :, :-1]], dim=2), dim=2
+        )
+        prev_ksum = torch.cumsum(
+            torch.cat([torch.zeros_like(chunk_ksum[:, :, :1]), chunk_ksum[:, :, :-1]], dim=2),
+            dim=2,
+        )
         num = torch.matmul(qc, prev_kv)  # (B, H, C, chunk, Dv)
         den = torch.matmul(qc, prev_ksum.unsqueeze(-1))  # (B, H, C, chunk, 1)
 
@@ -162,9 +167,11 @@ class CosFormerAttention(AttentionVariant):
             padded = n_chunks * chunk
             per_head = (
                 4 * padded * feat * d  # chunk states and the inter-chunk product
-                + padded * feat + 2 * padded * feat  # key sums and inter-chunk normaliser
+                + padded * feat
+                + 2 * padded * feat  # key sums and inter-chunk normaliser
                 + n_chunks * feat * (d + 1)  # prefix sums
-                + 2 * padded * chunk * (feat + d) + padded * chunk  # intra-chunk products
+                + 2 * padded * chunk * (feat + d)
+                + padded * chunk  # intra-chunk products
             )
         return int(batch * heads * per_head)
 
@@ -188,7 +195,10 @@ class CosFormerAttention(AttentionVariant):
             padded = n_chunks * chunk
             # padded features, per-chunk and prefix states, intra scores, two numerators, out
             elems = (
-                2 * padded * feat + 2 * n_chunks * feat * d + padded * chunk
-                + 2 * padded * d + q_len * d
+                2 * padded * feat
+                + 2 * n_chunks * feat * d
+                + padded * chunk
+                + 2 * padded * d
+                + q_len * d
             )
         return int(batch * heads * elems * element_size)

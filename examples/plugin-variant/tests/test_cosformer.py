@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
+from attnbench_cosformer import CosFormerAttention
 
 import variants
-from attnbench_cosformer import CosFormerAttention
 from harness.conformance import CHECKS, run_conformance
 from variants import VariantConfigError
 
@@ -80,8 +80,12 @@ def test_max_len_and_half_precision() -> None:
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"chunk_size": 0}, "chunk_size"), ({"max_len": -1}, "max_len"), ({"eps": 0}, "eps"),
-     ({"chunk_size": 2.5}, "chunk_size")],
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"max_len": -1}, "max_len"),
+        ({"eps": 0}, "eps"),
+        ({"chunk_size": 2.5}, "chunk_size"),
+    ],
 )
 def test_bad_params_name_the_field(params: dict, field: str) -> None:
     with pytest.raises(VariantConfigError, match=f"cosformer: {field}="):

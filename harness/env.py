@@ -1,0 +1,137 @@
+"""The environment a row was measured in, and the device's measured matmul rate.
+
+Nothing optional is imported here: the xformers version is read from the installed package's
+metadata, so a broken or absent xformers never breaks a sweep.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.timing import time_callable
+
+_REPO_DIR = Path(__file__).resolve().parent
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` when a GPU is available, else ``"cpu"``; others unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op thread count (``None`` leaves it); return the count in force."""
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"measure.threads={n!r} must be an integer >= 1 or null")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (or ``platform``'s best guess)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """``HEAD`` of the checkout holding this package, ``+dirty`` if tracked files changed.
+
+    ``None`` when the package is not in a git checkout (an installed wheel) or git is missing.
+    """
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_REPO_DIR, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO_DIR,
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head or None
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Environment columns of a row: versions, device, CPU, threads, commit, host, time.
+
+    Args:
+        device: The resolved device (``cpu``, ``cuda`` or ``cuda:N``).
+
+    Returns:
+        ``torch``, ``cuda`` (CUDA runtime version torch was built with, or ``None``),
+        ``xformers`` (``None`` when not installed), ``device_name`` (GPU name or CPU model),
+        ``cpu_model``, ``threads``, ``git_commit``, ``host`` and ``time`` (ISO 8601, UTC).
+    """
+    dev = torch.device(device)
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "xformers": _package_version("xformers"),
+        "device_name": device_name,
+        "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "host": socket.gethostname(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _matmul_size(device: str, dtype: torch.dtype) -> int:
+    if torch.device(device).type == "cuda":
+        return 8192
+    # CPU half-precision GEMMs are far slower; a smaller matrix keeps the probe short.
+    return 1024 if dtype in (torch.float16, torch.bfloat16) else 2048
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_tflops(device: str, dtype: torch.dtype, threads: int) -> float:
+    n = _matmul_size(device, dtype)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    b = torch.randn(n, n, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    timing = time_callable(lambda: torch.matmul(a, b), device, min_run_time=0.5)
+    return 2 * n**3 / (timing["time_ms"] * 1e-3) / 1e12
+
+
+def matmul_tflops(device: str, dtype: torch.dtype | str) -> float:
+    """The device's achieved dense matmul rate in TFLOP/s, measured once per process.
+
+    A square ``n x n`` by ``n x n`` matmul (2048 on the CPU, 1024 for CPU half types, 8192 on
+    CUDA) is timed like every other call (median over ``torch.utils.benchmark`` blocks) and
+    counted as ``2 n^3`` FLOPs. Cached per (device, dtype, thread count).
+
+    Args:
+        device: Resolved device.
+        dtype: The dtype the points run in (or its name).
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return _matmul_tflops(str(device), dtype, torch.get_num_threads())

@@ -1,0 +1,194 @@
+"""Seeded input generators: the q, k, v a measurement point is run on.
+
+Every generator draws from its own ``torch.Generator`` (never the global RNG), in float64 on the
+CPU, and only then casts to the point's dtype and moves to its device, so the same seed gives the
+same inputs on every machine and in every dtype (up to the final rounding). Nothing is ever zero.
+
+Generators (``make_inputs(name, ...)``, parameters as keyword arguments):
+
+``gaussian`` (``temperature`` = 1.0)
+    ``q0, k0, v ~ N(0, 1)`` i.i.d.; ``q = sqrt(t) q0`` and ``k = sqrt(t) k0``, so the logits are
+    exactly ``t * q0.k0 / sqrt(d)`` with standard deviation ``t``. Small ``t`` gives nearly
+    uniform attention (high entropy), large ``t`` sharply peaked attention. q and k are scaled
+    alike (rather than q alone) so kernel methods whose error depends on ``|q|`` and ``|k|``
+    (Performer) see balanced norms.
+``local`` (``bandwidth`` = 16.0, ``temperature`` = 8.0, ``noise`` = 0.1)
+    A smooth random field ``f(p)`` over positions ``p`` with unit-norm rows and
+    ``f(p).f(p') ~= exp(-(p - p')^2 / (2 bandwidth^2))`` (random Fourier features of a Gaussian
+    kernel: ``f(p)_m = cos(w_m p + b_m)``, ``w_m ~ N(0, 1/bandwidth^2)``, ``b_m ~ U[0, 2pi)``).
+    Keys at positions ``0..Nk-1`` and queries at the bottom-right aligned positions
+    ``Nk-Nq..Nk-1`` (the suite's causal convention) take ``f`` plus ``noise`` times independent
+    Gaussian noise, renormalised to unit rows and scaled by ``sqrt(t) d^(1/4)``, so the logits are
+    ``t`` times the cosine of the two rows: attention concentrates within about ``bandwidth``
+    positions of the diagonal, more sharply for larger ``t``.
+``lowrank`` (``rank`` = 8, ``temperature`` = 1.0)
+    ``q = sqrt(t) A U`` and ``k = sqrt(t) C U`` with ``A, C ~ N(0, 1)`` of shape ``(N, rank)`` and
+    one shared basis ``U ~ N(0, 1/rank)`` of shape ``(rank, d)`` per head, so q and k (and the
+    logit matrix) have rank ``rank`` and unit-variance entries; the logits have standard
+    deviation about ``t``. ``v ~ N(0, 1)`` is full rank.
+``minilm`` (``layer`` = 0, ``head`` = None, ``text`` = None)
+    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.minilm``; needs the
+    ``attnbench[real]`` extra). Imported only when used.
+
+In every generator ``v ~ N(0, 1)`` independently of q and k.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Names accepted by :func:`make_inputs`.
+INPUT_GENERATORS: list[str] = ["gaussian", "local", "lowrank", "minilm"]
+
+#: Allowed parameters of each generator with their defaults.
+GENERATOR_PARAMS: dict[str, dict[str, Any]] = {
+    "gaussian": {"temperature": 1.0},
+    "local": {"bandwidth": 16.0, "temperature": 8.0, "noise": 0.1},
+    "lowrank": {"rank": 8, "temperature": 1.0},
+    "minilm": {"layer": 0, "head": None, "text": None},
+}
+
+QKV = tuple[Tensor, Tensor, Tensor]
+
+
+def _positive(name: str, field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"inputs {name}: {field}={value!r} must be a number > 0")
+    return float(value)
+
+
+def _normal(gen: torch.Generator, *shape: int) -> Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def _gaussian(gen: torch.Generator, b: int, h: int, nq: int, nk: int, d: int, temperature: float):
+    t = _positive("gaussian", "temperature", temperature)
+    q = _normal(gen, b, h, nq, d) * math.sqrt(t)  # (B, H, Nq, D)
+    k = _normal(gen, b, h, nk, d) * math.sqrt(t)  # (B, H, Nk, D)
+    return q, k
+
+
+def _local(
+    gen: torch.Generator,
+    b: int,
+    h: int,
+    nq: int,
+    nk: int,
+    d: int,
+    bandwidth: float,
+    temperature: float,
+    noise: float,
+):
+    bw = _positive("local", "bandwidth", bandwidth)
+    t = _positive("local", "temperature", temperature)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+        raise ValueError(f"inputs local: noise={noise!r} must be a number >= 0")
+    # Random Fourier features of a Gaussian kernel over positions, one draw per (batch, head).
+    freqs = _normal(gen, b, h, 1, d) / bw  # (B, H, 1, D)
+    phases = torch.rand(b, h, 1, d, generator=gen, dtype=torch.float64) * (2 * math.pi)
+    length = max(nq, nk)
+    pos = torch.arange(length, dtype=torch.float64).view(1, 1, length, 1)
+    field = torch.cos(pos * freqs + phases)  # (B, H, L, D)
+    # Bottom-right alignment: the last query sits at the last key's position.
+    q_field, k_field = field[:, :, length - nq :], field[:, :, length - nk :]
+    # E|f|^2 = d/2, so noise is scaled to the field's per-coordinate size sqrt(1/2).
+    q = q_field + noise * math.sqrt(0.5) * _normal(gen, b, h, nq, d)
+    k = k_field + noise * math.sqrt(0.5) * _normal(gen, b, h, nk, d)
+    # Cosines stay bounded in [-1, 1]; 1e-12 only guards a theoretical all-zero row.
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    gain = math.sqrt(t) * d**0.25  # q.k / sqrt(d) = t * cos(q, k)
+    return q * gain, k * gain
+
+
+def _lowrank(
+    gen: torch.Generator, b: int, h: int, nq: int, nk: int, d: int, rank: int, temperature: float
+):
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d:
+        raise ValueError(f"inputs lowrank: rank={rank!r} must be an integer in [1, head_dim={d}]")
+    t = _positive("lowrank", "temperature", temperature)
+    basis = _normal(gen, b, h, rank, d) / math.sqrt(rank)  # (B, H, r, D), unit-variance products
+    q = torch.matmul(_normal(gen, b, h, nq, rank), basis) * math.sqrt(t)  # (B, H, Nq, D)
+    k = torch.matmul(_normal(gen, b, h, nk, rank), basis) * math.sqrt(t)  # (B, H, Nk, D)
+    return q, k
+
+
+_SYNTHETIC: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "gaussian": _gaussian,
+    "local": _local,
+    "lowrank": _lowrank,
+}
+
+
+def check_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate a generator name and parameter names; return the parameters with defaults.
+
+    Raises:
+        ValueError: naming the unknown generator or parameter and the allowed values.
+    """
+    if name not in GENERATOR_PARAMS:
+        raise ValueError(
+            f"inputs: unknown generator {name!r}; allowed: {', '.join(INPUT_GENERATORS)}"
+        )
+    allowed = GENERATOR_PARAMS[name]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"inputs {name}: unknown parameter {unknown[0]!r}; allowed: "
+            f"{', '.join(allowed) or '(none)'}"
+        )
+    return {**allowed, **params}
+
+
+def make_inputs(
+    name: str,
+    batch: int,
+    heads: int,
+    q_len: int,
+    kv_len: int,
+    head_dim: int,
+    dtype: torch.dtype | str,
+    device: torch.device | str,
+    seed: int,
+    **params: Any,
+) -> QKV:
+    """Seeded ``q (B, H, Nq, D)``, ``k (B, H, Nk, D)``, ``v (B, H, Nk, D)`` from a generator.
+
+    Args:
+        name: One of :data:`INPUT_GENERATORS`.
+        batch: Batch size B.
+        heads: Number of heads H.
+        q_len: Query length Nq.
+        kv_len: Key/value length Nk.
+        head_dim: Head dimension D (of q, k and v).
+        dtype: Output dtype (``torch.float32`` or its name, ``"float32"``).
+        device: Output device.
+        seed: Seed of the generator's own ``torch.Generator``.
+        **params: The generator's parameters (see the module docstring).
+
+    Returns:
+        ``(q, k, v)`` in ``dtype`` on ``device``, not requiring grad.
+
+    Raises:
+        ValueError: for an unknown generator or parameter, or a parameter out of range.
+    """
+    full = check_params(name, params)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if name == "minilm":
+        from harness.minilm import minilm_qkv  # optional: needs transformers and the weights
+
+        return minilm_qkv(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)
+    for field, value in (("batch", batch), ("heads", heads), ("q_len", q_len),
+                         ("kv_len", kv_len), ("head_dim", head_dim)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"inputs {name}: {field}={value!r} must be an integer >= 1")
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    q, k = _SYNTHETIC[name](gen, batch, heads, q_len, kv_len, head_dim, **full)
+    v = _normal(gen, batch, heads, kv_len, head_dim)  # (B, H, Nk, D)
+    return tuple(t.to(dtype=dtype).to(device).contiguous() for t in (q, k, v))  # type: ignore[return-value]

@@ -1,0 +1,249 @@
+"""Measure one point: accuracy, time, memory and FLOPs of a variant, one row per pass.
+
+:func:`measure_point` follows ../shared/DESIGN.md step by step and delegates the work to
+:mod:`harness.inputs`, :mod:`harness.accuracy`, :mod:`harness.timing`, :mod:`harness.memory`
+and :mod:`harness.env`. It never raises for a failing point: the failure becomes the rows'
+``status`` (``unsupported``, ``oom``, ``nan``, ``error``) with a ``reason``, memory is released,
+and the sweep goes on. Decisions recorded here:
+
+* FLOPs: ``fwd`` is the variant's analytic forward count, ``bwd`` 2.5x and ``fwd_bwd`` 3.5x it;
+  ``tflops = flops / time``. ``analytic_mem_bytes`` is the variant's forward model on every row.
+* Accuracy describes the point, so its columns (``rel_err``... on the forward output,
+  ``grad_rel_err`` on the gradients, ``attn_kl``/``attn_tv``) are repeated on each of its rows.
+  Randomised variants are rebuilt for every seed in ``seeds`` and reported as mean and std;
+  deterministic ones run once (``seeds = [seed]``, std 0).
+* ``setup_ms`` is the variant's ``setup()`` plus its first (cold) forward call, timed once before
+  anything else; it is the same on the point's rows. The cold excess is ``setup_ms - time_ms``.
+* CPU memory budget: before any large allocation the point is refused as ``oom`` when
+  ``analytic + inputs and gradients + reference`` (a rough model, see :func:`estimate_bytes`)
+  exceeds ``measure.memory_budget_gb``.
+* ``notes`` (an extra column after :data:`harness.results.COLUMNS`) says how memory was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harness import accuracy, env, memory, timing
+from harness.inputs import check_params, make_inputs
+from harness.results import PASSES
+from variants.base import AttentionVariant
+
+Factory = Callable[[int], AttentionVariant]
+
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+DEFAULT_MEASURE: dict[str, Any] = {
+    "accuracy": True,
+    "timing": True,
+    "memory": True,
+    "attn_matrix_max_n": 2048,
+    "min_run_time": 0.2,
+    "memory_budget_gb": 16.0,
+    "threads": None,
+}
+
+
+class PointOOM(Exception):
+    """The point was refused before allocating: its estimate exceeds the memory budget."""
+
+
+class NonFinite(Exception):
+    """A pass produced NaN or Inf."""
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """Row ``(status, reason)`` for an exception: ``oom``, ``nan`` or ``error``."""
+    msg = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+    if isinstance(exc, NonFinite):
+        return "nan", msg
+    cuda_oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    lowered = msg.lower()
+    if (
+        isinstance(exc, (PointOOM, MemoryError))
+        or (cuda_oom and isinstance(exc, cuda_oom))
+        or "defaultcpuallocator: can't allocate" in lowered
+        or "out of memory" in lowered
+    ):
+        return "oom", f"{type(exc).__name__}: {msg}" if not isinstance(exc, PointOOM) else msg
+    return "error", f"{type(exc).__name__}: {msg}"
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    allowed = ("float16", "bfloat16", "float32", "float64")
+    if name not in allowed:
+        raise ValueError(f"dtype={name!r} is not one of {', '.join(allowed)}")
+    return getattr(torch, name)
+
+
+def estimate_bytes(variant: AttentionVariant, point: dict[str, Any], m: dict[str, Any]) -> int:
+    """Rough peak model of a point: the variant's forward estimate plus what the harness adds.
+
+    ``inputs x 3`` (q, k, v; their grad leaves; their gradients), ``analytic x 3`` when a
+    backward pass runs (saved forward intermediates and their gradients), and with accuracy on:
+    float64 copies of the inputs, four float64 reference blocks (:mod:`harness.accuracy`), and
+    the float64 effective attention matrix of one batch element (x 3) where it is computed.
+    """
+    b, h, nq, nk, d = (point[f] for f in ("batch", "heads", "q_len", "kv_len", "head_dim"))
+    size = _dtype(point["dtype"]).itemsize
+    analytic = variant.analytic_mem_bytes(b, h, nq, nk, d, point["causal"], element_size=size)
+    inputs = b * h * (nq + 2 * nk) * d * size
+    backward = any(p in point.get("passes", PASSES) for p in ("bwd", "fwd_bwd"))
+    total = inputs * 3 + analytic * (3 if backward else 1)
+    if m["accuracy"]:
+        total += inputs * 8 // size + 4 * 8 * min(accuracy.REF_BLOCK_ELEMENTS, b * h * nq * nk)
+        if max(nq, nk) <= m["attn_matrix_max_n"]:
+            total += 3 * 8 * h * nq * nk
+    return int(total)
+
+
+def _base_row(point: dict[str, Any], pass_name: str) -> dict[str, Any]:
+    try:
+        inputs_params = check_params(point["inputs"], dict(point.get("inputs_params") or {}))
+    except ValueError:
+        inputs_params = dict(point.get("inputs_params") or {})
+    row = {f: point.get(f) for f in ("variant", "device", "dtype", "batch", "heads", "q_len",
+                                     "kv_len", "head_dim", "causal", "inputs", "seed")}  # fmt: skip
+    row.update(
+        params=json.dumps(point.get("params") or {}, sort_keys=True, default=str),
+        inputs_params=json.dumps(inputs_params, sort_keys=True, default=str),
+        dtype=str(point.get("dtype")).replace("torch.", ""),
+        status=None,
+        reason=None,
+    )
+    row["pass"] = pass_name
+    return row
+
+
+def _finite(value: Any) -> bool:
+    tensors = value if isinstance(value, (tuple, list)) else (value,)
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _accuracy(variant, factory, point, m, q, k, v) -> dict[str, Any]:
+    seeds = list(point.get("seeds") or [point["seed"]]) if variant.randomized else [point["seed"]]
+    runs = []
+    for seed in seeds:
+        model = variant if seed == point["seed"] else factory(seed).to(point["device"])
+        if model is not variant:
+            model.setup(q, k, v, point["causal"])
+        runs.append(
+            accuracy.accuracy_once(
+                model, q, k, v, point["causal"], model.softmax_scale(q.shape[-1]),
+                seed, variant.supports_backward, m["attn_matrix_max_n"],
+            )
+        )  # fmt: skip
+    out: dict[str, Any] = accuracy.summarize(runs)
+    out["seeds"] = json.dumps(seeds)
+    return out
+
+
+def _measure_pass(name: str, fn: Callable[[], Any], row: dict, point: dict, m: dict) -> None:
+    device = point["device"]
+    if not _finite(fn()):  # the pass's own warm-up call doubles as the NaN/Inf check
+        raise NonFinite(f"{name}: output or gradients contain NaN/Inf")
+    if m["timing"]:
+        row.update(timing.time_callable(fn, device, m["min_run_time"]))
+        row["tflops"] = row["flops"] / (row["time_ms"] * 1e-3) / 1e12
+    if m["memory"]:
+        mem = memory.peak_memory(fn, device)
+        row["peak_mem_bytes"] = mem["peak_mem_bytes"]
+        row["notes"] = f"peak memory method: {mem['method']}"
+    row["status"] = "ok"
+
+
+def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict) -> None:
+    device, causal, dtype = point["device"], point["causal"], _dtype(point["dtype"])
+    shape = tuple(point[f] for f in ("batch", "heads", "q_len", "kv_len", "head_dim"))
+    variant = factory(point["seed"]).to(device)
+    fwd_flops = variant.flops(*shape, causal)
+    analytic = variant.analytic_mem_bytes(*shape, causal, element_size=dtype.itemsize)
+    for name, row in rows.items():
+        row.update(params=json.dumps(variant.config(), sort_keys=True, default=str),
+                   analytic_mem_bytes=analytic, flops=int(fwd_flops * FLOP_FACTOR[name]),
+                   matmul_tflops=env.matmul_tflops(device, dtype) if m["timing"] else None)  # fmt: skip
+    q, k, v = make_inputs(point["inputs"], *shape, dtype, device, point["seed"],
+                          **(point.get("inputs_params") or {}))  # fmt: skip
+    reasons = variant.not_supported_reasons(q, k, v, causal)
+    if not variant.supports_backward:
+        for name in ("bwd", "fwd_bwd"):
+            if name in rows:
+                rows[name].update(status="unsupported",
+                                  reason=f"{variant.name}: backward is not supported")  # fmt: skip
+    for row in rows.values():
+        if reasons and row["status"] is None:
+            row.update(status="unsupported", reason="; ".join(reasons))
+    if all(row["status"] for row in rows.values()):
+        return
+    budget = m["memory_budget_gb"]
+    if torch.device(device).type == "cpu" and budget is not None:
+        estimate = estimate_bytes(variant, point, m)
+        if estimate > budget * 1e9:
+            raise PointOOM(f"refused before allocating: estimated {estimate / 1e9:.2f} GB "
+                           f"(variant {analytic / 1e9:.2f} GB + inputs, gradients, reference) "
+                           f"exceeds measure.memory_budget_gb={budget}")  # fmt: skip
+    setup_ms = timing.time_once_ms(lambda: variant.setup(q, k, v, causal), device)
+    with torch.no_grad():
+        first: dict[str, Any] = {}
+        setup_ms += timing.time_once_ms(lambda: first.update(out=variant(q, k, v, causal)), device)
+    if not _finite(first.pop("out")):
+        raise NonFinite("fwd: output contains NaN/Inf")
+    common: dict[str, Any] = {"setup_ms": setup_ms}
+    if m["accuracy"]:
+        common.update(_accuracy(variant, factory, point, m, q, k, v))
+    pending = {name: row for name, row in rows.items() if row["status"] is None}
+    for row in pending.values():
+        row.update(common)
+    out_shape = (*shape[:3], shape[4])  # (B, H, Nq, Dv)
+    grad_out = accuracy.upstream_grad(torch.Size(out_shape), dtype, device, point["seed"])
+    for name, row in pending.items():
+        try:
+            fn = timing.pass_callable(name, variant, q, k, v, causal, grad_out)
+            _measure_pass(name, fn, row, point, m)
+        except Exception as exc:  # noqa: BLE001 - one failing pass must not stop the others
+            row["status"], row["reason"] = classify(exc)
+            traceback.clear_frames(exc.__traceback__)
+        finally:
+            fn = None  # drop the saved graph of "bwd" before the next pass is measured
+            memory.release(device)
+
+
+def measure_point(point: dict[str, Any], factory: Factory) -> list[dict[str, Any]]:
+    """Measure one point (see docs/notes/CONTRACTS.md) and return one row per pass.
+
+    Args:
+        point: The resolved measurement point (variant, params, shape, dtype, device, causal,
+            inputs, inputs_params, seed, seeds, passes, measure).
+        factory: ``factory(seed) -> AttentionVariant`` building the variant for this point.
+
+    Returns:
+        One row per pass in ``point["passes"]`` with every column it can fill; ``run_id``,
+        ``experiment`` and ``point_id`` are left to the caller.
+    """
+    m = {**DEFAULT_MEASURE, **(point.get("measure") or {})}
+    passes = list(point.get("passes") or PASSES)
+    rows = {name: _base_row(point, name) for name in passes}
+    try:
+        env.set_threads(m["threads"])
+        for row in rows.values():
+            row.update(env.environment(point["device"]))
+        if any(name not in FLOP_FACTOR for name in passes):
+            raise ValueError(f"passes={passes!r}: each must be one of {', '.join(PASSES)}")
+        _run(point, factory, m, rows)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+        status, reason = classify(exc)
+        traceback.clear_frames(exc.__traceback__)
+        fallback = env.environment("cpu") | {"device_name": None}
+        for row in rows.values():
+            row.update({key: val for key, val in fallback.items() if row.get(key) is None})
+            if row["status"] is None:
+                row.update(status=status, reason=reason)
+    finally:
+        memory.release(point.get("device"))
+    return list(rows.values())

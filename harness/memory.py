@@ -1,0 +1,151 @@
+"""Peak memory of one call above the memory in use just before it: measured, never modelled.
+
+Methods (the one used is returned as ``method`` and recorded in the row's notes):
+
+* ``cuda``: ``torch.cuda.reset_peak_memory_stats`` then ``max_memory_allocated`` minus
+  ``memory_allocated`` before the call (tensor memory of PyTorch's caching allocator).
+* ``rss`` (CPU, Linux): the kernel's high-water mark of the process's resident set. Before the
+  call, ``gc.collect()`` and glibc's ``malloc_trim(0)`` hand freed heap pages back to the kernel
+  (glibc otherwise reuses them without touching the RSS, which would hide allocations), then
+  writing ``5`` to ``/proc/self/clear_refs`` resets ``VmHWM`` to the current ``VmRSS``, which is
+  the baseline. The peak is ``VmHWM`` after the call minus that baseline, so it counts every page
+  the call touched, whoever allocated it (PyTorch, BLAS workspaces, Python objects). Granularity
+  is one page; other threads of the process would be counted too (the harness runs none).
+* ``profiler`` (CPU fallback where ``/proc`` or ``clear_refs`` is missing): the running sum of
+  PyTorch's allocation events from ``torch.profiler`` with ``profile_memory=True``; it sees only
+  tensor memory of PyTorch's CPU allocator.
+
+Callers warm the callable up first (the harness has already run it while timing it), so one-time
+costs such as loading libraries are not counted as the call's memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+_libc: Any = None
+
+
+def _malloc_trim() -> None:
+    """Return glibc's free heap pages to the kernel (no-op without glibc)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+def _status_kb(*fields: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open(_STATUS) as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in fields:
+                out[key] = int(rest.split()[0])  # "VmHWM:   12345 kB"
+    return out
+
+
+def _reset_hwm() -> int:
+    """Reset VmHWM to VmRSS; return the RSS in bytes. Raises OSError if the kernel refuses."""
+    with open(_CLEAR_REFS, "w") as fh:
+        fh.write("5")
+    kb = _status_kb("VmHWM", "VmRSS")
+    # A kernel that ignores "5" leaves the old, higher HWM: the method would be wrong.
+    if kb["VmHWM"] > kb["VmRSS"] + 64:
+        raise OSError("clear_refs did not reset VmHWM")
+    return kb["VmRSS"] * 1024
+
+
+def rss_available() -> bool:
+    """Whether the ``rss`` method works in this process."""
+    try:
+        _reset_hwm()
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+def _prepare() -> None:
+    gc.collect()
+    _malloc_trim()
+
+
+def _peak_rss(fn: Callable[[], Any]) -> int:
+    _prepare()
+    baseline = _reset_hwm()
+    result = fn()
+    peak = _status_kb("VmHWM")["VmHWM"] * 1024
+    del result
+    return max(0, peak - baseline)
+
+
+def _peak_cuda(fn: Callable[[], Any]) -> int:
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    result = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del result
+    return max(0, peak - baseline)
+
+
+def _peak_profiler(fn: Callable[[], Any]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    _prepare()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    del result
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    level = peak = 0
+    for event in events:
+        level += event.nbytes()
+        peak = max(peak, level)
+    return peak
+
+
+def peak_memory(
+    fn: Callable[[], Any], device: str | torch.device, method: str | None = None
+) -> dict[str, Any]:
+    """Peak bytes above the pre-call baseline while ``fn()`` runs (its result included).
+
+    Args:
+        fn: Zero-argument callable; its return value is kept alive until the peak is read.
+        device: ``cuda`` uses the CUDA allocator's statistics; otherwise the CPU methods.
+        method: Force ``rss`` or ``profiler`` on the CPU; default ``rss`` where it works.
+
+    Returns:
+        ``peak_mem_bytes`` and ``method`` (``cuda``, ``rss`` or ``profiler``).
+    """
+    if torch.device(device).type == "cuda":
+        return {"peak_mem_bytes": _peak_cuda(fn), "method": "cuda"}
+    if method is None:
+        method = "rss" if os.path.exists(_CLEAR_REFS) and rss_available() else "profiler"
+    if method == "rss":
+        return {"peak_mem_bytes": _peak_rss(fn), "method": "rss"}
+    if method == "profiler":
+        return {"peak_mem_bytes": _peak_profiler(fn), "method": "profiler"}
+    raise ValueError(f"memory: method={method!r} is not one of rss, profiler")
+
+
+def release(device: str | torch.device | None = None) -> None:
+    """Free what can be freed after a point: garbage, glibc's free pages, CUDA's cache."""
+    _prepare()
+    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+        torch.cuda.empty_cache()

@@ -1,0 +1,347 @@
+"""Plugins end to end: install the example package, use it everywhere, survive broken plugins.
+
+The example (``examples/plugin-variant``, distribution ``attnbench-cosformer``, variant
+``cosformer``) is pip-installed (no build isolation, no index: offline) into a temporary
+``--target`` folder that the subprocesses of these tests put on ``PYTHONPATH``; the test
+environment itself is left untouched. Where the example is already installed (CI installs it so
+that ``tests/test_conformance.py`` covers it), that installation is used as it is.
+
+Broken plugins need no installation: a ``*.dist-info`` folder with an ``entry_points.txt`` on
+``sys.path`` is all ``importlib.metadata`` looks for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from harness.conformance import CHECKS
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "plugin-variant"
+PLUGIN = "cosformer"
+TIMEOUT = 600
+
+
+def _run(args: list[str], paths: list[Path], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``python args...`` with ``paths`` in front of PYTHONPATH; output captured as text."""
+    env = dict(os.environ)
+    extra = [str(p) for p in paths]
+    if env.get("PYTHONPATH"):
+        extra.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(extra)
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add contention
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def _py(code: str, paths: list[Path]) -> subprocess.CompletedProcess:
+    return _run(["-c", textwrap.dedent(code)], paths)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def plugin_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Paths that make the example plugin importable and discoverable in a subprocess."""
+    try:
+        metadata.distribution("attnbench-cosformer")
+        return []  # already installed in this environment (CI)
+    except metadata.PackageNotFoundError:
+        pass
+    root = tmp_path_factory.mktemp("plugin")
+    source = root / "src"
+    # Build from a copy so that concurrent runs never share build/ or *.egg-info in the tree.
+    shutil.copytree(
+        EXAMPLE,
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
+    site = root / "site"
+    _ok(
+        _run(
+            [
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--target",
+                str(site),
+                str(source),
+            ],
+            paths=[],
+        )
+    )
+    assert (site / "attnbench_cosformer").is_dir()
+    return [site]
+
+
+BROKEN_DIST = {
+    "attnbench_broken/__init__.py": "",
+    "attnbench_broken/boom.py": "raise ImportError('boom is broken on purpose')\n",
+    "attnbench_broken/shapes.py": textwrap.dedent(
+        """
+        from variants import AttentionVariant
+
+        class NotAVariant:
+            name = "not_a_variant"
+
+        class NoForward(AttentionVariant):
+            name = "no_forward"
+
+            def flops(self, batch, heads, q_len, kv_len, head_dim, causal):
+                return 1
+        """
+    ),
+    "attnbench_broken-0.0.1.dist-info/METADATA": (
+        "Metadata-Version: 2.1\nName: attnbench-broken\nVersion: 0.0.1\n"
+    ),
+    "attnbench_broken-0.0.1.dist-info/entry_points.txt": textwrap.dedent(
+        """
+        [attnbench.variants]
+        broken_import = attnbench_broken.boom:Variant
+        not_a_variant = attnbench_broken.shapes:NotAVariant
+        no_forward = attnbench_broken.shapes:NoForward
+        full = attnbench_broken.shapes:NoForward
+        """
+    ),
+}
+BROKEN_REASONS = {
+    "broken_import": "broken on purpose",
+    "not_a_variant": "is not a subclass of variants.AttentionVariant",
+    "no_forward": "does not implement forward()",
+    "full": "uses the built-in name",
+}
+
+
+@pytest.fixture
+def broken_site(tmp_path: Path) -> Path:
+    """A folder holding a plugin distribution whose every entry point is broken."""
+    for rel, text in BROKEN_DIST.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------ registry
+def test_installed_plugin_is_available_and_creatable(plugin_paths: list[Path]) -> None:
+    out = _ok(
+        _py(
+            """
+        import json, torch, variants
+        from variants import VariantConfigError
+        module = variants.create("cosformer", seq_len=64, head_dim=16, chunk_size=8)
+        q = torch.randn(1, 2, 64, 16)
+        try:
+            variants.create("cosformer", chunk_size=0)
+            bad = None
+        except VariantConfigError as exc:
+            bad = str(exc)
+        print(json.dumps({
+            "available": variants.available(), "builtins": variants.builtin_names(),
+            "config": module.config(), "shape": list(module(q, q, q, causal=True).shape),
+            "bad": bad,
+        }))
+        """,
+            plugin_paths,
+        )
+    )
+    info = json.loads(out.strip().splitlines()[-1])
+    assert PLUGIN in info["available"] and PLUGIN not in info["builtins"]
+    assert info["config"]["chunk_size"] == 8
+    assert info["shape"] == [1, 2, 64, 16]
+    assert info["bad"] and "chunk_size=0" in info["bad"]
+
+
+@pytest.mark.slow
+def test_installed_plugin_passes_conformance(plugin_paths: list[Path]) -> None:
+    """The plugin's own tests (conformance kit + float64 formula) and the suite's parametrized
+    conformance test both run it once it is installed."""
+    proc = _run(
+        [
+            "-m",
+            "pytest",
+            "-v",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            str(EXAMPLE / "tests" / "test_cosformer.py"),
+            str(REPO / "tests" / "test_conformance.py"),
+            "-k",
+            PLUGIN,
+        ],
+        plugin_paths,
+    )
+    out = _ok(proc)
+    assert "not pip-installed" not in out, out  # the registry test ran, not skipped
+    suite = [ln for ln in out.splitlines() if f"test_conformance[{PLUGIN}-" in ln]
+    assert len(suite) == len(CHECKS) and all("PASSED" in ln for ln in suite), out
+
+
+# ------------------------------------------------------------------------------ Hydra
+def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_path: Path) -> None:
+    """``variant=cosformer variant.<param>=...`` composes and instantiates with no YAML file;
+    bad types and unknown keys are refused; a YAML file, where present, wins."""
+    conf = tmp_path / "conf"
+    (conf / "variant").mkdir(parents=True)
+    (conf / "config.yaml").write_text("defaults:\n  - variant: full\n  - _self_\nseq_len: 64\n")
+    (conf / "variant" / "full.yaml").write_text("_target_: variants.full.FullAttention\n")
+    out = _ok(
+        _py(
+            f"""
+        import json
+        from hydra import compose, initialize_config_dir
+        from hydra.utils import instantiate
+        from variants.plugin_config import register_plugin_configs
+
+        print(json.dumps(register_plugin_configs(conf_dir={str(conf)!r})))
+        result = {{}}
+        with initialize_config_dir(config_dir={str(conf)!r}, version_base="1.3"):
+            cfg = compose("config", overrides=["variant=cosformer", "variant.chunk_size=32"])
+            module = instantiate(cfg.variant, seq_len=cfg.seq_len, head_dim=16)
+            result["target"] = cfg.variant._target_
+            result["config"] = module.config()
+            for bad in ("variant.chunk_size=abc", "variant.no_such_param=1"):
+                try:
+                    compose("config", overrides=["variant=cosformer", bad])
+                    result[bad] = None
+                except Exception as exc:
+                    result[bad] = str(exc)
+        print(json.dumps(result))
+        """,
+            plugin_paths,
+        )
+    )
+    registered, result = (json.loads(line) for line in out.strip().splitlines()[-2:])
+    assert registered == [PLUGIN]
+    assert result["target"] == "attnbench_cosformer.cosformer.CosFormerAttention"
+    assert result["config"]["chunk_size"] == 32 and result["config"]["seq_len"] == 64
+    assert "chunk_size" in result["variant.chunk_size=abc"]
+    assert "no_such_param" in result["variant.no_such_param=1"]
+
+    (conf / "variant" / f"{PLUGIN}.yaml").write_text(
+        "_target_: attnbench_cosformer.cosformer.CosFormerAttention\n"
+    )
+    out = _ok(
+        _py(
+            f"""
+        import json
+        from variants.plugin_config import register_plugin_configs
+        print(json.dumps(register_plugin_configs(conf_dir={str(conf)!r})))
+        """,
+            plugin_paths,
+        )
+    )
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("harness.run") is None
+    or importlib.util.find_spec("harness.measure") is None,
+    reason="the Hydra app (harness.run, harness.measure) is not written yet",
+)
+def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: Path) -> None:
+    """``attnbench -m variant=cosformer,full seq_len=128`` writes ok rows for the plugin, and
+    the aggregate and the report (when the report module exists) include it."""
+    sweep = tmp_path / "sweep"
+    proc = _run(
+        [
+            "-m",
+            "harness.run",
+            "-m",
+            f"variant={PLUGIN},full",
+            "seq_len=128",
+            "heads=2",
+            "head_dim=16",
+            "passes=[fwd]",
+            "measure.min_run_time=0.01",
+            "measure.threads=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        plugin_paths,
+    )
+    _ok(proc)
+    rows = [
+        json.loads(line)
+        for path in sweep.rglob("rows.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    mine = [r for r in rows if r.get("variant") == PLUGIN]
+    assert mine and all(r["status"] == "ok" for r in mine), mine
+    assert mine[0]["rel_err"] is not None and mine[0]["rel_err"] > 0  # approximate, measured
+    if importlib.util.find_spec("harness.report") is not None:
+        reports = list(sweep.rglob("report.md"))
+        assert reports, f"no report.md under {sweep}"
+        assert PLUGIN in reports[0].read_text()
+        csvs = list(sweep.rglob("results.csv"))
+        assert csvs and PLUGIN in csvs[0].read_text()
+
+
+# ------------------------------------------------------------------------------ broken plugins
+def test_broken_plugins_are_listed_with_reasons(broken_site: Path) -> None:
+    proc = _run(["-m", "harness.list_variants", "--json"], [broken_site])
+    rows = json.loads(_ok(proc))
+    plugins = {r["name"]: r for r in rows if r["source"] == "plugin"}
+    for name, reason in BROKEN_REASONS.items():
+        assert name in plugins, f"{name} missing from the listing"
+        assert plugins[name]["ok"] is False and reason in plugins[name]["error"], plugins[name]
+        assert plugins[name]["distribution"] == "attnbench-broken 0.0.1"
+    builtin_full = next(r for r in rows if r["name"] == "full" and r["source"] == "builtin")
+    assert builtin_full["ok"] is True
+
+    table = _ok(_run(["-m", "harness.list_variants"], [broken_site]))
+    for name, reason in BROKEN_REASONS.items():
+        line = next(
+            ln for ln in table.splitlines() if ln.startswith(f"{name} ") and "plugin" in ln
+        )
+        assert "broken" in line and reason in line
+    assert _run(["-m", "harness.list_variants", "--strict"], [broken_site]).returncode == 1
+
+
+def test_broken_plugins_do_not_break_the_registry(
+    broken_site: Path, plugin_paths: list[Path]
+) -> None:
+    out = _ok(
+        _py(
+            """
+        import json, torch, variants
+        names = variants.available()
+        module = variants.create("full")
+        q = torch.randn(1, 1, 8, 4)
+        finite = bool(module(q, q, q).isfinite().all())
+        print(json.dumps({"available": names, "errors": variants.plugin_errors(),
+                          "full": type(module).__module__, "ok": finite}))
+        """,
+            [broken_site, *plugin_paths],
+        )
+    )
+    info = json.loads(out.strip().splitlines()[-1])
+    assert "full" in info["available"] and PLUGIN in info["available"]
+    for name in ("broken_import", "not_a_variant", "no_forward"):
+        assert name not in info["available"]
+        assert BROKEN_REASONS[name] in info["errors"][name]
+    assert info["full"] == "variants.full" and info["ok"]

@@ -1,0 +1,100 @@
+"""attnbench-report: the table matches scaling, clear messages for absent data, corrupt files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_plots import assert_png, synthetic_rows
+
+from harness import report, scaling
+from harness.results import complete_row, write_rows
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """Two job folders of one device, plus a corrupt rows file."""
+    root = tmp_path_factory.mktemp("sweep")
+    rows = synthetic_rows(devices=("cpu",))
+    write_rows(root / "0" / "rows.jsonl", rows[: len(rows) // 2])
+    write_rows(root / "1" / "rows.jsonl", rows[len(rows) // 2 :])
+    (root / "2").mkdir()
+    (root / "2" / "rows.jsonl").write_text('{"variant": "full"\nnot json\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(sweep: Path) -> Path:
+    with pytest.warns(UserWarning, match=r"2/rows\.jsonl"):
+        return report.build_report([sweep], heatmap=False)
+
+
+def test_report_files_and_table(sweep: Path, built: Path) -> None:
+    assert built == sweep / "report" / "report.md"
+    text = built.read_text()
+    pngs = sorted((sweep / "report").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"time_fwd", "memory_fwd", "tradeoff", "error_vs_knob"}
+    for png in pngs:
+        assert_png(png)
+        assert f"]({png.name})" in text  # embedded
+    assert "realmodel: no realmodel rows" in text  # skipped with its reason
+    # The markdown table carries scaling's numbers.
+    with pytest.warns(UserWarning):
+        df = scaling.prepare(report.load_rows([sweep]))
+    table = scaling.summary_table(df).set_index("series")
+    for series in ("full", "local(window=128)", "performer(nb_features=256)"):
+        r = table.loc[series]
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {series} |"))
+        assert f"{r['time_slope']:.2f} [{r['time_ci_low']:.2f}, {r['time_ci_high']:.2f}]" in line
+        assert f"{r['mem_slope']:.2f}" in line
+        if not math.isnan(r["time_cross_full"]):
+            assert report._fmt(r["time_cross_full"], 4) in line
+    full_line = next(ln for ln in text.splitlines() if ln.startswith("| full |"))
+    assert f"| {int(table.loc['full', 'max_ok_seq_len'])} |" in full_line
+    assert "oom" in text and "exceeds memory_budget_gb" in text  # reasons counted
+    assert "linformer: causal attention is not supported" in text
+    assert "Intel Xeon" in text and "torch" in text  # environment
+
+
+def test_two_devices_give_two_sections(tmp_path: Path) -> None:
+    rows = [r for r in synthetic_rows() if r["seq_len" if False else "kv_len"] in (1024, 4096)]
+    write_rows(tmp_path / "a" / "rows.jsonl", [r for r in rows if r["device"] == "cpu"])
+    write_rows(tmp_path / "b" / "rows.jsonl", [r for r in rows if r["device"] == "cuda"])
+    assert (
+        report.cli(
+            [
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-heatmap",
+            ]
+        )
+        == 0
+    )
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "## Intel Xeon @ host-a" in text and "## NVIDIA H100 @ host-b" in text
+    assert (tmp_path / "r" / "time_fwd__nvidia-h100-host-b.png").exists()
+
+
+def test_results_csv_is_accepted(tmp_path: Path) -> None:
+    rows = [r for r in synthetic_rows(devices=("cpu",)) if r["kv_len"] in (1024, 4096)]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    df = report.load_rows([tmp_path])
+    assert len(df) == len(rows)
+    table = scaling.summary_table(df)
+    assert set(table["variant"]) == {"full", "sdpa", "local", "linformer", "performer"}
+
+
+def test_empty_folder_is_a_clear_message(tmp_path: Path, capsys) -> None:
+    assert report.cli([str(tmp_path), "--no-heatmap"]) == 1
+    assert f"no results yet in {tmp_path}" in capsys.readouterr().err
+
+
+def test_missing_columns_is_a_clear_message(tmp_path: Path, capsys) -> None:
+    write_rows(tmp_path / "rows.jsonl", [complete_row({"time_ms": 1.0})])
+    assert report.cli([str(tmp_path), "--no-heatmap"]) == 1
+    err = capsys.readouterr().err
+    assert "lack the columns variant, status" in err and "Traceback" not in err
