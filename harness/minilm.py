@@ -197,8 +197,10 @@ def pydoc_texts(n: int, min_tokens: int = 16, seed: int | None = None) -> list[s
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"pydoc_texts: n={n!r} must be an integer >= 1")
-    if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or not (
-        1 <= min_tokens <= 2048
+    if (
+        isinstance(min_tokens, bool)
+        or not isinstance(min_tokens, int)
+        or not (1 <= min_tokens <= 2048)
     ):
         raise ValueError(f"pydoc_texts: min_tokens={min_tokens!r} must be an integer in [1, 2048]")
     passages = list(_passages(min_tokens))

@@ -102,15 +102,18 @@ def _key_valid(mask: Tensor | None, q_len: int, kv_len: int, causal: bool) -> Te
     else:
         same = bool((allowed == expected).all())
     if not same:
-        raise VariantUnsupported(
-            ["the model's attention mask is not a key-padding mask (the adapter honours padding "
-             "and the causal flag only)"]  # fmt: skip
+        reason = (
+            "the model's attention mask is not a key-padding mask (the adapter honours padding "
+            "and the causal flag only)"
         )
+        raise VariantUnsupported([reason])
     return None if bool(valid.all()) else valid
 
 
 @contextlib.contextmanager
-def _model_scale(variant: AttentionVariant, scaling: float | None, head_dim: int) -> Iterator[None]:
+def _model_scale(
+    variant: AttentionVariant, scaling: float | None, head_dim: int
+) -> Iterator[None]:
     """Run the variant with the model's softmax scale for the duration of one call."""
     if scaling is None:
         yield
@@ -118,8 +121,10 @@ def _model_scale(variant: AttentionVariant, scaling: float | None, head_dim: int
     if "scale" not in variant._config_keys():
         if not math.isclose(scaling, 1.0 / math.sqrt(head_dim), rel_tol=1e-6):
             raise VariantUnsupported(
-                [f"{variant.name}: the model needs softmax scale {scaling:.6g} but the variant "
-                 "has no scale parameter"]  # fmt: skip
+                [
+                    f"{variant.name}: the model needs softmax scale {scaling:.6g} but the variant "
+                    "has no scale parameter"
+                ]  # fmt: skip
             )
         yield
         return
@@ -318,7 +323,9 @@ def embed(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"embed: batch_size={batch_size!r} must be an integer >= 1")
     model = minilm.load_model(device)
-    per_text = lengths if isinstance(lengths, list) else [lengths or minilm.MAX_TOKENS] * len(texts)
+    per_text = (
+        lengths if isinstance(lengths, list) else [lengths or minilm.MAX_TOKENS] * len(texts)
+    )
     if len(per_text) != len(texts):
         raise ValueError(f"embed: {len(per_text)} lengths for {len(texts)} texts")
     pooled: list[Tensor] = []
@@ -381,7 +388,9 @@ def realmodel_texts(lengths: list[int], texts_per_length: int, seed: int) -> tup
     Interleaved by length (64, 128, ..., 64, 128, ...) so that every batch mixes lengths and
     padding is exercised. Returns ``(texts, lengths)``.
     """
-    per_length = {n: minilm.pydoc_texts(texts_per_length, min_tokens=n, seed=seed) for n in lengths}
+    per_length = {
+        n: minilm.pydoc_texts(texts_per_length, min_tokens=n, seed=seed) for n in lengths
+    }
     texts, text_lengths = [], []
     for i in range(texts_per_length):
         for n in lengths:
@@ -509,7 +518,8 @@ def measure_realmodel_point(
         row["texts"] = len(texts)
         try:
             row["flops"] = sum(
-                minilm.NUM_LAYERS * variant.flops(1, minilm.NUM_HEADS, n, n, minilm.HEAD_DIM, False)
+                minilm.NUM_LAYERS
+                * variant.flops(1, minilm.NUM_HEADS, n, n, minilm.HEAD_DIM, False)
                 for n in lengths
             )
         except NotImplementedError:

@@ -14,6 +14,14 @@ from harness.inputs import make_inputs
 from harness.reference import reference_grads, reference_probs
 from variants.base import AttentionVariant
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 class NoisyAttention(AttentionVariant):
     """Test-only: exact attention plus a fixed seeded perturbation of the output."""

@@ -13,6 +13,14 @@ from harness.inputs import GENERATOR_PARAMS, INPUT_GENERATORS, make_inputs
 SYNTHETIC = [name for name in INPUT_GENERATORS if name != "minilm"]
 SHAPE = (2, 3, 40, 56, 16)  # batch, heads, q_len, kv_len, head_dim (cross on purpose)
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 def _probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     scores = q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1])

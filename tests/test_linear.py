@@ -11,6 +11,21 @@ from variants._prefix import causal_linear_attention
 from variants.base import VariantConfigError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes gain nothing from threads; on a shared box threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_close(actual, expected, rtol, atol):
+    # plain allclose: torch.testing.assert_close imports torch.distributed on first use (slow)
+    diff = (actual - expected).abs().max().item()
+    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), f"max abs diff {diff:.3e}"
+
+
 def quadratic_form(phi_q, phi_k, v, causal):
     """(phi_q phi_k^T, masked) v / row sums: the O(n^2) form of kernel attention."""
     weights = phi_q @ phi_k.transpose(-2, -1)  # (B, H, Nq, Nk)
@@ -25,7 +40,7 @@ def test_equals_its_quadratic_form(shape, causal):
     q, k, v = make_qkv(shape, seed=0, dtype=torch.float64)
     out = variants.create("linear", chunk_size=16)(q, k, v, causal=causal)
     ref = quadratic_form(F.elu(q) + 1, F.elu(k) + 1, v, causal)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 64, 500])
@@ -38,7 +53,7 @@ def test_chunked_prefix_sums_equal_masked_quadratic(chunk, lengths):
     v = torch.randn(2, 2, nk, 5, generator=gen, dtype=torch.float64)
     out = causal_linear_attention(phi_q, phi_k, v, chunk)
     weights = (phi_q @ phi_k.transpose(-2, -1)) * reference_mask(nq, nk)
-    torch.testing.assert_close(out, weights @ v, rtol=1e-10, atol=1e-12)
+    assert_close(out, weights @ v, rtol=1e-10, atol=1e-12)
 
 
 def test_causal_does_not_depend_on_future_keys():
@@ -49,7 +64,7 @@ def test_causal_does_not_depend_on_future_keys():
     v2[..., 25:, :] -= 5.0
     a = module(q, k, v, causal=True)[..., :25, :]
     b = module(q, k2, v2, causal=True)[..., :25, :]
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -1,0 +1,183 @@
+"""Real-model fidelity (issue 7) and the ``minilm`` inputs: needs ``attnbench[real]``.
+
+Short texts (tens of tokens) keep the file fast; the model is 22M parameters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real
+pytest.importorskip("transformers")
+
+from harness import minilm  # noqa: E402
+
+_missing = minilm.unavailable_reason()
+if _missing:
+    pytest.skip(_missing, allow_module_level=True)
+
+import variants  # noqa: E402
+from harness import realmodel  # noqa: E402
+from harness.results import COLUMNS, complete_row  # noqa: E402
+from variants.full import FullAttention  # noqa: E402
+
+LENGTHS = [12, 40, 24]  # mixed, so that one batch is padded
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The CI box is shared: one thread avoids OpenMP barrier stalls and keeps timings sane.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return minilm.pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
+
+
+@pytest.fixture(scope="module")
+def stock(texts):
+    return realmodel.embed(texts, None, lengths=LENGTHS, batch_size=3)
+
+
+def _cos_distance(a: realmodel.Embeddings, b: realmodel.Embeddings) -> float:
+    return float(1 - (a.embeddings.double() * b.embeddings.double()).sum(-1).min())
+
+
+def test_texts_are_real_english_and_deterministic(texts) -> None:
+    assert texts == minilm.pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
+    assert all(len(t.split()) >= 8 and t.endswith(".") for t in texts)
+    assert minilm.pydoc_texts(2, min_tokens=512)  # enough material for 512-token points
+
+
+def test_sdpa_adapter_reproduces_stock_embeddings(texts, stock) -> None:
+    assert stock.lengths == LENGTHS
+    adapted = realmodel.embed(texts, variants.create("sdpa"), lengths=LENGTHS, batch_size=3)
+    assert _cos_distance(stock, adapted) < 1e-5
+    # the shared cached model is left with its own implementation
+    assert minilm.load_model().config._attn_implementation == "sdpa"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("variants.longformer") is None, reason="variants.longformer absent"
+)
+def test_longformer_covering_window_reproduces_stock(texts, stock) -> None:
+    n = max(LENGTHS)
+    longformer = variants.create("longformer", window=n, num_global=0, seq_len=n, head_dim=32)
+    adapted = realmodel.embed(texts, longformer, lengths=LENGTHS, batch_size=3)
+    assert _cos_distance(stock, adapted) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: variants.create("full"),
+        lambda: variants.create("linformer", seq_len=64, head_dim=32, k=8, seed=0),
+    ],
+    ids=["full", "linformer"],
+)
+def test_padding_never_changes_a_real_token(texts, make) -> None:
+    variant = make()
+    alone = realmodel.embed(texts[:1], variant, lengths=[12], batch_size=1)
+    padded = realmodel.embed(texts, variant, lengths=[12, 40, 24], batch_size=3)
+    assert padded.lengths[0] == 12
+    for layer in range(len(alone.hidden_states)):
+        torch.testing.assert_close(
+            padded.hidden_states[layer][0], alone.hidden_states[layer][0], atol=1e-5, rtol=1e-5
+        )
+
+
+class _CausalOnly(FullAttention):
+    """A variant that can only run causal attention (like a decoder-only kernel)."""
+
+    def not_supported_reasons(self, q, k, v, causal):
+        return [] if causal else ["causal_only: needs causal=True"]
+
+
+@pytest.mark.parametrize(
+    "factory, words",
+    [
+        (lambda seed: variants.create("linformer", seq_len=16, head_dim=32, k=8, seed=seed),
+         "seq_len=16"),
+        (lambda seed: _CausalOnly(), "causal"),
+    ],
+    ids=["linformer_too_short", "causal_only"],
+)  # fmt: skip
+def test_unsupported_variant_is_reported_not_crashed(texts, factory, words) -> None:
+    with pytest.raises(realmodel.VariantUnsupported, match=words):
+        realmodel.embed(texts, factory(0), lengths=LENGTHS, batch_size=3)
+    point = {"variant": "x", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
+             "realmodel": {"lengths": [32], "texts_per_length": 1, "repeats": 1}}  # fmt: skip
+    (row,) = realmodel.measure_realmodel_point(point, factory)
+    assert row["status"] == "unsupported" and words in row["reason"]
+    assert minilm.load_model().config._attn_implementation == "sdpa"
+
+
+def test_measure_realmodel_point_row() -> None:
+    point = {"variant": "sdpa", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
+             "realmodel": {"lengths": [16, 32], "texts_per_length": 2, "batch_size": 2,
+                           "repeats": 1}}  # fmt: skip
+    (row,) = realmodel.measure_realmodel_point(point, lambda seed: variants.create("sdpa"))
+    assert row["status"] == "ok", row["reason"]
+    assert row["task"] == "realmodel" and row["q_len"] == 32 and row["texts"] == 4
+    assert row["embed_cosine"] > 1 - 1e-5 and row["embed_cosine_min"] > 1 - 1e-5
+    errs = json.loads(row["hidden_rel_err"])
+    assert len(errs) == minilm.NUM_LAYERS and max(errs) < 1e-4
+    assert set(json.loads(row["embed_cosine_by_length"])) == {"16", "32"}
+    assert row["time_ms"] > 0 and row["exact_time_ms"] > 0
+    full = complete_row(row)
+    assert list(full)[: len(COLUMNS)] == COLUMNS and full["torch"]
+
+
+def test_minilm_qkv_shapes_and_errors() -> None:
+    q, k, v = minilm.minilm_qkv(2, 3, 24, 24, 32, torch.float64, "cpu", seed=0, layer=1, head=2)
+    assert q.shape == k.shape == v.shape == (2, 3, 24, 32) and q.dtype == torch.float64
+    assert not torch.equal(q[0], q[1])  # different passages per batch item
+    q_all, _, _ = minilm.minilm_qkv(2, 12, 24, 24, 32, "float32", "cpu", seed=0, layer=1)
+    torch.testing.assert_close(q_all[:, 2:5].double(), q)
+    text = minilm.pydoc_texts(1, min_tokens=24)[0]
+    q1, k1, v1, tokens = minilm.sentence_qkv(text, layer=1, head=2)
+    qt, _, _ = minilm.minilm_qkv(1, 1, len(tokens), len(tokens), 32, "float32", "cpu", 0,
+                                 layer=1, head=2, text=text)  # fmt: skip
+    torch.testing.assert_close(qt, q1)
+    bad = [
+        (dict(kv_len=32), "kv_len"),
+        (dict(head_dim=64), "head_dim"),
+        (dict(q_len=513, kv_len=513), "q_len"),
+        (dict(head=11, heads=2), "heads"),
+        (dict(layer=6), "layer"),
+    ]
+    for override, field in bad:
+        args = dict(batch=1, heads=1, q_len=24, kv_len=24, head_dim=32, dtype="float32",
+                    device="cpu", seed=0) | override  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            minilm.minilm_qkv(**args)
+
+
+def test_retrieval_check_exact_finds_true_pairs() -> None:
+    table = realmodel.retrieval_check({"full": variants.create("full")}, n_pairs=16)
+    assert list(table["variant"]) == ["exact", "full"]
+    exact = table.iloc[0]
+    assert exact["top1"] >= 0.5 and exact["mean_rank"] < 4
+    assert table.iloc[1]["top1"] == exact["top1"] and table.iloc[1]["agree_top1"] == 1.0
+
+
+def test_attention_heatmap_data() -> None:
+    full = variants.create("full")
+    tokens, exact, mats = realmodel.attention_heatmap_data(variants={"full": full})
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "cat" in tokens
+    n = len(tokens)
+    assert exact.shape == (n, n) and mats["full"].shape == (n, n)
+    assert abs(exact.sum(-1) - 1).max() < 1e-9
+    assert abs(mats["full"] - exact).max() < 1e-6
+    short = variants.create("linformer", seq_len=4, head_dim=32, k=2)
+    with pytest.warns(UserWarning, match="linformer"):
+        _, _, mats = realmodel.attention_heatmap_data(variants={"short": short})
+    assert mats == {}

@@ -1,0 +1,96 @@
+"""Timing: statistics shape, repeatability of one point, backward timed alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import variants
+from harness import timing
+from harness.inputs import make_inputs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # One thread: OpenMP spin-waiting on a shared, loaded machine makes two threads erratic.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_time_callable_reports_median_iqr_repeats():
+    a = torch.randn(64, 64)
+    got = timing.time_callable(lambda: a @ a, "cpu", min_run_time=0.02)
+    assert set(got) == {"time_ms", "time_iqr_ms", "repeats"}
+    assert got["time_ms"] > 0 and got["time_iqr_ms"] >= 0 and got["repeats"] >= 5
+
+
+def test_slow_call_still_gets_min_repeats():
+    calls = []
+    got = timing.time_callable(lambda: calls.append(1), "cpu", min_run_time=0.0, min_repeats=7)
+    assert got["repeats"] >= 7
+
+
+def test_same_point_twice_agrees():
+    # Loose bound (30%) and a few attempts: other processes share these cores. The 5% claim
+    # for points over 10 ms is measured in tests/benchmarks/test_repeatability.py.
+    q, k, v = make_inputs("gaussian", 1, 4, 256, 256, 32, torch.float32, "cpu", 0)
+    fn = timing.pass_callable("fwd", variants.create("sdpa"), q, k, v, False, q)
+    ratios = []
+    for _ in range(4):
+        first = timing.time_callable(fn, "cpu", min_run_time=0.1)["time_ms"]
+        second = timing.time_callable(fn, "cpu", min_run_time=0.1)["time_ms"]
+        ratios.append(abs(first - second) / min(first, second))
+        if ratios[-1] < 0.3:
+            break
+    assert min(ratios) < 0.3, ratios
+
+
+class CountingAttention(variants.AttentionVariant):
+    """Test-only: exact attention that counts its forward calls."""
+
+    name = "counting"
+    exact = True
+
+    def __init__(self, seq_len=None, head_dim=None):
+        super().__init__(seq_len=seq_len, head_dim=head_dim)
+        self.calls = 0
+
+    def forward(self, q, k, v, causal=False):
+        self.calls += 1
+        return torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+
+    def flops(self, batch, heads, q_len, kv_len, head_dim, causal):
+        return 1
+
+
+def test_bwd_runs_backward_only_and_fwd_bwd_both():
+    q, k, v = make_inputs("gaussian", 1, 2, 16, 16, 8, torch.float32, "cpu", 0)
+    grad_out = torch.ones_like(q)
+    variant = CountingAttention()
+    bwd = timing.pass_callable("bwd", variant, q, k, v, False, grad_out)
+    assert variant.calls == 1  # the saved graph, built outside the timed region
+    grads = [bwd() for _ in range(3)]
+    assert variant.calls == 1
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[2]))
+    fwd_bwd = timing.pass_callable("fwd_bwd", variant, q, k, v, False, grad_out)
+    fwd_bwd()
+    assert variant.calls == 2
+    with torch.no_grad():
+        out = timing.pass_callable("fwd", variant, q, k, v, False, grad_out)()
+    assert out.shape == q.shape and not out.requires_grad
+    with pytest.raises(ValueError, match="pass='sideways'"):
+        timing.pass_callable("sideways", variant, q, k, v, False, grad_out)
+
+
+def test_time_once_and_synchronize_are_device_safe():
+    timing.synchronize("cpu")
+    assert timing.time_once_ms(lambda: None, "cpu") >= 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path():
+    a = torch.randn(512, 512, device="cuda")
+    got = timing.time_callable(lambda: a @ a, "cuda", min_run_time=0.05)
+    assert got["time_ms"] > 0 and got["repeats"] >= 5
