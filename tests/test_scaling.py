@@ -12,6 +12,7 @@ from harness import scaling
 from harness.results import complete_row
 
 LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
+LONG = LENGTHS + [16384]  # so that 8192 is not the last length
 
 
 def rows_for(variant: str, fn, lengths=LENGTHS, params=None, oom_from=None, **extra) -> list:
@@ -149,9 +150,9 @@ def test_crossover_edges() -> None:
 
 def test_crossover_baseline_with_several_series_takes_the_best() -> None:
     df = pd.DataFrame(
-        rows_for("sdpa", lambda n: n**2 / 1024, params={"backend": "math"})
-        + rows_for("sdpa", lambda n: n**2 / 2048, params={"backend": "flash"})
-        + rows_for("linear", lambda n: 4 * n)
+        rows_for("sdpa", lambda n: n**2 / 1024, LONG, params={"backend": "math"})
+        + rows_for("sdpa", lambda n: n**2 / 2048, LONG, params={"backend": "flash"})
+        + rows_for("linear", lambda n: 4 * n, LONG)
     )
     # vs the faster backend (n^2/2048 = 4n at n = 8192)
     assert scaling.crossover(df, "linear", "sdpa") == pytest.approx(8192)
@@ -171,9 +172,9 @@ def test_max_seq_len_before_oom() -> None:
 
 def test_summary_table_agrees_with_the_functions() -> None:
     df = pd.DataFrame(
-        rows_for("full", lambda n: n**2 / 1024, oom_from=8192)
-        + rows_for("sdpa", lambda n: n**2 / 2048)
-        + rows_for("linear", lambda n: 4 * n)
+        rows_for("full", lambda n: n**2 / 1024, LONG, oom_from=8192)
+        + rows_for("sdpa", lambda n: n**2 / 2048, LONG)
+        + rows_for("linear", lambda n: 4 * n, LONG)
     )
     table = scaling.summary_table(df).set_index("series")
     assert table.loc["linear", "time_cross_full"] == pytest.approx(4096)

@@ -1,0 +1,219 @@
+"""Block-sparse attention of BigBird (Zaheer et al. 2020, "Big Bird: Transformers for Longer
+Sequences").
+
+Approximates softmax attention by a block-sparse pattern: the sequence is cut into blocks of
+``block_size`` tokens, and each query block attends to
+
+* the ``2 * window_blocks + 1`` neighbouring key blocks (sliding window; causal: the
+  ``window_blocks`` previous blocks and its own),
+* the first ``num_global_blocks`` blocks, whose tokens are global: they see every key and every
+  query sees them (as in BigBird-ITC),
+* ``num_random_blocks`` random key blocks drawn, without repetition, among the blocks not already
+  covered (causal: only blocks entirely in the past). The draw is seeded by ``seed`` and shared
+  by all batch elements and heads, so the pattern is one ``(N, N)`` mask
+  (:meth:`BigBirdAttention.effective_mask`); a new seed draws new blocks.
+
+Within the selected blocks attention is token-exact (the causal mask is applied per token).
+Cost is O(N * block_size * (window + random blocks) + N * global tokens), computed with one
+gather of key/value blocks and batched matmuls; there is no loop over tokens or heads. Lengths
+that are not a multiple of ``block_size`` are padded and the padding masked.
+
+Cross-attention (``q_len != kv_len``) is not supported: the block pattern pairs query block i
+with key block i, which only has a meaning in self-attention (BigBird's encoder-decoder models
+use full attention for cross-attention).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from variants.base import (
+    AttentionVariant,
+    VariantConfigError,
+    causal_mask,
+    check_nonneg_int,
+    check_positive_int,
+)
+
+
+class BigBirdAttention(AttentionVariant):
+    """BigBird block-sparse attention: window + global + random key blocks.
+
+    Args:
+        block_size: Tokens per block. Default 64.
+        num_random_blocks: Random key blocks per query block (the accuracy/cost knob). Default 3.
+        window_blocks: One-sided sliding window in blocks (1 -> 3 blocks, as in the paper).
+        num_global_blocks: Leading blocks made global. Default 1.
+        seed: Seed of the random block draw.
+        seq_len: Sequence length the variant is built for; bounds ``num_global_blocks``.
+        head_dim: Ignored.
+        scale: Softmax scale; default ``1/sqrt(head_dim)``.
+    """
+
+    name: ClassVar[str] = "bigbird"
+    exact: ClassVar[bool] = False
+    supports_cross: ClassVar[bool] = False
+    randomized: ClassVar[bool] = True
+    knob: ClassVar[str | None] = "num_random_blocks"
+
+    def __init__(
+        self,
+        block_size: int = 64,
+        num_random_blocks: int = 3,
+        window_blocks: int = 1,
+        num_global_blocks: int = 1,
+        seed: int = 0,
+        seq_len: int | None = None,
+        head_dim: int | None = None,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        self.block_size = check_positive_int(self.name, "block_size", block_size)
+        self.num_random_blocks = check_nonneg_int(self.name, "num_random_blocks", num_random_blocks)
+        self.window_blocks = check_nonneg_int(self.name, "window_blocks", window_blocks)
+        self.num_global_blocks = check_nonneg_int(self.name, "num_global_blocks", num_global_blocks)
+        self.seed = check_nonneg_int(self.name, "seed", seed)
+        if seq_len is not None and num_global_blocks > math.ceil(seq_len / block_size):
+            raise VariantConfigError(
+                f"{self.name}: num_global_blocks={num_global_blocks} exceeds the "
+                f"{math.ceil(seq_len / block_size)} blocks of seq_len={seq_len} with "
+                f"block_size={block_size} (allowed: 0..{math.ceil(seq_len / block_size)})"
+            )
+        self._cache: dict[Any, Any] = {}
+
+    # --------------------------------------------------------------------------- pattern
+    def block_table(self, num_blocks: int, causal: bool) -> tuple[Tensor, Tensor]:
+        """Key blocks of each query block: ``index (nb, K)`` and ``valid (nb, K)`` (CPU).
+
+        Columns are the window blocks then the random blocks; invalid slots (outside the
+        sequence, global blocks, or too few candidates) point at block 0 and are masked.
+        """
+        key = ("table", num_blocks, causal)
+        if key in self._cache:
+            return self._cache[key]
+        nb, gb, wb = num_blocks, min(self.num_global_blocks, num_blocks), self.window_blocks
+        qb = torch.arange(nb)[:, None]
+        offsets = torch.arange(-wb, 1 if causal else wb + 1)[None, :]
+        win = qb + offsets  # (nb, W)
+        win_ok = (win >= gb) & (win < nb)
+        kb = torch.arange(nb)[None, :]
+        cand = (kb >= gb) & ((kb < qb - wb) if causal else ((kb - qb).abs() > wb))  # (nb, nb)
+        r = min(self.num_random_blocks, nb)
+        gen = torch.Generator().manual_seed(self.seed)
+        draw = torch.rand(nb, nb, generator=gen).masked_fill(~cand, 2.0)
+        val, rnd = torch.topk(draw, r, dim=1, largest=False)  # r distinct blocks per row
+        index = torch.cat([win.clamp(0, nb - 1), rnd], dim=1)
+        valid = torch.cat([win_ok, val < 2.0], dim=1)
+        self._cache[key] = (index.where(valid, 0), valid)
+        return self._cache[key]
+
+    def effective_mask(self, seq_len: int, causal: bool = False) -> Tensor:
+        """Boolean ``(seq_len, seq_len)`` mask, True where query i attends key j (this seed)."""
+        b = self.block_size
+        nb = math.ceil(seq_len / b)
+        index, valid = self.block_table(nb, causal)
+        blocks = torch.zeros(nb, nb, dtype=torch.bool)  # (query block, key block)
+        rows = torch.arange(nb)[:, None].expand_as(index)
+        blocks[rows[valid], index[valid]] = True
+        tok = torch.arange(seq_len) // b
+        glob = min(self.num_global_blocks * b, seq_len)
+        i, j = torch.arange(seq_len)[:, None], torch.arange(seq_len)[None, :]
+        allowed = blocks[tok[:, None], tok[None, :]] | (i < glob) | (j < glob)
+        return allowed & (j <= i) if causal else allowed
+
+    # --------------------------------------------------------------------------- forward
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        bsz, heads, n, d = q.shape
+        dv = v.shape[-1]
+        bs, bh = self.block_size, bsz * heads
+        nb = math.ceil(n / bs)
+        glob = min(self.num_global_blocks * bs, n)  # global tokens
+        index, slot_mask, glob_mask = self._masks(n, causal, q.device)
+        num_slots = index.shape[1]
+        scale = self.softmax_scale(d)
+
+        pad = (0, 0, 0, nb * bs - n)
+        qb = F.pad(q * scale, pad).reshape(bh * nb, bs, d)  # (BH*nb, bs, D)
+        kb = F.pad(k, pad).reshape(bh, nb, bs, d)
+        vb = F.pad(v, pad).reshape(bh, nb, bs, dv)
+        k_sel = kb[:, index.flatten()].reshape(bh * nb, num_slots * bs, d)  # gathered blocks
+        v_sel = vb[:, index.flatten()].reshape(bh * nb, num_slots * bs, dv)
+        scores = torch.bmm(qb, k_sel.transpose(1, 2)).view(bh, nb, bs, num_slots * bs)
+        scores = scores.masked_fill_(~slot_mask, float("-inf"))
+        if glob:
+            k_glob = k[:, :, :glob].reshape(bh, glob, d)
+            g_scores = torch.bmm(qb.view(bh, nb * bs, d), k_glob.transpose(1, 2))
+            g_scores = g_scores.view(bh, nb, bs, glob).masked_fill_(~glob_mask, float("-inf"))
+            scores = torch.cat([g_scores, scores], dim=-1)  # (BH, nb, bs, glob + slots*bs)
+        probs = torch.softmax(scores, dim=-1).view(bh * nb, bs, -1)
+        out = torch.bmm(probs[..., glob:], v_sel).view(bh, nb * bs, dv)
+        if glob:
+            g_probs = probs[..., :glob].reshape(bh, nb * bs, glob)
+            out = out + torch.bmm(g_probs, v[:, :, :glob].reshape(bh, glob, dv))
+        out = out[:, :n].view(bsz, heads, n, dv)
+        if glob:  # global queries attend to every key
+            rows = causal_mask(n, n, device=q.device)[:glob] if causal else None
+            g_out = F.scaled_dot_product_attention(q[:, :, :glob], k, v, attn_mask=rows, scale=scale)
+            out = torch.cat([g_out, out[:, :, glob:]], dim=2)
+        return out  # (B, H, N, Dv)
+
+    def _masks(self, n: int, causal: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Block index ``(nb, K)``, token masks ``(nb, bs, K*bs)`` and ``(nb, bs, glob)``."""
+        key = ("masks", n, causal, str(device))
+        if key in self._cache:
+            return self._cache[key]
+        bs = self.block_size
+        nb = math.ceil(n / bs)
+        glob = min(self.num_global_blocks * bs, n)
+        index, valid = self.block_table(nb, causal)
+        i = torch.arange(nb * bs).view(nb, bs, 1)  # query token
+        j = (index[:, None, :, None] * bs + torch.arange(bs)).reshape(nb, 1, -1)  # key token
+        slot = valid.repeat_interleave(bs, dim=1)[:, None, :] & (j < n)
+        if causal:
+            slot = slot & (j <= i)
+        g = torch.arange(glob).view(1, 1, glob)
+        g_ok = (g <= i) if causal else g < n
+        # Rows that are dropped (padding, global queries) are left unmasked, so that no row is
+        # all -inf (its NaNs would reach the key gradients through the softmax backward).
+        dropped = (i >= n) | (i < glob)
+        out = (index.to(device), (slot | dropped).to(device), (g_ok | dropped).to(device))
+        self._cache[key] = out
+        return out
+
+    # --------------------------------------------------------------------------- interface
+    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        reasons = super().not_supported_reasons(q, k, v, causal)
+        if q.shape[-2] != k.shape[-2]:
+            reasons[-1] += "; bigbird's block pattern is defined for self-attention only"
+        return reasons
+
+    def _slots(self, n: int, causal: bool) -> tuple[int, int, int]:
+        """(padded query rows, key slots per row, global tokens) of the block computation."""
+        bs = self.block_size
+        nb = math.ceil(n / bs)
+        window = self.window_blocks + 1 if causal else 2 * self.window_blocks + 1
+        slots = (window + min(self.num_random_blocks, nb)) * bs
+        glob = min(self.num_global_blocks * bs, n)
+        return nb * bs, slots + glob, glob
+
+    def flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # Work actually done: every query block scores its gathered key blocks and the global
+        # keys (masked slots included) and multiplies by V, plus full rows for global queries.
+        rows, slots, glob = self._slots(kv_len, causal)
+        return 4 * batch * heads * head_dim * (rows * slots + glob * kv_len)
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+    ) -> int:
+        rows, slots, glob = self._slots(kv_len, causal)
+        gathered = rows // self.block_size * (slots - glob)  # key/value rows after the gather
+        # scores and probabilities, gathered k and v, padded q/k/v, the output
+        per_head = 2 * rows * slots + 2 * gathered * head_dim + 4 * rows * head_dim
+        return batch * heads * per_head * element_size
