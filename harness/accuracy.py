@@ -99,9 +99,7 @@ def grad_rel_error(grads: tuple[Tensor, ...], refs: tuple[Tensor, ...]) -> float
     return math.sqrt(float(num) / float(den))
 
 
-def effective_attention(
-    variant: torch.nn.Module, q: Tensor, k: Tensor, causal: bool
-) -> Tensor:
+def effective_attention(variant: torch.nn.Module, q: Tensor, k: Tensor, causal: bool) -> Tensor:
     """The ``(1, H, Nq, Nk)`` matrix the variant applies to V, for batch element 0.
 
     V = identity is fed in column blocks of width ``D`` (the last block zero-padded), so each call

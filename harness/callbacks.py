@@ -60,8 +60,13 @@ def aggregate(sweep_dir: Path) -> Any:
         import pyarrow  # noqa: F401
 
         tmp = sweep_dir / ".results.parquet.tmp"
-        df.astype({c: "string" for c in ("params", "inputs_params", "seeds", "reason")
-                   if c in df.columns}).to_parquet(tmp, index=False)
+        df.astype(
+            {
+                c: "string"
+                for c in ("params", "inputs_params", "seeds", "reason")
+                if c in df.columns
+            }
+        ).to_parquet(tmp, index=False)
         os.replace(tmp, sweep_dir / "results.parquet")
     except ImportError:
         pass

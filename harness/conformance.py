@@ -62,8 +62,13 @@ def build(variant: str | Factory, seq_len: int, head_dim: int, seed: int = 0) ->
     return module
 
 
-def make_qkv(shape: tuple[int, int, int, int, int], seed: int = 0, dtype=torch.float32,
-             device="cpu", requires_grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def make_qkv(
+    shape: tuple[int, int, int, int, int],
+    seed: int = 0,
+    dtype=torch.float32,
+    device="cpu",
+    requires_grad: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Random (never zero) q, k, v for ``(batch, heads, q_len, kv_len, head_dim)``."""
     b, h, nq, nk, d = shape
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -130,7 +135,7 @@ def check_causal_no_future(variant: str | Factory) -> None:
     probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     if not probe.supports_causal:
         return
-    for shape in ([SELF_SHAPE, CROSS_SHAPE] if probe.supports_cross else [SELF_SHAPE]):
+    for shape in [SELF_SHAPE, CROSS_SHAPE] if probe.supports_cross else [SELF_SHAPE]:
         module = build(variant, shape[3], shape[4])
         q, k, v = make_qkv(shape, seed=1)
         if not _runs(module, q, k, v, True):
@@ -140,14 +145,23 @@ def check_causal_no_future(variant: str | Factory) -> None:
         first_hidden = cut + (nk - nq)
         k2, v2 = k.clone(), v.clone()
         gen = torch.Generator().manual_seed(7)
-        k2[..., first_hidden:, :] += 3 * torch.randn(k2[..., first_hidden:, :].shape, generator=gen)
-        v2[..., first_hidden:, :] += 3 * torch.randn(v2[..., first_hidden:, :].shape, generator=gen)
+        k2[..., first_hidden:, :] += 3 * torch.randn(
+            k2[..., first_hidden:, :].shape, generator=gen
+        )
+        v2[..., first_hidden:, :] += 3 * torch.randn(
+            v2[..., first_hidden:, :].shape, generator=gen
+        )
         with torch.no_grad():
             a = module(q, k, v, causal=True)[..., :cut, :]
             b = module(q, k2, v2, causal=True)[..., :cut, :]
         torch.testing.assert_close(
-            a, b, rtol=1e-5, atol=1e-6,
-            msg=lambda m: f"causal output depends on future keys/values ({shape}): {m}",
+            a,
+            b,
+            rtol=1e-5,
+            atol=1e-6,
+            msg=lambda m, shape=shape: (
+                f"causal output depends on future keys/values ({shape}): {m}"
+            ),
         )
         assert reference_mask(nq, nk)[:cut, first_hidden:].sum() == 0
 

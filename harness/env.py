@@ -59,12 +59,20 @@ def git_commit() -> str | None:
     """
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_REPO_DIR, capture_output=True, text=True,
-            timeout=10, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=_REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO_DIR,
-            capture_output=True, text=True, timeout=10, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -111,7 +119,7 @@ def _matmul_size(device: str, dtype: torch.dtype) -> int:
     return 1024 if dtype in (torch.float16, torch.bfloat16) else 2048
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _matmul_tflops(device: str, dtype: torch.dtype, threads: int) -> float:
     n = _matmul_size(device, dtype)
     gen = torch.Generator(device="cpu").manual_seed(0)

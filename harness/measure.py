@@ -108,8 +108,22 @@ def _base_row(point: dict[str, Any], pass_name: str) -> dict[str, Any]:
         inputs_params = check_params(point["inputs"], dict(point.get("inputs_params") or {}))
     except ValueError:
         inputs_params = dict(point.get("inputs_params") or {})
-    row = {f: point.get(f) for f in ("variant", "device", "dtype", "batch", "heads", "q_len",
-                                     "kv_len", "head_dim", "causal", "inputs", "seed")}  # fmt: skip
+    row = {
+        f: point.get(f)
+        for f in (
+            "variant",
+            "device",
+            "dtype",
+            "batch",
+            "heads",
+            "q_len",
+            "kv_len",
+            "head_dim",
+            "causal",
+            "inputs",
+            "seed",
+        )
+    }
     row.update(
         params=json.dumps(point.get("params") or {}, sort_keys=True, default=str),
         inputs_params=json.dumps(inputs_params, sort_keys=True, default=str),
@@ -135,10 +149,17 @@ def _accuracy(variant, factory, point, m, q, k, v) -> dict[str, Any]:
             model.setup(q, k, v, point["causal"])
         runs.append(
             accuracy.accuracy_once(
-                model, q, k, v, point["causal"], model.softmax_scale(q.shape[-1]),
-                seed, variant.supports_backward, m["attn_matrix_max_n"],
+                model,
+                q,
+                k,
+                v,
+                point["causal"],
+                model.softmax_scale(q.shape[-1]),
+                seed,
+                variant.supports_backward,
+                m["attn_matrix_max_n"],
             )
-        )  # fmt: skip
+        )
     out: dict[str, Any] = accuracy.summarize(runs)
     out["seeds"] = json.dumps(seeds)
     return out
@@ -165,17 +186,22 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
     fwd_flops = variant.flops(*shape, causal)
     analytic = variant.analytic_mem_bytes(*shape, causal, element_size=dtype.itemsize)
     for name, row in rows.items():
-        row.update(params=json.dumps(variant.config(), sort_keys=True, default=str),
-                   analytic_mem_bytes=analytic, flops=int(fwd_flops * FLOP_FACTOR[name]),
-                   matmul_tflops=env.matmul_tflops(device, dtype) if m["timing"] else None)  # fmt: skip
-    q, k, v = make_inputs(point["inputs"], *shape, dtype, device, point["seed"],
-                          **(point.get("inputs_params") or {}))  # fmt: skip
+        row.update(
+            params=json.dumps(variant.config(), sort_keys=True, default=str),
+            analytic_mem_bytes=analytic,
+            flops=int(fwd_flops * FLOP_FACTOR[name]),
+            matmul_tflops=env.matmul_tflops(device, dtype) if m["timing"] else None,
+        )
+    q, k, v = make_inputs(
+        point["inputs"], *shape, dtype, device, point["seed"], **(point.get("inputs_params") or {})
+    )
     reasons = variant.not_supported_reasons(q, k, v, causal)
     if not variant.supports_backward:
         for name in ("bwd", "fwd_bwd"):
             if name in rows:
-                rows[name].update(status="unsupported",
-                                  reason=f"{variant.name}: backward is not supported")  # fmt: skip
+                rows[name].update(
+                    status="unsupported", reason=f"{variant.name}: backward is not supported"
+                )
     for row in rows.values():
         if reasons and row["status"] is None:
             row.update(status="unsupported", reason="; ".join(reasons))
@@ -185,9 +211,11 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
     if torch.device(device).type == "cpu" and budget is not None:
         estimate = estimate_bytes(variant, point, m)
         if estimate > budget * 1e9:
-            raise PointOOM(f"refused before allocating: estimated {estimate / 1e9:.2f} GB "
-                           f"(variant {analytic / 1e9:.2f} GB + inputs, gradients, reference) "
-                           f"exceeds measure.memory_budget_gb={budget}")  # fmt: skip
+            raise PointOOM(
+                f"refused before allocating: estimated {estimate / 1e9:.2f} GB "
+                f"(variant {analytic / 1e9:.2f} GB + inputs, gradients, reference) "
+                f"exceeds measure.memory_budget_gb={budget}"
+            )
     setup_ms = timing.time_once_ms(lambda: variant.setup(q, k, v, causal), device)
     with torch.no_grad():
         first: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from torch import Tensor
 
 
 def reference_mask(q_len: int, kv_len: int, device: torch.device | str | None = None) -> Tensor:
-    """Bottom-right causal mask, True where allowed: key j visible to query i iff j <= i + Nk-Nq."""
+    """Bottom-right causal mask, True where allowed: key j visible to query i iff j <= i+Nk-Nq."""
     i = torch.arange(q_len, device=device)[:, None]
     j = torch.arange(kv_len, device=device)[None, :]
     return j <= i + (kv_len - q_len)
@@ -75,7 +75,11 @@ def reference_attention_autograd(
 
 
 def reference_grads(
-    q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, causal: bool = False,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    grad_out: Tensor,
+    causal: bool = False,
     scale: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Exact float64 gradients ``(dq, dk, dv)`` of attention for upstream gradient ``grad_out``."""

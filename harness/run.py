@@ -43,8 +43,23 @@ DEVICES = ("auto", "cpu", "cuda")
 PASSES = ("fwd", "bwd", "fwd_bwd")
 #: Keys of the config that describe the point (everything else is bookkeeping).
 POINT_KEYS = (
-    "task", "variant", "batch", "heads", "seq_len", "kv_len", "head_dim", "dtype", "device",
-    "causal", "inputs", "seed", "seeds", "passes", "knob", "measure", "realmodel",
+    "task",
+    "variant",
+    "batch",
+    "heads",
+    "seq_len",
+    "kv_len",
+    "head_dim",
+    "dtype",
+    "device",
+    "causal",
+    "inputs",
+    "seed",
+    "seeds",
+    "passes",
+    "knob",
+    "measure",
+    "realmodel",
 )
 
 
@@ -86,8 +101,11 @@ def variant_class(cfg: DictConfig):
 
 def variant_params(cfg: DictConfig) -> dict[str, Any]:
     """The variant's own parameters from the config (without ``_target_``), knob applied."""
-    params = {k: v for k, v in OmegaConf.to_container(cfg.variant, resolve=True).items()
-              if not k.startswith("_")}
+    params = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.variant, resolve=True).items()
+        if not k.startswith("_")
+    }
     knob_value = cfg.get("knob")
     if knob_value is not None:
         knob = variant_class(cfg).knob
@@ -126,11 +144,20 @@ def resolve_point(cfg: DictConfig) -> dict[str, Any]:
         "task": task,
         "variant": cls.name,
         "params": variant_params(cfg),
-        "batch": cfg.batch, "heads": cfg.heads, "q_len": cfg.seq_len, "kv_len": kv_len,
-        "head_dim": cfg.head_dim, "dtype": dtype, "device": device, "causal": cfg.causal,
-        "inputs": inputs_name, "inputs_params": inputs_cfg,
-        "seed": cfg.seed, "seeds": seeds if cls.randomized else [cfg.seed],
-        "passes": passes, "measure": measure,
+        "batch": cfg.batch,
+        "heads": cfg.heads,
+        "q_len": cfg.seq_len,
+        "kv_len": kv_len,
+        "head_dim": cfg.head_dim,
+        "dtype": dtype,
+        "device": device,
+        "causal": cfg.causal,
+        "inputs": inputs_name,
+        "inputs_params": inputs_cfg,
+        "seed": cfg.seed,
+        "seeds": seeds if cls.randomized else [cfg.seed],
+        "passes": passes,
+        "measure": measure,
     }
     if task == "realmodel":
         point["realmodel"] = OmegaConf.to_container(cfg.get("realmodel") or {}, resolve=True)
@@ -217,8 +244,10 @@ def hygiene() -> None:
 # ------------------------------------------------------------------------------ progress
 def progress_line(index: str, point: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """One line per point: index, variant, shape, status and the headline figure."""
-    shape = f"B{point['batch']} H{point['heads']} q{point['q_len']} kv{point['kv_len']} " \
-            f"d{point['head_dim']} {point['dtype']}{' causal' if point['causal'] else ''}"
+    shape = (
+        f"B{point['batch']} H{point['heads']} q{point['q_len']} kv{point['kv_len']} "
+        f"d{point['head_dim']} {point['dtype']}{' causal' if point['causal'] else ''}"
+    )
     parts = []
     for row in rows:
         figure = ""
@@ -252,13 +281,21 @@ def _config_error_row(cfg: DictConfig, hc, out_dir: Path, exc: Exception) -> lis
         pass
     blob = json.dumps(sorted(overrides)).encode()
     row = {
-        "run_id": Path(hc.sweep.dir).name, "experiment": cfg.get("experiment_name"),
+        "run_id": Path(hc.sweep.dir).name,
+        "experiment": cfg.get("experiment_name"),
         "point_id": "cfg-" + hashlib.sha256(blob).hexdigest()[:12],
-        "variant": name, "params": json.dumps(overrides), "pass": "fwd",
-        "batch": cfg.get("batch"), "heads": cfg.get("heads"), "q_len": cfg.get("seq_len"),
-        "kv_len": cfg.get("kv_len") or cfg.get("seq_len"), "head_dim": cfg.get("head_dim"),
-        "dtype": cfg.get("dtype"), "causal": cfg.get("causal"),
-        "status": "error", "reason": f"config: {exc}",
+        "variant": name,
+        "params": json.dumps(overrides),
+        "pass": "fwd",
+        "batch": cfg.get("batch"),
+        "heads": cfg.get("heads"),
+        "q_len": cfg.get("seq_len"),
+        "kv_len": cfg.get("kv_len") or cfg.get("seq_len"),
+        "head_dim": cfg.get("head_dim"),
+        "dtype": cfg.get("dtype"),
+        "causal": cfg.get("causal"),
+        "status": "error",
+        "reason": f"config: {exc}",
     }
     write_rows(out_dir / ROWS_FILE, [row])
     print(f"[{hc.job.num + 1}] {name}: config error: {exc}", flush=True)
@@ -293,8 +330,11 @@ def run_point(cfg: DictConfig) -> list[dict[str, Any]]:
 
     if multirun and not cfg.force:
         if pid in existing_point_ids(Path(hc.sweep.dir)):
-            print(f"[{index}] {point['variant']} point {pid} already measured; skipped "
-                  "(force=true to measure again)", flush=True)
+            print(
+                f"[{index}] {point['variant']} point {pid} already measured; skipped "
+                "(force=true to measure again)",
+                flush=True,
+            )
             return []
     hygiene()
     if point["task"] == "realmodel":

@@ -93,8 +93,18 @@ def speed_table(args: argparse.Namespace) -> str:
                 fn()  # first call: lazy setup, allocator warm-up
                 median, iqr, repeats = time_call(fn, args.min_run_time, args.min_repeats)
         except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
-            rows.append((name, json.dumps(params), None, None, None, None, target,
-                         f"{type(exc).__name__}: {exc}"))
+            rows.append(
+                (
+                    name,
+                    json.dumps(params),
+                    None,
+                    None,
+                    None,
+                    None,
+                    target,
+                    f"{type(exc).__name__}: {exc}",
+                )
+            )
             continue
         if name == "sdpa":
             sdpa_ms = median * 1e3
@@ -165,9 +175,19 @@ def memory_report(args: argparse.Namespace) -> str:
     for name, params in MEMORY_POINTS:
         peaks = []
         for n in MEMORY_LENGTHS:
-            cmd = [sys.executable, "-m", "harness.speedcheck", "--memory-child", name,
-                   json.dumps(params), str(n), "--heads", str(args.heads),
-                   "--head-dim", str(args.head_dim)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "harness.speedcheck",
+                "--memory-child",
+                name,
+                json.dumps(params),
+                str(n),
+                "--heads",
+                str(args.heads),
+                "--head-dim",
+                str(args.head_dim),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 peaks.append(None)
@@ -176,8 +196,11 @@ def memory_report(args: argparse.Namespace) -> str:
             peaks.append(int(proc.stdout.strip().splitlines()[-1]))
             print(f"  {name} n={n}: {peaks[-1] / 2**20:.1f} MiB", file=sys.stderr)
         ok = [(n, p) for n, p in zip(MEMORY_LENGTHS, peaks) if p]
-        slope = np.polyfit(np.log([n for n, _ in ok]), np.log([p for _, p in ok]), 1)[0] if len(
-            ok) > 1 else float("nan")
+        slope = (
+            np.polyfit(np.log([n for n, _ in ok]), np.log([p for _, p in ok]), 1)[0]
+            if len(ok) > 1
+            else float("nan")
+        )
         cells = " | ".join("-" if p is None else f"{p / 2**20:.1f} MiB" for p in peaks)
         verdict = "PASS" if slope <= SLOPE_TARGET else "FAIL"
         lines.append(f"| {name} {json.dumps(params)} | {cells} | {slope:.3f} | {verdict} |")
@@ -195,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-repeats", type=int, default=5)
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--memory", action="store_true", help="peak-memory scaling instead")
-    parser.add_argument("--memory-child", nargs=3, metavar=("NAME", "PARAMS", "N"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", nargs=3, metavar=("NAME", "PARAMS", "N"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.memory_child:
         name, params, n = args.memory_child

@@ -14,6 +14,7 @@ from harness.inputs import make_inputs
 from harness.reference import reference_grads, reference_probs
 from variants.base import AttentionVariant
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
@@ -118,8 +119,9 @@ def test_divergence_by_hand_with_negative_entries():
 
 
 def test_summarize_mean_and_population_std():
-    out = accuracy.summarize([{"rel_err": 1.0, "grad_rel_err": 2.0}, {"rel_err": 3.0,
-                                                                      "grad_rel_err": 2.0}])
+    out = accuracy.summarize(
+        [{"rel_err": 1.0, "grad_rel_err": 2.0}, {"rel_err": 3.0, "grad_rel_err": 2.0}]
+    )
     assert out["rel_err"] == 2.0 and out["rel_err_std"] == 1.0
     assert out["grad_rel_err"] == 2.0 and out["grad_rel_err_std"] == 0.0
 

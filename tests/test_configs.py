@@ -52,8 +52,14 @@ def test_experiment_composes_and_sweeps(experiment: str) -> None:
 
 @pytest.mark.parametrize(
     "override,field",
-    [("seq_len=0", "seq_len"), ("heads=-2", "heads"), ("dtype=float8", "dtype"),
-     ("device=tpu", "device"), ("passes=[fwd,sideways]", "passes"), ("kv_len=0", "kv_len")],
+    [
+        ("seq_len=0", "seq_len"),
+        ("heads=-2", "heads"),
+        ("dtype=float8", "dtype"),
+        ("device=tpu", "device"),
+        ("passes=[fwd,sideways]", "passes"),
+        ("kv_len=0", "kv_len"),
+    ],
 )
 def test_bad_values_name_the_field(override: str, field: str) -> None:
     cfg = _compose([override])
@@ -66,8 +72,9 @@ def test_knob_sets_the_variants_knob() -> None:
     assert resolve_point(cfg)["params"]["nb_features"] == 64
 
 
-@pytest.mark.parametrize("launcher", ["submitit_local", "submitit_slurm", "attnbench_slurm",
-                                      "joblib"])
+@pytest.mark.parametrize(
+    "launcher", ["submitit_local", "submitit_slurm", "attnbench_slurm", "joblib"]
+)
 def test_launchers_compose(launcher: str) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")

@@ -11,8 +11,18 @@ from variants.base import VariantConfigError, causal_mask, check_qkv
 
 def test_available_lists_builtins() -> None:
     names = variants.available()
-    for name in ("full", "sdpa", "xformers", "longformer", "local", "linformer", "performer",
-                 "nystrom", "bigbird", "linear"):
+    for name in (
+        "full",
+        "sdpa",
+        "xformers",
+        "longformer",
+        "local",
+        "linformer",
+        "performer",
+        "nystrom",
+        "bigbird",
+        "linear",
+    ):
         assert name in names
 
 

@@ -13,6 +13,7 @@ from harness.inputs import GENERATOR_PARAMS, INPUT_GENERATORS, make_inputs
 SYNTHETIC = [name for name in INPUT_GENERATORS if name != "minilm"]
 SHAPE = (2, 3, 40, 56, 16)  # batch, heads, q_len, kv_len, head_dim (cross on purpose)
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
@@ -57,8 +58,13 @@ def test_gaussian_temperature_sets_logit_scale_and_entropy():
     logits = q @ k.transpose(-2, -1) / 8.0
     assert abs(float(logits.std()) - 3.0) < 0.1
     entropies = [
-        _entropy(_probs(*make_inputs("gaussian", 1, 4, 256, 256, 64, torch.float64, "cpu", 0,
-                                     temperature=t)[:2]))  # fmt: skip
+        _entropy(
+            _probs(
+                *make_inputs(
+                    "gaussian", 1, 4, 256, 256, 64, torch.float64, "cpu", 0, temperature=t
+                )[:2]
+            )
+        )  # fmt: skip
         for t in (0.1, 1.0, 10.0)
     ]
     assert entropies[0] > entropies[1] > entropies[2]

@@ -38,8 +38,10 @@ def test_more_pinv_iterations_converge():
     q, k, v = make_qkv((1, 2, 40, 40, 16), seed=1, dtype=torch.float64)
     ref = reference_attention(q, k, v)
     errs = [
-        rel_err(variants.create("nystrom", seq_len=40, num_landmarks=40, pinv_iterations=it)(
-            q, k, v), ref)
+        rel_err(
+            variants.create("nystrom", seq_len=40, num_landmarks=40, pinv_iterations=it)(q, k, v),
+            ref,
+        )
         for it in (4, 8, 12, 20)
     ]
     assert errs == sorted(errs, reverse=True), errs
@@ -67,8 +69,10 @@ def test_error_falls_with_more_landmarks():
     q, k, v = make_qkv((1, 2, 64, 64, 16), seed=3, dtype=torch.float64)
     ref = reference_attention(q, k, v)
     errs = [
-        rel_err(variants.create("nystrom", seq_len=64, num_landmarks=m, pinv_iterations=20)(
-            q, k, v), ref)
+        rel_err(
+            variants.create("nystrom", seq_len=64, num_landmarks=m, pinv_iterations=20)(q, k, v),
+            ref,
+        )
         for m in (4, 64)
     ]
     assert errs[1] < errs[0]

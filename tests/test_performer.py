@@ -46,7 +46,10 @@ def test_projection_blocks_orthogonal_and_rows_gaussian_sized():
         assert off_diag.abs().max() < 1e-5, "rows of a block must be orthogonal"
     # chi(d) norms: mean of |w|^2 over many draws is d
     draws = torch.cat(
-        [orthogonal_gaussian_projection(64, d, torch.Generator().manual_seed(s)) for s in range(50)]
+        [
+            orthogonal_gaussian_projection(64, d, torch.Generator().manual_seed(s))
+            for s in range(50)
+        ]
     )
     assert abs(draws.double().pow(2).sum(-1).mean().item() - d) < 0.5
 

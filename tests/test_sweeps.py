@@ -21,8 +21,13 @@ TINY = ["batch=1", "heads=2", "head_dim=16", "measure.min_run_time=0.01", "seeds
 def attnbench(args: list[str], cwd: Path, timeout: int = 240, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="0")
     return subprocess.run(
-        [sys.executable, "-m", "harness.run", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=timeout, **kw,
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
     )
 
 
@@ -59,8 +64,11 @@ def test_bad_input_one_line_nothing_written(tmp_path: Path, args: list[str], nee
     assert res.returncode != 0
     assert needle in res.stderr, res.stderr
     assert not list(tmp_path.rglob("rows.jsonl"))
-    assert not list((tmp_path / "results").rglob(".hydra")) if (tmp_path / "results").exists() \
+    assert (
+        not list((tmp_path / "results").rglob(".hydra"))
+        if (tmp_path / "results").exists()
         else True
+    )
 
 
 def test_unsupported_single_point_says_why(tmp_path: Path) -> None:
@@ -73,8 +81,15 @@ def test_unsupported_single_point_says_why(tmp_path: Path) -> None:
 
 def test_sweep_aggregates_and_resumes(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    args = ["-m", "variant=full,sdpa", "seq_len=32,48", "passes=[fwd]", *TINY,
-            f"hydra.sweep.dir={sweep}", "experiment_name=t"]
+    args = [
+        "-m",
+        "variant=full,sdpa",
+        "seq_len=32,48",
+        "passes=[fwd]",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "experiment_name=t",
+    ]
     res = attnbench(args, tmp_path)
     assert res.returncode == 0, res.stderr
     assert "[1/4]" in res.stdout and "[4/4]" in res.stdout
@@ -91,12 +106,24 @@ def test_sweep_aggregates_and_resumes(tmp_path: Path) -> None:
 
 def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    args = ["-m", "variant=full,sdpa,linear", "seq_len=32,48,64", "passes=[fwd]", *TINY,
-            f"hydra.sweep.dir={sweep}", "experiment_name=t"]
+    args = [
+        "-m",
+        "variant=full,sdpa,linear",
+        "seq_len=32,48,64",
+        "passes=[fwd]",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "experiment_name=t",
+    ]
     env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and len(list(sweep.rglob("rows.jsonl"))) < 3:
         time.sleep(0.2)
@@ -112,16 +139,28 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
 
 
 def test_sweep_with_every_point_failing_exits_nonzero(tmp_path: Path) -> None:
-    res = attnbench(["-m", "variant=xformers", "seq_len=32,48", *TINY,
-                     f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    res = attnbench(
+        ["-m", "variant=xformers", "seq_len=32,48", *TINY, f"hydra.sweep.dir={tmp_path / 's'}"],
+        tmp_path,
+    )
     assert res.returncode != 0
     assert "no point of this sweep ran" in res.stderr
     assert "unsupported" in res.stderr
 
 
 def test_sweep_records_bad_knob_as_error_row_and_goes_on(tmp_path: Path) -> None:
-    res = attnbench(["-m", "variant=linformer", "seq_len=64", "knob=16,128", "passes=[fwd]",
-                     *TINY, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    res = attnbench(
+        [
+            "-m",
+            "variant=linformer",
+            "seq_len=64",
+            "knob=16,128",
+            "passes=[fwd]",
+            *TINY,
+            f"hydra.sweep.dir={tmp_path / 's'}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     df = pd.read_csv(tmp_path / "s" / "results.csv")
     assert sorted(df["status"]) == ["error", "ok"]
@@ -132,9 +171,20 @@ def test_sweep_records_bad_knob_as_error_row_and_goes_on(tmp_path: Path) -> None
 def test_submitit_local_launcher(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    res = attnbench(["-m", "hydra/launcher=submitit_local", "variant=full,sdpa", "seq_len=32",
-                     "passes=[fwd]", *TINY, f"hydra.sweep.dir={sweep}",
-                     "hydra.launcher.timeout_min=5"], tmp_path, timeout=400)
+    res = attnbench(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "variant=full,sdpa",
+            "seq_len=32",
+            "passes=[fwd]",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+            "hydra.launcher.timeout_min=5",
+        ],
+        tmp_path,
+        timeout=400,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     df = pd.read_csv(sweep / "results.csv")
     assert sorted(df["variant"]) == ["full", "sdpa"] and set(df["status"]) == {"ok"}

@@ -160,9 +160,7 @@ def get_class(name: str) -> type[AttentionVariant]:
             ) from exc
     else:
         known = list(BUILTINS) + sorted(_plugins())
-        raise UnknownVariantError(
-            f"unknown variant {name!r}; available: {', '.join(known)}"
-        )
+        raise UnknownVariantError(f"unknown variant {name!r}; available: {', '.join(known)}")
     _loaded[name] = cls
     return cls
 
@@ -180,9 +178,7 @@ def create(name: str, **params: Any) -> AttentionVariant:
         if "unexpected keyword argument" in str(exc):
             import inspect
 
-            allowed = [
-                p for p in inspect.signature(cls.__init__).parameters if p not in ("self",)
-            ]
+            allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self",)]
             bad = str(exc).split("argument")[-1].strip()
             raise VariantConfigError(
                 f"{name}: unknown parameter {bad}; allowed: {', '.join(allowed)}"

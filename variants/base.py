@@ -79,7 +79,7 @@ class AttentionVariant(torch.nn.Module):
 
     # ----------------------------------------------------------------------------- interface
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        """Attention output ``(B, H, Nq, Dv)`` for ``q (B, H, Nq, D)``, ``k``/``v (B, H, Nk, .)``."""
+        """Attention output (B, H, Nq, Dv) for ``q (B, H, Nq, D)``, ``k``/``v (B, H, Nk, *)``."""
         raise NotImplementedError
 
     def flops(

@@ -80,7 +80,9 @@ class LinformerAttention(AttentionVariant):
     ) -> None:
         super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
         if seq_len is None:
-            raise VariantConfigError("linformer: seq_len is required (projections are k x seq_len)")
+            raise VariantConfigError(
+                "linformer: seq_len is required (projections are k x seq_len)"
+            )
         if k is None:
             k = min(DEFAULT_K, seq_len)
         check_positive_int(self.name, "k", k)

@@ -39,8 +39,7 @@ class MultiHeadAttention(torch.nn.Module):
         check_positive_int("MultiHeadAttention", "num_heads", num_heads)
         if d_model % num_heads:
             raise ValueError(
-                f"MultiHeadAttention: d_model={d_model} must be divisible by "
-                f"num_heads={num_heads}"
+                f"MultiHeadAttention: d_model={d_model} must be divisible by num_heads={num_heads}"
             )
         self.d_model, self.num_heads = d_model, num_heads
         self.head_dim = d_model // num_heads
@@ -60,11 +59,15 @@ class MultiHeadAttention(torch.nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
 
     def forward(self, x: Tensor, context: Tensor | None = None, causal: bool = False) -> Tensor:
-        """``x (B, Nq, d_model)``, optional ``context (B, Nk, d_model)`` -> ``(B, Nq, d_model)``."""
+        """``x (B, Nq, C)``, optional ``context (B, Nk, C)`` -> ``(B, Nq, C)``; C = d_model."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be (B, N, {self.d_model}); got {tuple(x.shape)}")
         context = x if context is None else context
-        if context.dim() != 3 or context.shape[-1] != self.d_model or context.shape[0] != x.shape[0]:
+        if (
+            context.dim() != 3
+            or context.shape[-1] != self.d_model
+            or context.shape[0] != x.shape[0]
+        ):
             raise ValueError(
                 f"context must be ({x.shape[0]}, N, {self.d_model}); got {tuple(context.shape)}"
             )

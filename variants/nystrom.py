@@ -30,7 +30,7 @@ from variants.base import AttentionVariant, VariantConfigError, check_positive_i
 
 
 def segment_mean_matrix(n: int, m: int, dtype: torch.dtype, device) -> Tensor:
-    """``(m, n)`` averaging matrix: row i is the mean over tokens ``[floor(i n/m), floor((i+1) n/m))``."""
+    """``(m, n)`` averaging matrix; row i averages tokens floor(i n/m) .. floor((i+1) n/m) - 1."""
     bounds = torch.arange(m + 1, device=device) * n // m  # (m + 1,)
     pos = torch.arange(n, device=device)
     inside = (pos >= bounds[:-1, None]) & (pos < bounds[1:, None])  # (m, n)

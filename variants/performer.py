@@ -137,7 +137,9 @@ class PerformerAttention(AttentionVariant):
         self._generator = torch.Generator().manual_seed(seed)
         self.register_buffer("projection", None)
         if redraw == "fixed" and head_dim is not None:
-            self.projection = orthogonal_gaussian_projection(nb_features, head_dim, self._generator)
+            self.projection = orthogonal_gaussian_projection(
+                nb_features, head_dim, self._generator
+            )
 
     def _projection(self, head_dim: int, like: Tensor) -> Tensor:
         """The ``(m, head_dim)`` rows for this call (drawn now for every_call or lazily)."""

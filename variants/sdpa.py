@@ -16,7 +16,6 @@ from __future__ import annotations
 import warnings
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

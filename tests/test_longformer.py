@@ -1,0 +1,162 @@
+"""Longformer / local sliding-window attention: every backend that runs here vs a float64 dense
+masked reference, limits, gradients, validation and the conformance kit."""
+
+import itertools
+import os
+
+import pytest
+import torch
+
+import variants
+from harness.conformance import make_qkv, run_conformance
+from harness.reference import reference_attention
+from variants.base import VariantConfigError
+from variants.longformer import LongformerAttention, LocalAttention, longformer_mask
+
+CPU_BACKENDS = ["chunked", "dense_mask", "auto"]
+# Compiling flex_attention on a CPU takes minutes; opt in with ATTNBENCH_TEST_FLEX=1.
+RUN_FLEX = os.environ.get("ATTNBENCH_TEST_FLEX") == "1"
+
+
+def expected_mask(nq: int, nk: int, window: int, num_global: int, causal: bool) -> torch.Tensor:
+    """The documented pattern, written independently of the implementation (bottom-right)."""
+    mask = torch.zeros(nq, nk, dtype=torch.bool)
+    for i in range(nq):
+        pos = i + nk - nq
+        for j in range(nk):
+            in_band = pos - window <= j <= (pos if causal else pos + window)
+            ok = in_band or j < num_global or i < num_global
+            mask[i, j] = ok and (j <= pos or not causal)
+    return mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(9, 9), (5, 12), (12, 7)])
+def test_mask_matches_definition(shape, causal):
+    for window, num_global in itertools.product([0, 2, 20], [0, 3]):
+        got = longformer_mask(*shape, window, num_global, causal)
+        assert torch.equal(got, expected_mask(*shape, window, num_global, causal))
+
+
+# (q_len, kv_len): multiples of the block size (32 for small windows) and not, cross lengths
+SHAPES = [(64, 64), (67, 67), (1, 1), (37, 83), (83, 70), (128, 128)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_global", [0, 3])
+@pytest.mark.parametrize("window", [0, 5, 40])
+def test_matches_masked_reference(backend, causal, num_global, window):
+    module = LongformerAttention(window=window, num_global=num_global, backend=backend)
+    for nq, nk in SHAPES:
+        q, k, v = make_qkv((2, 3, nq, nk, 16), seed=nq + nk, dtype=torch.float64)
+        if module.not_supported_reasons(q, k, v, causal):
+            assert causal and nq > nk or nq - nk > window and not num_global
+            continue
+        mask = longformer_mask(nq, nk, window, num_global, causal)
+        ref = reference_attention(q, k, v, causal=causal, mask=mask)
+        torch.testing.assert_close(module(q, k, v, causal), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "dense_mask"])
+def test_float32_close_to_reference(backend):
+    module = LongformerAttention(window=16, num_global=2, backend=backend)
+    q, k, v = make_qkv((1, 2, 100, 100, 32), seed=1)
+    ref = reference_attention(q, k, v, mask=longformer_mask(100, 100, 16, 2, False))
+    torch.testing.assert_close(module(q, k, v).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "dense_mask"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_covering_sequence_is_exact(backend, causal):
+    module = LocalAttention(window=70, backend=backend)
+    q, k, v = make_qkv((2, 2, 70, 70, 16), seed=2, dtype=torch.float64)
+    ref = reference_attention(q, k, v, causal=causal)
+    torch.testing.assert_close(module(q, k, v, causal), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "dense_mask"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(50, 50), (30, 77)])
+def test_gradients_match_masked_reference(backend, causal, shape):
+    nq, nk = shape
+    module = LongformerAttention(window=7, num_global=2, backend=backend)
+    q, k, v = make_qkv((2, 2, nq, nk, 8), seed=3, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 2, nq, 8, dtype=torch.float64)
+    mask = longformer_mask(nq, nk, 7, 2, causal)
+    got = torch.autograd.grad(module(q, k, v, causal), (q, k, v), grad_out)
+    ref = torch.autograd.grad(reference_attention_diff(q, k, v, causal, mask), (q, k, v), grad_out)
+    for name, a, b in zip("qkv", got, ref):
+        assert torch.isfinite(a).all(), f"d{name} not finite"
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name} differs")
+
+
+def reference_attention_diff(q, k, v, causal, mask):
+    """Differentiable float64 masked attention (the reference's formula, with autograd)."""
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    allowed = mask & (torch.arange(k.shape[-2]) <= torch.arange(q.shape[-2])[:, None] +
+                      k.shape[-2] - q.shape[-2]) if causal else mask  # fmt: skip
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ v
+
+
+def test_auto_resolves_to_chunked_on_cpu():
+    module = variants.create("longformer", seq_len=64, head_dim=16)
+    q, k, v = make_qkv((1, 1, 64, 64, 16))
+    assert module.resolved_backend(q, k, v, False) == "chunked"
+    module(q, k, v)
+    assert module.config()["resolved_backend"] == "chunked"
+
+
+def test_xformers_reasons_on_cpu_and_with_globals():
+    q, k, v = make_qkv((1, 1, 64, 64, 16))
+    reasons = LongformerAttention(num_global=2, backend="xformers").not_supported_reasons(
+        q, k, v, False
+    )
+    assert any("num_global" in r for r in reasons) and any("CUDA" in r for r in reasons)
+
+
+def test_queries_without_keys_are_unsupported():
+    module = LocalAttention(window=4, backend="chunked")
+    q, k, v = make_qkv((1, 1, 20, 10, 8))
+    assert any("no key" in r for r in module.not_supported_reasons(q, k, v, False))
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"window": -1}, "window"),
+        ({"num_global": -2}, "num_global"),
+        ({"num_global": 65, "seq_len": 64}, "num_global"),
+        ({"backend": "triton"}, "backend"),
+        ({"window": 2.5}, "window"),
+    ],
+)
+@pytest.mark.parametrize("name", ["longformer", "local"])
+def test_bad_parameters_name_the_field(name, params, field):
+    with pytest.raises(VariantConfigError, match=field):
+        variants.create(name, **params)
+
+
+def test_flops_and_memory_grow_linearly():
+    module = LocalAttention(window=256)
+    f1, f2 = (module.flops(1, 8, n, n, 64, False) for n in (4096, 8192))
+    m1, m2 = (module.analytic_mem_bytes(1, 8, n, n, 64, False) for n in (4096, 8192))
+    assert 1.9 < f2 / f1 < 2.1 and 1.9 < m2 / m1 < 2.1
+
+
+@pytest.mark.parametrize("name", ["longformer", "local"])
+def test_conformance(name):
+    run_conformance(name)
+
+
+@pytest.mark.skipif(not RUN_FLEX, reason="set ATTNBENCH_TEST_FLEX=1 (compiles for minutes)")
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_matches_masked_reference(causal):
+    module = LongformerAttention(window=20, num_global=2, backend="flex")
+    q, k, v = make_qkv((1, 2, 200, 200, 16), seed=4)
+    reasons = module.not_supported_reasons(q, k, v, causal)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+    module.setup(q, k, v, causal)
+    ref = reference_attention(q, k, v, causal=causal, mask=longformer_mask(200, 200, 20, 2, causal))
+    torch.testing.assert_close(module(q, k, v, causal).double(), ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,138 @@
+"""measure_point: every failure becomes a row, and ok rows fill every column."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import variants
+from harness import env
+from harness.measure import measure_point
+from harness.results import COLUMNS
+
+#: Columns the caller (run.py) or the environment may leave empty on an ok CPU row.
+MAY_BE_EMPTY = {"run_id", "experiment", "point_id", "reason", "cuda", "xformers", "git_commit"}
+
+
+def _point(variant="full", **measure):
+    return {
+        "variant": variant, "params": {}, "batch": 1, "heads": 2, "q_len": 48, "kv_len": 48,
+        "head_dim": 16, "dtype": "float32", "device": "cpu", "causal": False,
+        "inputs": "gaussian", "inputs_params": {"temperature": 1.0}, "seed": 0,
+        "seeds": [0, 1, 2], "passes": ["fwd", "bwd", "fwd_bwd"],
+        "measure": {"min_run_time": 0.01, "threads": 1, "attn_matrix_max_n": 64, **measure},
+    }  # fmt: skip
+
+
+def _factory(name, **params):
+    return lambda seed: variants.create(name, seq_len=48, head_dim=16, **params)
+
+
+class NaNAttention(variants.AttentionVariant):
+    name = "nan_test"
+    exact = False
+
+    def forward(self, q, k, v, causal=False):
+        return torch.full_like(q, float("nan"))
+
+    def flops(self, batch, heads, q_len, kv_len, head_dim, causal):
+        return 1
+
+
+class RaisingAttention(NaNAttention):
+    name = "raising_test"
+
+    def forward(self, q, k, v, causal=False):
+        raise RuntimeError("boom")
+
+
+class NoBackward(NaNAttention):
+    name = "nobwd_test"
+    supports_backward = False
+
+    def forward(self, q, k, v, causal=False):
+        return torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+
+
+class RandomAttention(NoBackward):
+    """Exact attention plus seed-dependent noise: a stand-in for a randomised variant."""
+
+    name = "random_test"
+    randomized = True
+    supports_backward = True
+
+    def __init__(self, seed=0, seq_len=None, head_dim=None):
+        super().__init__(seq_len=seq_len, head_dim=head_dim)
+        self.seed = seed
+
+    def forward(self, q, k, v, causal=False):
+        noise = torch.randn(q.shape, generator=torch.Generator().manual_seed(self.seed))
+        return super().forward(q, k, v, causal) + 0.01 * noise
+
+
+@pytest.mark.parametrize("name", ["full", "sdpa"])
+def test_ok_rows_fill_every_column(name):
+    rows = measure_point(_point(name), _factory(name))
+    assert [r["pass"] for r in rows] == ["fwd", "bwd", "fwd_bwd"]
+    for row in rows:
+        assert row["status"] == "ok", row["reason"]
+        empty = [c for c in COLUMNS if row.get(c) is None and c not in MAY_BE_EMPTY]
+        assert not empty, f"{row['pass']}: {empty}"
+        assert row["rel_err"] < 1e-5 and row["grad_rel_err"] < 1e-4
+    fwd_flops = rows[0]["flops"]
+    assert rows[1]["flops"] == 2.5 * fwd_flops and rows[2]["flops"] == 3.5 * fwd_flops
+    assert rows[0]["threads"] == 1
+
+
+def test_unsupported_xformers_on_cpu():
+    rows = measure_point(_point("xformers"), _factory("xformers"))
+    assert {r["status"] for r in rows} == {"unsupported"}
+    assert "device cpu not supported" in rows[0]["reason"]
+
+
+def test_oom_by_budget_before_allocating():
+    rows = measure_point(_point(memory_budget_gb=1e-6), _factory("full"))
+    assert {r["status"] for r in rows} == {"oom"}
+    assert "memory_budget_gb=1e-06" in rows[0]["reason"]
+
+
+def test_nan_output():
+    rows = measure_point(_point(), lambda seed: NaNAttention())
+    assert {r["status"] for r in rows} == {"nan"}
+    assert "NaN" in rows[0]["reason"]
+
+
+def test_exception_becomes_error_row():
+    rows = measure_point(_point(), lambda seed: RaisingAttention())
+    assert {r["status"] for r in rows} == {"error"}
+    assert rows[0]["reason"] == "RuntimeError: boom"
+
+
+def test_bad_input_generator_is_an_error_row():
+    point = _point()
+    point["inputs"] = "uniform"
+    rows = measure_point(point, _factory("full"))
+    assert {r["status"] for r in rows} == {"error"} and "gaussian" in rows[0]["reason"]
+
+
+def test_no_backward_marks_only_backward_rows():
+    rows = measure_point(_point(), lambda seed: NoBackward())
+    assert [r["status"] for r in rows] == ["ok", "unsupported", "unsupported"]
+    assert "backward is not supported" in rows[1]["reason"]
+
+
+def test_randomised_variant_repeats_over_seeds():
+    rows = measure_point(_point(timing=False, memory=False), lambda seed: RandomAttention(seed))
+    assert rows[0]["status"] == "ok"
+    assert rows[0]["seeds"] == "[0, 1, 2]"
+    assert rows[0]["rel_err"] > 0 and rows[0]["rel_err_std"] > 0
+
+
+def test_environment_and_device():
+    info = env.environment("cpu")
+    assert {"torch", "cuda", "xformers", "device_name", "cpu_model", "threads", "git_commit",
+            "host", "time"} <= set(info)  # fmt: skip
+    assert info["time"].endswith("+00:00")
+    assert env.resolve_device("auto") in ("cpu", "cuda") and env.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="measure.threads"):
+        env.set_threads(0)
