@@ -11,7 +11,7 @@ import variants
 from harness.conformance import make_qkv, run_conformance
 from harness.reference import reference_attention
 from variants.base import VariantConfigError
-from variants.longformer import LongformerAttention, LocalAttention, longformer_mask
+from variants.longformer import LocalAttention, LongformerAttention, longformer_mask
 
 CPU_BACKENDS = ["chunked", "dense_mask", "auto"]
 # Compiling flex_attention on a CPU takes minutes; opt in with ATTNBENCH_TEST_FLEX=1.
@@ -158,5 +158,7 @@ def test_flex_matches_masked_reference(causal):
     if reasons:
         pytest.skip("; ".join(reasons))
     module.setup(q, k, v, causal)
-    ref = reference_attention(q, k, v, causal=causal, mask=longformer_mask(200, 200, 20, 2, causal))
+    ref = reference_attention(
+        q, k, v, causal=causal, mask=longformer_mask(200, 200, 20, 2, causal)
+    )
     torch.testing.assert_close(module(q, k, v, causal).double(), ref, rtol=1e-5, atol=1e-5)

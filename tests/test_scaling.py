@@ -172,7 +172,7 @@ def test_max_seq_len_before_oom() -> None:
 
 def test_summary_table_agrees_with_the_functions() -> None:
     df = pd.DataFrame(
-        rows_for("full", lambda n: n**2 / 1024, LONG, oom_from=8192)
+        rows_for("full", lambda n: n**2 / 1024, LONG, oom_from=16384)
         + rows_for("sdpa", lambda n: n**2 / 2048, LONG)
         + rows_for("linear", lambda n: 4 * n, LONG)
     )
@@ -181,8 +181,8 @@ def test_summary_table_agrees_with_the_functions() -> None:
     assert table.loc["linear", "time_cross_sdpa"] == pytest.approx(8192)
     assert math.isnan(table.loc["full", "time_cross_full"])
     assert table.loc["full", "time_slope"] == pytest.approx(2.0)
-    assert table.loc["full", "max_ok_seq_len"] == 4096
-    assert table.loc["linear", "reference_seq_len"] == 4096  # all three ran there
+    assert table.loc["full", "max_ok_seq_len"] == 8192
+    assert table.loc["linear", "reference_seq_len"] == 8192  # all three ran there
     assert table.loc["linear", "rate_frac"] == pytest.approx(0.25)
     assert table.loc["linear", "rel_err"] == pytest.approx(0.1)
-    assert scaling.summary_table(df, reference_seq_len=8192).loc[0, "reference_seq_len"] == 8192
+    assert scaling.summary_table(df, reference_seq_len=4096).loc[0, "reference_seq_len"] == 4096

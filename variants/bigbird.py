@@ -74,9 +74,13 @@ class BigBirdAttention(AttentionVariant):
     ) -> None:
         super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
         self.block_size = check_positive_int(self.name, "block_size", block_size)
-        self.num_random_blocks = check_nonneg_int(self.name, "num_random_blocks", num_random_blocks)
+        self.num_random_blocks = check_nonneg_int(
+            self.name, "num_random_blocks", num_random_blocks
+        )
         self.window_blocks = check_nonneg_int(self.name, "window_blocks", window_blocks)
-        self.num_global_blocks = check_nonneg_int(self.name, "num_global_blocks", num_global_blocks)
+        self.num_global_blocks = check_nonneg_int(
+            self.name, "num_global_blocks", num_global_blocks
+        )
         self.seed = check_nonneg_int(self.name, "seed", seed)
         if seq_len is not None and num_global_blocks > math.ceil(seq_len / block_size):
             raise VariantConfigError(
@@ -158,7 +162,9 @@ class BigBirdAttention(AttentionVariant):
         out = out[:, :n].view(bsz, heads, n, dv)
         if glob:  # global queries attend to every key
             rows = causal_mask(n, n, device=q.device)[:glob] if causal else None
-            g_out = F.scaled_dot_product_attention(q[:, :, :glob], k, v, attn_mask=rows, scale=scale)
+            g_out = F.scaled_dot_product_attention(
+                q[:, :, :glob], k, v, attn_mask=rows, scale=scale
+            )
             out = torch.cat([g_out, out[:, :, glob:]], dim=2)
         return out  # (B, H, N, Dv)
 

@@ -160,13 +160,18 @@ def _flex_fn():
         from torch.nn.attention.flex_attention import flex_attention
 
         cfg = torch._dynamo.config
-        for name, value in (("recompile_limit", 512), ("cache_size_limit", 512),
-                            ("accumulated_recompile_limit", 8192),
-                            ("accumulated_cache_size_limit", 8192),
-                            ("fail_on_recompile_limit_hit", True),
-                            ("fail_on_cache_limit_hit", True), ("suppress_errors", False)):  # fmt: skip
+        # A sweep compiles one graph per shape/window: allow many, and fail instead of
+        # silently running eager flex_attention when the limit is hit anyway.
+        for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), value) if type(value) is int else value)
+                setattr(cfg, name, max(getattr(cfg, name), 512))
+        for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 8192))
+        for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, True)
+        cfg.suppress_errors = False
         _compiled_flex = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     return _compiled_flex
 
@@ -179,7 +184,9 @@ def _flex_reasons(q: Tensor) -> list[str]:
     if q.device.type == "cpu":
         cxx = os.environ.get("CXX", "g++")
         if shutil.which(cxx) is None and shutil.which("c++") is None:
-            return [f"flex: compiling flex_attention on CPU needs a C++ compiler ({cxx} not found)"]
+            return [
+                f"flex: compiling flex_attention on CPU needs a C++ compiler ({cxx} not found)"
+            ]
     if q.dtype == torch.float64:
         return ["flex: float64 is not supported by the compiled flex_attention kernels"]
     return []
