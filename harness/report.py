@@ -203,6 +203,7 @@ def build_report(
     heatmap_layer: int = 0,
     heatmap_head: int = 0,
     reference_seq_len: float | None = None,
+    figures: Sequence[str] | None = None,
 ) -> Path:
     """Write ``report.md`` and its PNG figures; returns the path of report.md.
 
@@ -217,6 +218,7 @@ def build_report(
         heatmap_head: MiniLM head (0..11) of the heatmaps.
         reference_seq_len: Length at which the table reads error and rate (default per context:
             :func:`harness.scaling.default_reference_seq_len`).
+        figures: Names of :data:`harness.plots.FIGURES` to draw (default all).
 
     Raises:
         ReportError: No rows, or required columns missing.
@@ -233,7 +235,7 @@ def build_report(
     )
     out.mkdir(parents=True, exist_ok=True)
 
-    figures = plots.plot_all(df, out)
+    drawn = plots.plot_all(df, out, only=figures)
     table = scaling.summary_table(df, reference_seq_len)
     devices = sorted(df["device_key"].unique())
     md = ["# attnbench report", ""]
@@ -266,7 +268,7 @@ def build_report(
         md += ["### Points that did not run", "", failures_markdown(rows), ""]
         md += ["### Figures", ""]
         skipped = []
-        for fig in figures:
+        for fig in drawn:
             if fig.device != device:
                 continue
             if fig.path is not None:
