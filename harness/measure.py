@@ -222,7 +222,11 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
         setup_ms += timing.time_once_ms(lambda: first.update(out=variant(q, k, v, causal)), device)
     if not _finite(first.pop("out")):
         raise NonFinite("fwd: output contains NaN/Inf")
-    common: dict[str, Any] = {"setup_ms": setup_ms}
+    # re-read the parameters: some are resolved by setup() (longformer's backend for `auto`)
+    common: dict[str, Any] = {
+        "setup_ms": setup_ms,
+        "params": json.dumps(variant.config(), sort_keys=True, default=str),
+    }
     if m["accuracy"]:
         common.update(_accuracy(variant, factory, point, m, q, k, v))
     pending = {name: row for name, row in rows.items() if row["status"] is None}
