@@ -53,7 +53,7 @@ SLOPE_TARGET = 1.15
 
 def time_call(fn, min_run_time: float, min_repeats: int) -> tuple[float, float, int]:
     """Median and IQR (seconds per call) and the number of blocks timed."""
-    timer = Timer("fn()", globals={"fn": fn})
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     times = list(measurement.times)
     while len(times) < min_repeats:  # slow calls: time more blocks of the same size

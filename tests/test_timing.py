@@ -32,19 +32,22 @@ def test_slow_call_still_gets_min_repeats():
     assert got["repeats"] >= 7
 
 
-def test_same_point_twice_agrees():
-    # Loose bound (30%) and a few attempts: other processes share these cores. The 5% claim
-    # for points over 10 ms is measured in tests/benchmarks/test_repeatability.py.
-    q, k, v = make_inputs("gaussian", 1, 4, 256, 256, 32, torch.float32, "cpu", 0)
-    fn = timing.pass_callable("fwd", variants.create("sdpa"), q, k, v, False, q)
-    ratios = []
-    for _ in range(4):
-        first = timing.time_callable(fn, "cpu", min_run_time=0.1)["time_ms"]
-        second = timing.time_callable(fn, "cpu", min_run_time=0.1)["time_ms"]
-        ratios.append(abs(first - second) / min(first, second))
-        if ratios[-1] < 0.3:
+def test_same_point_twice_agrees_within_5_percent():
+    # The claim: the same point (> 10 ms) timed twice in one run agrees within 5%.
+    # Sub-millisecond points are not in scope: they switch between allocator/cache states
+    # (0.61 ms vs 0.83 ms seen for one sdpa call on an idle machine). A second pair is timed only
+    # if the first pair disagrees, so one burst of load from another process does not fail it.
+    q, k, v = make_inputs("gaussian", 1, 8, 1024, 1024, 64, torch.float32, "cpu", 0)
+    fn = timing.pass_callable("fwd", variants.create("full"), q, k, v, False, q)
+    pairs = []
+    for _ in range(2):
+        first = timing.time_callable(fn, "cpu", min_run_time=0.5)["time_ms"]
+        second = timing.time_callable(fn, "cpu", min_run_time=0.5)["time_ms"]
+        assert min(first, second) > 10, "the point must take over 10 ms to be in scope"
+        pairs.append((first, second))
+        if abs(first - second) / min(first, second) < 0.05:
             break
-    assert min(ratios) < 0.3, ratios
+    assert any(abs(a - b) / min(a, b) < 0.05 for a, b in pairs), pairs
 
 
 class CountingAttention(variants.AttentionVariant):

@@ -79,13 +79,21 @@ def softmax_kernel_features(x: Tensor, projection: Tensor, stabilize: str | None
     Returns:
         ``(..., N, m)`` features.
     """
-    proj = x @ projection.transpose(0, 1).to(x.dtype)  # (..., N, m)
-    logits = proj - 0.5 * x.pow(2).sum(dim=-1, keepdim=True)
+    m = projection.shape[0]
+    w = projection.to(x.dtype)
+    # One GEMM gives W x - |x|^2 / 2: x gets an extra column |x|^2 and W^T an extra row -1/2.
+    x_aug = torch.cat([x, x.pow(2).sum(dim=-1, keepdim=True)], dim=-1)  # (..., N, d + 1)
+    w_aug = torch.cat([w, w.new_full((m, 1), -0.5)], dim=-1).transpose(0, 1)  # (d + 1, m)
+    logits = x_aug @ w_aug  # (..., N, m)
     if stabilize == "row":
-        logits = logits - logits.amax(dim=-1, keepdim=True).detach()
+        shift = logits.detach().amax(dim=-1, keepdim=True)
     elif stabilize == "global":
-        logits = logits - logits.amax(dim=(-2, -1), keepdim=True).detach()
-    return torch.exp(logits) * (projection.shape[0] ** -0.5)
+        shift = logits.detach().amax(dim=(-2, -1), keepdim=True)
+    else:
+        shift = logits.new_zeros(())
+    # exp(l - c) / sqrt(m) == exp(l - c - ln(m) / 2); in place: two passes over (N, m), no copies
+    # (the matmul's backward does not need its output, exp_'s needs only its own result).
+    return logits.sub_(shift + 0.5 * math.log(m)).exp_()
 
 
 def relu_kernel_features(x: Tensor, projection: Tensor) -> Tensor:
@@ -174,9 +182,11 @@ class PerformerAttention(AttentionVariant):
             ones = torch.ones_like(v[..., :1])  # (B, H, Nk, 1): last column -> denominator
             out = causal_linear_attention(phi_q, phi_k, torch.cat([v, ones], -1), self.chunk_size)
             return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
-        kv = phi_k.transpose(-2, -1) @ v  # (B, H, m, Dv)
-        k_sum = phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, m, 1)
-        return (phi_q @ kv) / (phi_q @ k_sum).clamp_min(tiny)  # (B, H, Nq, Dv)
+        # The denominator rides along as an extra column of ones in V: one pass over phi_q.
+        v_ones = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, Nk, Dv + 1)
+        kv = phi_k.transpose(-2, -1) @ v_ones  # (B, H, m, Dv + 1)
+        out = phi_q @ kv  # (B, H, Nq, Dv + 1)
+        return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
 
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
