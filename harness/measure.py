@@ -17,17 +17,22 @@ and the sweep goes on. Decisions recorded here:
 * CPU memory budget: before any large allocation the point is refused as ``oom`` when
   ``analytic + inputs and gradients + reference`` (a rough model, see :func:`estimate_bytes`)
   exceeds ``measure.memory_budget_gb``.
+* Progress: the seeds of the accuracy loop and the passes of the timing loop show a ``tqdm`` bar
+  on stderr when it is a terminal (:func:`progress`); in logs and under launchers they print
+  nothing (each point's one summary line comes from :mod:`harness.run`).
 * ``notes`` (an extra column after :data:`harness.results.COLUMNS`) says how memory was measured.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from harness import accuracy, env, memory, timing
 from harness.inputs import check_params, make_inputs
@@ -46,6 +51,13 @@ DEFAULT_MEASURE: dict[str, Any] = {
     "memory_budget_gb": 16.0,
     "threads": None,
 }
+
+
+def progress(items: list, desc: str) -> Any:
+    """``items`` wrapped in a tqdm bar on a terminal (stderr), unchanged otherwise."""
+    if len(items) < 2 or not sys.stderr.isatty():
+        return items
+    return tqdm(items, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
 class PointOOM(Exception):
@@ -143,7 +155,7 @@ def _finite(value: Any) -> bool:
 def _accuracy(variant, factory, point, m, q, k, v) -> dict[str, Any]:
     seeds = list(point.get("seeds") or [point["seed"]]) if variant.randomized else [point["seed"]]
     runs = []
-    for seed in seeds:
+    for seed in progress(seeds, f"{variant.name} accuracy seeds"):
         model = variant if seed == point["seed"] else factory(seed).to(point["device"])
         if model is not variant:
             model.setup(q, k, v, point["causal"])
@@ -234,7 +246,7 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
         row.update(common)
     out_shape = (*shape[:3], shape[4])  # (B, H, Nq, Dv)
     grad_out = accuracy.upstream_grad(torch.Size(out_shape), dtype, device, point["seed"])
-    for name, row in pending.items():
+    for name, row in progress(list(pending.items()), f"{variant.name} passes"):
         try:
             fn = timing.pass_callable(name, variant, q, k, v, causal, grad_out)
             _measure_pass(name, fn, row, point, m)

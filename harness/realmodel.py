@@ -53,6 +53,7 @@ REALMODEL_DEFAULTS: dict[str, Any] = {
     "texts_per_length": 4,  # distinct pydoc passages per length
     "batch_size": 4,  # texts per forward pass (mixed lengths, right-padded)
     "repeats": 3,  # timed passes over all texts after the warm-up pass; time_ms is the median
+    "retrieval_pairs": 32,  # pydoc pairs of the retrieval check per point; 0 turns it off
 }
 
 _names = itertools.count()
@@ -375,10 +376,11 @@ def _realmodel_config(point: Mapping[str, Any]) -> dict[str, Any]:
     if not lengths or any(not 2 <= n <= minilm.MAX_TOKENS for n in lengths):
         raise ValueError(f"realmodel: lengths={lengths} must be in [2, {minilm.MAX_TOKENS}]")
     cfg["lengths"] = sorted(set(lengths))
-    for field in ("texts_per_length", "batch_size", "repeats"):
+    for field in ("texts_per_length", "batch_size", "repeats", "retrieval_pairs"):
         value = cfg[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"realmodel: {field}={value!r} must be an integer >= 1")
+        low = 0 if field == "retrieval_pairs" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"realmodel: {field}={value!r} must be an integer >= {low}")
     return cfg
 
 
@@ -459,8 +461,10 @@ def measure_realmodel_point(
         all texts) plus ``task`` = "realmodel", ``knob``, ``knob_value``, ``embed_cosine`` (mean
         cosine of each text's embedding to the exact model's), ``embed_cosine_min``,
         ``embed_cosine_by_length`` (JSON), ``hidden_rel_err`` (JSON list, layers 1..6),
-        ``exact_time_ms`` and ``texts``. Failures are rows with status unsupported, nan or
-        error and the reason; this function does not raise for them.
+        ``exact_time_ms`` and ``texts``; with ``realmodel.retrieval_pairs > 0`` also the
+        retrieval check (:func:`retrieval_check`): ``retrieval_exact_top1``, ``retrieval_top1``,
+        ``retrieval_mean_rank``, ``retrieval_agree_top1``. Failures are rows with status
+        unsupported, nan or error and the reason; this function does not raise for them.
     """
     device = str(point.get("device") or "cpu")
     seed = int(point.get("seed") or 0)
@@ -558,6 +562,20 @@ def measure_realmodel_point(
         embed_cosine_by_length=json.dumps(by_length),
         hidden_rel_err=json.dumps(_hidden_rel_err(exact, approx)),
     )
+    if cfg["retrieval_pairs"]:
+        try:
+            found = retrieval_check({row["variant"]: variant}, cfg["retrieval_pairs"], device)
+        except Exception as exc:  # noqa: BLE001 - the embedding figures above still stand
+            row["notes"] = f"retrieval check failed: {type(exc).__name__}: {exc}"
+        else:
+            exact_r, approx_r = found.iloc[0], found.iloc[1]
+            row.update(
+                retrieval_pairs=cfg["retrieval_pairs"],
+                retrieval_exact_top1=float(exact_r["top1"]),
+                retrieval_top1=approx_r.get("top1"),
+                retrieval_mean_rank=approx_r.get("mean_rank"),
+                retrieval_agree_top1=approx_r.get("agree_top1"),
+            )
     return [row]
 
 
@@ -634,7 +652,10 @@ def retrieval_check(
     def run(variant: AttentionVariant | None) -> Embeddings:
         return embed(texts, variant, batch_size=batch_size, device=device, hidden_states=False)
 
-    exact = run(None).embeddings.double()
+    key = ("retrieval", n_pairs, device, batch_size)
+    if key not in _exact_cache:  # the exact model's embeddings are the same for every variant
+        _exact_cache[key] = run(None).embeddings.double()
+    exact = _exact_cache[key]
     exact_best = (exact[:n_pairs] @ exact[n_pairs:].T).argmax(1)
     records = []
     for label, variant in [("exact", None), *variants.items()]:

@@ -195,6 +195,45 @@ def failures_markdown(df: pd.DataFrame) -> str:
 
 
 # ------------------------------------------------------------------------------ report
+def realmodel_markdown(df: pd.DataFrame) -> str:
+    """Table of the real-model points (task ``realmodel``), one row per variant and knob value.
+
+    Embedding cosine to the exact model (mean and worst text), the retrieval check (fraction of
+    queries whose true pydoc pair ranks first, with exact attention and with the variant; mean
+    rank; fraction whose best candidate agrees with exact) and the model's forward time against
+    the exact model's. Empty string when there are no such rows.
+    """
+    if "task" not in df.columns or "embed_cosine" not in df.columns:
+        return ""
+    rows = df[(df["task"] == "realmodel") & (df["status"] == "ok")]
+    if rows.empty:
+        return ""
+    cols = ["embed_cosine", "embed_cosine_min", "retrieval_exact_top1", "retrieval_top1",
+            "retrieval_mean_rank", "retrieval_agree_top1", "time_ms", "exact_time_ms"]  # fmt: skip
+    rows = rows.reindex(columns=["variant", "knob", "knob_value", *cols])
+    for col in cols + ["knob_value"]:
+        rows[col] = pd.to_numeric(rows[col], errors="coerce")
+    grouped = rows.groupby(["variant", "knob", "knob_value"], dropna=False)[cols].median()
+    out = []
+    for (variant, knob, value), r in grouped.iterrows():
+        out.append(
+            [
+                str(variant),
+                "–" if pd.isna(knob) else f"{knob}={_fmt(value)}",
+                _fmt(r["embed_cosine"], 5),
+                _fmt(r["embed_cosine_min"], 5),
+                f"{_fmt(r['retrieval_top1'])} (exact {_fmt(r['retrieval_exact_top1'])})",
+                _fmt(r["retrieval_mean_rank"]),
+                _fmt(r["retrieval_agree_top1"]),
+                f"{_fmt(r['time_ms'])} / {_fmt(r['exact_time_ms'])}",
+            ]
+        )
+    header = ["variant", "knob", "embedding cosine (mean)", "cosine (worst text)",
+              "retrieval top-1", "mean rank of true pair", "top-1 agrees with exact",
+              "model time ms / exact ms"]  # fmt: skip
+    return markdown_table(header, out)
+
+
 def build_report(
     folders: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike | None = None,
@@ -265,6 +304,19 @@ def build_report(
                 "",
             ]
             md += [summary_markdown(ctx_table), ""]
+        real = realmodel_markdown(rows)
+        if real:
+            md += [
+                "### Real-model fidelity (all-MiniLM-L6-v2)",
+                "",
+                "Each variant swapped into every attention layer of the pretrained model, on "
+                "the same pydoc texts. Retrieval: each paragraph's first half is a query, all "
+                "second halves are candidates; top-1 is the fraction whose true half ranks "
+                "first.",
+                "",
+                real,
+                "",
+            ]
         md += ["### Points that did not run", "", failures_markdown(rows), ""]
         md += ["### Figures", ""]
         skipped = []

@@ -38,14 +38,14 @@ def test_mask_matches_definition(shape, causal):
         assert torch.equal(got, expected_mask(*shape, window, num_global, causal))
 
 
-# (q_len, kv_len): multiples of the block size (32 for small windows) and not, cross lengths
-SHAPES = [(64, 64), (67, 67), (1, 1), (37, 83), (83, 70), (128, 128)]
+# (q_len, kv_len): multiples of the block size (16 for small windows) and not, cross lengths
+SHAPES = [(64, 64), (67, 67), (1, 1), (37, 83), (83, 70), (128, 128), (301, 301), (90, 333)]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("num_global", [0, 3])
-@pytest.mark.parametrize("window", [0, 5, 40])
+@pytest.mark.parametrize("window", [0, 5, 40, 100, 256])  # blocks 16, 16, 16, 25, 64
 def test_matches_masked_reference(backend, causal, num_global, window):
     module = LongformerAttention(window=window, num_global=num_global, backend=backend)
     for nq, nk in SHAPES:

@@ -117,13 +117,14 @@ def test_unsupported_variant_is_reported_not_crashed(texts, factory, words) -> N
              "realmodel": {"lengths": [32], "texts_per_length": 1, "repeats": 1}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(point, factory)
     assert row["status"] == "unsupported" and words in row["reason"]
+    assert "retrieval_top1" not in row
     assert minilm.load_model().config._attn_implementation == "sdpa"
 
 
 def test_measure_realmodel_point_row() -> None:
     point = {"variant": "sdpa", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
              "realmodel": {"lengths": [16, 32], "texts_per_length": 2, "batch_size": 2,
-                           "repeats": 1}}  # fmt: skip
+                           "repeats": 1, "retrieval_pairs": 8}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(point, lambda seed: variants.create("sdpa"))
     assert row["status"] == "ok", row["reason"]
     assert row["task"] == "realmodel" and row["q_len"] == 32 and row["texts"] == 4
@@ -132,6 +133,10 @@ def test_measure_realmodel_point_row() -> None:
     assert len(errs) == minilm.NUM_LAYERS and max(errs) < 1e-4
     assert set(json.loads(row["embed_cosine_by_length"])) == {"16", "32"}
     assert row["time_ms"] > 0 and row["exact_time_ms"] > 0
+    # exact attention retrieves exactly what the stock model retrieves
+    assert row["retrieval_pairs"] == 8 and row["retrieval_agree_top1"] == 1.0
+    assert row["retrieval_top1"] == row["retrieval_exact_top1"] > 0
+    assert row["retrieval_mean_rank"] >= 1
     full = complete_row(row)
     assert list(full)[: len(COLUMNS)] == COLUMNS and full["torch"]
 
@@ -167,6 +172,15 @@ def test_retrieval_check_exact_finds_true_pairs() -> None:
     exact = table.iloc[0]
     assert exact["top1"] >= 0.5 and exact["mean_rank"] < 4
     assert table.iloc[1]["top1"] == exact["top1"] and table.iloc[1]["agree_top1"] == 1.0
+
+
+def test_retrieval_check_separates_a_poor_approximation() -> None:
+    # A 2-token window keeps almost nothing of the context: it must retrieve worse than exact
+    # and disagree with it on some queries (the check would be useless if it could not tell).
+    table = realmodel.retrieval_check({"local2": variants.create("local", window=2)}, n_pairs=16)
+    exact, local = table.iloc[0], table.iloc[1]
+    assert local["status"] == "ok" and local["embed_cosine"] < 0.99
+    assert local["agree_top1"] < 1.0 and local["mean_rank"] >= exact["mean_rank"]
 
 
 def test_attention_heatmap_data() -> None:

@@ -91,3 +91,38 @@ def test_missing_columns_is_a_clear_message(tmp_path: Path, capsys) -> None:
     assert report.cli([str(tmp_path), "--no-heatmap"]) == 1
     err = capsys.readouterr().err
     assert "lack the columns variant, status" in err and "Traceback" not in err
+
+
+def test_realmodel_table_lists_each_variant_and_knob() -> None:
+    rows = []
+    for variant, knob, value, cos, top1 in (
+        ("local", "window", 4, 0.91, 0.5),
+        ("local", "window", 64, 0.999, 0.75),
+        ("performer", "nb_features", 256, 0.97, 0.625),
+    ):
+        rows.append(
+            complete_row(
+                {
+                    "task": "realmodel",
+                    "variant": variant,
+                    "status": "ok",
+                    "knob": knob,
+                    "knob_value": value,
+                    "embed_cosine": cos,
+                    "embed_cosine_min": cos - 0.01,
+                    "retrieval_exact_top1": 0.75,
+                    "retrieval_top1": top1,
+                    "retrieval_mean_rank": 1.5,
+                    "retrieval_agree_top1": top1 / 0.75,
+                    "time_ms": 10.0,
+                    "exact_time_ms": 12.0,
+                }  # fmt: skip
+            )
+        )
+    rows.append(complete_row({"task": "attention", "variant": "full", "status": "ok"}))
+    text = report.realmodel_markdown(pd.DataFrame(rows))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| local") or ln.startswith("| perf")]
+    assert len(lines) == 3
+    assert "| local | window=4 | 0.91 |" in text and "0.5 (exact 0.75)" in text
+    assert "| performer | nb_features=256 | 0.97 |" in text and "10 / 12" in text
+    assert report.realmodel_markdown(pd.DataFrame(rows[-1:])) == ""

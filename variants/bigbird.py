@@ -15,8 +15,9 @@ Approximates softmax attention by a block-sparse pattern: the sequence is cut in
 
 Within the selected blocks attention is token-exact (the causal mask is applied per token).
 Cost is O(N * block_size * (window + random blocks) + N * global tokens), computed with one
-gather of key/value blocks and batched matmuls; there is no loop over tokens or heads. Lengths
-that are not a multiple of ``block_size`` are padded and the padding masked.
+gather of key/value blocks and one fused ``scaled_dot_product_attention`` call in which the
+query blocks play the role of heads (a 4-d block mask); there is no loop over tokens or
+heads. Lengths that are not a multiple of ``block_size`` are padded and the padding masked.
 
 Cross-attention (``q_len != kv_len``) is not supported: the block pattern pairs query block i
 with key block i, which only has a meaning in self-attention (BigBird's encoder-decoder models
@@ -137,28 +138,21 @@ class BigBirdAttention(AttentionVariant):
         bs, bh = self.block_size, bsz * heads
         nb = math.ceil(n / bs)
         glob = min(self.num_global_blocks * bs, n)  # global tokens
-        index, slot_mask, glob_mask = self._masks(n, causal, q.device)
-        num_slots = index.shape[1]
+        index, mask = self._masks(n, causal, q.device)
+        num_slots = index.numel() // nb
         scale = self.softmax_scale(d)
 
         pad = (0, 0, 0, nb * bs - n)
-        qb = F.pad(q * scale, pad).reshape(bh * nb, bs, d)  # (BH*nb, bs, D)
+        qb = F.pad(q, pad).reshape(bh, nb, bs, d)  # (BH, nb, bs, D)
         kb = F.pad(k, pad).reshape(bh, nb, bs, d)
         vb = F.pad(v, pad).reshape(bh, nb, bs, dv)
-        k_sel = kb[:, index.flatten()].reshape(bh * nb, num_slots * bs, d)  # gathered blocks
-        v_sel = vb[:, index.flatten()].reshape(bh * nb, num_slots * bs, dv)
-        scores = torch.bmm(qb, k_sel.transpose(1, 2)).view(bh, nb, bs, num_slots * bs)
-        scores = scores.masked_fill_(~slot_mask, float("-inf"))
-        if glob:
-            k_glob = k[:, :, :glob].reshape(bh, glob, d)
-            g_scores = torch.bmm(qb.view(bh, nb * bs, d), k_glob.transpose(1, 2))
-            g_scores = g_scores.view(bh, nb, bs, glob).masked_fill_(~glob_mask, float("-inf"))
-            scores = torch.cat([g_scores, scores], dim=-1)  # (BH, nb, bs, glob + slots*bs)
-        probs = torch.softmax(scores, dim=-1).view(bh * nb, bs, -1)
-        out = torch.bmm(probs[..., glob:], v_sel).view(bh, nb * bs, dv)
-        if glob:
-            g_probs = probs[..., :glob].reshape(bh, nb * bs, glob)
-            out = out + torch.bmm(g_probs, v[:, :, :glob].reshape(bh, glob, dv))
+        # One gather: [global blocks, window blocks, random blocks] of every query block.
+        k_sel = kb[:, index].reshape(bh, nb, num_slots * bs, d)
+        v_sel = vb[:, index].reshape(bh, nb, num_slots * bs, dv)
+        # Blocks play the role of heads: the (1, nb, bs, keys) mask is a 4-d SDPA mask, so the
+        # fused kernels (CPU flash, CUDA efficient) score, mask and normalise in tiles.
+        out = F.scaled_dot_product_attention(qb, k_sel, v_sel, attn_mask=mask[None], scale=scale)
+        out = out.reshape(bh, nb * bs, dv)
         out = out[:, :n].view(bsz, heads, n, dv)
         if glob:  # global queries attend to every key
             rows = causal_mask(n, n, device=q.device)[:glob] if causal else None
@@ -168,26 +162,32 @@ class BigBirdAttention(AttentionVariant):
             out = torch.cat([g_out, out[:, :, glob:]], dim=2)
         return out  # (B, H, N, Dv)
 
-    def _masks(self, n: int, causal: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Block index ``(nb, K)``, token masks ``(nb, bs, K*bs)`` and ``(nb, bs, glob)``."""
+    def _masks(self, n: int, causal: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Gather index ``(nb, G + K)`` and token mask ``(nb, bs, (G + K) * bs)``.
+
+        The first ``G = ceil(glob / bs)`` gathered blocks of every query block are the global
+        blocks, then its ``K`` window and random blocks (:meth:`block_table`).
+        """
         key = ("masks", n, causal, str(device))
         if key in self._cache:
             return self._cache[key]
         bs = self.block_size
         nb = math.ceil(n / bs)
         glob = min(self.num_global_blocks * bs, n)
-        index, valid = self.block_table(nb, causal)
+        gblocks = math.ceil(glob / bs)
+        index, valid = self.block_table(nb, causal)  # window/random blocks never global ones
+        index = torch.cat([torch.arange(gblocks).expand(nb, gblocks), index], dim=1)
+        valid = torch.cat([torch.ones(nb, gblocks, dtype=torch.bool), valid], dim=1)
         i = torch.arange(nb * bs).view(nb, bs, 1)  # query token
         j = (index[:, None, :, None] * bs + torch.arange(bs)).reshape(nb, 1, -1)  # key token
         slot = valid.repeat_interleave(bs, dim=1)[:, None, :] & (j < n)
+        slot[..., : gblocks * bs] &= j[..., : gblocks * bs] < glob
         if causal:
             slot = slot & (j <= i)
-        g = torch.arange(glob).view(1, 1, glob)
-        g_ok = (g <= i) if causal else g < n
         # Rows that are dropped (padding, global queries) are left unmasked, so that no row is
         # all -inf (its NaNs would reach the key gradients through the softmax backward).
         dropped = (i >= n) | (i < glob)
-        out = (index.to(device), (slot | dropped).to(device), (g_ok | dropped).to(device))
+        out = (index.flatten().to(device), (slot | dropped).to(device))
         self._cache[key] = out
         return out
 
@@ -219,7 +219,9 @@ class BigBirdAttention(AttentionVariant):
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
     ) -> int:
         rows, slots, glob = self._slots(kv_len, causal)
-        gathered = rows // self.block_size * (slots - glob)  # key/value rows after the gather
-        # scores and probabilities, gathered k and v, padded q/k/v, the output
-        per_head = 2 * rows * slots + 2 * gathered * head_dim + 4 * rows * head_dim
-        return batch * heads * per_head * element_size
+        gathered = rows // self.block_size * slots  # key/value rows after the one gather
+        # padded q, k, v and the output, the gathered k and v (the fused kernel keeps no
+        # score matrix), plus the shared boolean block mask (1 byte per slot)
+        per_head = 4 * rows * head_dim + 2 * gathered * head_dim
+        mask = rows * slots // element_size
+        return (batch * heads * per_head + mask) * element_size

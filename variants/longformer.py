@@ -93,39 +93,30 @@ def chunked_attention(
     b, h, nq, d = q.shape
     nk, dv = k.shape[-2], v.shape[-1]
     bh = b * h
-    off = nk - nq
     window = min(window, nq + nk)  # a wider window sees nothing more
-    right = 0 if causal else window
     block = _block_size(window)
-    nblk = math.ceil(nq / block) + math.ceil((window + right) / block)  # blocks per sequence
-    span = block + window + right  # keys seen by one query block
-    seq = nblk * block  # padded per-sequence length (queries and keys)
     gq, gk = min(num_global, nq), min(num_global, nk)
-    band, glob = _chunk_masks(nq, nk, window, causal, gq, gk, block, nblk, span, q.device, masks)
+    geo = _geometry(nq, nk, window, causal, gk, block)
+    nqb, nkb, lead, blocks, stride = geo  # stride = gk + block slots per stored key block
+    mask = _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, q.device, masks)
 
-    # Keys: slot s of block n holds key j = n * block + s - lead, so pad/crop `lead` keys left.
-    lead = window - off
-    tail = span - block  # the last block's span runs past the buffer
-
-    def windows(x: Tensor) -> Tensor:  # (B, H, Nk, E) -> overlapping view (BH, nblk, span, E)
+    def windows(x: Tensor) -> Tensor:  # (B, H, Nk, E) -> overlapping view (BH, nqb, slots, E)
         e = x.shape[-1]
-        xp = F.pad(x.reshape(bh, nk, e), (0, 0, lead, seq - lead - nk))
-        flat = F.pad(xp.reshape(bh * seq, e), (0, 0, 0, tail))
-        return flat.unfold(0, span, block).view(bh, nblk, e, span).transpose(-1, -2)
+        xp = F.pad(x.reshape(bh, nk, e), (0, 0, lead, nkb * block - lead - nk))
+        if gk:  # every stored key block is preceded by the global keys (one copy of the keys)
+            glob = x[:, :, :gk].reshape(bh, 1, gk, e).expand(bh, nkb, gk, e)
+            xp = torch.cat([glob, xp.view(bh, nkb, block, e)], dim=2)
+        flat = F.pad(xp.reshape(bh * nkb * stride, e), (0, 0, 0, (blocks - 1) * stride))
+        win = flat.unfold(0, blocks * stride, stride).view(bh, nkb, e, blocks * stride)
+        return win.transpose(-1, -2)[:, :nqb]  # the spans of the query blocks, no copy
 
-    k_win, v_win = windows(k), windows(v)  # no copy: windows overlap in memory
-    mask = band
-    if gk:  # global keys join every block's key set (copies the windows once)
-        k_glob = k[:, :, :gk].reshape(bh, 1, gk, d).expand(bh, nblk, gk, d)
-        v_glob = v[:, :, :gk].reshape(bh, 1, gk, dv).expand(bh, nblk, gk, dv)
-        k_win = torch.cat([k_glob, k_win], dim=2)
-        v_win = torch.cat([v_glob, v_win], dim=2)
-        mask = torch.cat([glob, band], dim=-1)
-    qp = F.pad(q.reshape(bh, nq, d), (0, 0, 0, seq - nq)).view(bh, nblk, block, d)
-    # Blocks play the role of heads, so the (1, nblk, block, span) mask is a 4-d SDPA mask and
-    # the fused kernels (CPU flash, CUDA efficient) take it; nothing (block x span) is kept.
-    out = F.scaled_dot_product_attention(qp, k_win, v_win, attn_mask=mask[None], scale=scale)
-    out = out.reshape(bh, seq, dv)[:, :nq].view(b, h, nq, dv)
+    qp = F.pad(q.reshape(bh, nq, d), (0, 0, 0, nqb * block - nq)).view(bh, nqb, block, d)
+    # Blocks play the role of heads, so the (1, nqb, block, slots) mask is a 4-d SDPA mask and
+    # the fused kernels (CPU flash, CUDA efficient) take it; no score matrix is kept.
+    out = F.scaled_dot_product_attention(
+        qp, windows(k), windows(v), attn_mask=mask[None], scale=scale
+    )
+    out = out.reshape(bh, nqb * block, dv)[:, :nq].view(b, h, nq, dv)
     if gq:  # global queries attend to every key
         rows = causal_mask(nq, nk, device=q.device)[:gq] if causal else None
         g_out = F.scaled_dot_product_attention(q[:, :, :gq], k, v, attn_mask=rows, scale=scale)
@@ -133,25 +124,46 @@ def chunked_attention(
     return out  # (B, H, Nq, Dv)
 
 
-def _chunk_masks(nq, nk, window, causal, gq, gk, block, nblk, span, device, cache):
-    """Cached ``band (nblk, block, span)`` and ``glob (nblk, block, gk)`` masks of the blocks."""
+def _geometry(nq: int, nk: int, window: int, causal: bool, gk: int, block: int) -> tuple:
+    """Block layout of :func:`chunked_attention`: ``(nqb, nkb, lead, blocks, stride)``.
+
+    Keys are padded left by ``lead`` (a multiple of ``block``; negative crops) so that query
+    block ``n`` needs exactly the stored key blocks ``n .. n + blocks - 1``; ``nkb`` key blocks
+    are stored per head, each as ``stride = gk + block`` slots (global keys, then the block).
+    """
+    off = nk - nq  # query i sits at key position i + off (bottom right)
+    right = 0 if causal else window
+    nqb = math.ceil(nq / block)
+    lead = math.ceil((window - off) / block) * block
+    # first key of query block n: n*block + off - window, in stored block n (lead >= window-off)
+    blocks = 1 + (block - 1 + off + right + lead) // block
+    nkb = nqb + blocks - 1
+    return nqb, nkb, lead, blocks, gk + block
+
+
+def _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, cache) -> Tensor:
+    """Cached boolean ``(nqb, block, blocks * stride)`` mask of the blocks' key slots."""
     key = (nq, nk, window, causal, gq, gk, block, str(device))
     if cache is not None and key in cache:
         return cache[key]
-    i = torch.arange(nblk * block, device=device).view(nblk, block, 1)
+    nqb, _, lead, blocks, stride = geo
+    i = torch.arange(nqb * block, device=device).view(nqb, block, 1)  # query row
     pos = i + (nk - nq)
-    j = (torch.arange(nblk, device=device) * block - (window - nk + nq)).view(nblk, 1, 1)
-    j = j + torch.arange(span, device=device)  # key index of each slot, (nblk, 1, span)
-    band = (j >= gk) & (j < nk) & (j >= pos - window) & (j <= pos + (0 if causal else window))
+    slot = torch.arange(blocks * stride, device=device)
+    t, r = slot // stride, slot % stride  # stored key block (relative), slot within it
+    n = torch.arange(nqb, device=device).view(nqb, 1, 1)
+    j = (n + t) * block + (r - gk) - lead  # key index of band slots, (nqb, 1, slots)
+    band = (r >= gk) & (j >= gk) & (j < nk) & (j >= pos - window)
+    band = band & (j <= pos + (0 if causal else window))
+    # global key r is counted once: in the first stored block of the span
+    glob = (r < gk) & (t == 0) & ((r <= pos) if causal else True)
     # Rows that are dropped (padding, global queries) must not be all -inf: their NaNs would
     # leak into the key gradients through the softmax backward.
     dropped = (i >= nq) | (i < gq)
-    band = band | dropped
-    glob = torch.arange(gk, device=device).view(1, 1, gk) <= (pos if causal else nk)
-    glob = glob | dropped
+    mask = band | glob | dropped
     if cache is not None:
-        cache[key] = (band, glob)
-    return band, glob
+        cache[key] = mask
+    return mask
 
 
 # ------------------------------------------------------------------------------- flex helpers
@@ -362,11 +374,10 @@ class LongformerAttention(AttentionVariant):
     def _work(self, q_len: int, kv_len: int, causal: bool) -> tuple[int, int, int]:
         """(rows computed by the block algorithm, key slots per row, global query rows)."""
         window = min(self.window, q_len + kv_len)
-        right = 0 if causal else window
         block = _block_size(window)
-        rows = math.ceil(q_len / block) * block
-        slots = block + window + right + min(self.num_global, kv_len)
-        return rows, slots, min(self.num_global, q_len)
+        gk = min(self.num_global, kv_len)
+        nqb, _, _, blocks, stride = _geometry(q_len, kv_len, window, causal, gk, block)
+        return nqb * block, blocks * stride, min(self.num_global, q_len)
 
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
@@ -384,9 +395,10 @@ class LongformerAttention(AttentionVariant):
         if self.backend == "dense_mask":  # bool mask, float bias and the n x n scores
             return q_len * kv_len * (1 + element_size) + bh * q_len * (kv_len + head_dim) * 4
         rows, slots, _ = self._work(q_len, kv_len, causal)
-        # scores and probabilities over the key spans, padded q/k/v copies, the output
-        padded = rows + slots
-        return bh * element_size * (2 * rows * slots + 3 * padded * head_dim + q_len * head_dim)
+        # padded q, k, v (with the interleaved global keys) and the output; the fused kernel
+        # keeps no score matrix; the boolean block mask is shared by batch and heads
+        padded = rows + slots + kv_len * (1 + self.num_global)
+        return bh * element_size * (3 * padded * head_dim + q_len * head_dim) + rows * slots
 
 
 class LocalAttention(LongformerAttention):
