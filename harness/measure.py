@@ -188,6 +188,9 @@ def _measure_pass(name: str, fn: Callable[[], Any], row: dict, point: dict, m: d
         mem = memory.peak_memory(fn, device)
         row["peak_mem_bytes"] = mem["peak_mem_bytes"]
         row["notes"] = f"peak memory method: {mem['method']}"
+        if mem["method"] == "profiler" and memory.rss_available():
+            rss = memory.peak_memory(fn, device, method="rss")["peak_mem_bytes"]
+            row["notes"] += f"; resident-set peak {rss / 2**20:.1f} MiB"
     row["status"] = "ok"
 
 

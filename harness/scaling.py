@@ -175,6 +175,11 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
+#: Constructor parameters that restate the point's shape (every variant is built for the point's
+#: ``seq_len`` and ``head_dim``): never part of a series label, or each length would be a series.
+SHAPE_PARAMS = frozenset({"seq_len", "kv_len", "q_len", "head_dim"})
+
+
 def series_labels(
     df: pd.DataFrame, ignore: Mapping[str, Iterable[str]] | None = None
 ) -> pd.Series:
@@ -183,8 +188,8 @@ def series_labels(
     A parameter is distinguishing when it takes more than one value among the rows of that
     variant in ``df`` (a missing key counts as a value), so ``sdpa(backend=math)`` and
     ``sdpa(backend=flash)`` are two series while a variant run with one configuration is just
-    its name. Labels depend on the whole frame, so compute them once on all rows
-    (:func:`prepare` does) and keep them when slicing.
+    its name. Shape parameters (:data:`SHAPE_PARAMS`) never count. Labels depend on the whole
+    frame, so compute them once on all rows (:func:`prepare` does) and keep them when slicing.
 
     Args:
         df: Rows with ``variant`` and ``params``.
@@ -196,7 +201,7 @@ def series_labels(
     labels = pd.Series(index=df.index, dtype=object)
     for variant, idx in df.groupby(df["variant"].astype(str), sort=False).groups.items():
         dicts = params.loc[idx]
-        keys = sorted({k for d in dicts for k in d} - ignore.get(variant, set()))
+        keys = sorted({k for d in dicts for k in d} - ignore.get(variant, set()) - SHAPE_PARAMS)
         varying = [
             k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1
         ]

@@ -119,6 +119,20 @@ def test_series_labels_only_name_varying_params() -> None:
     ]
 
 
+def test_shape_params_do_not_split_a_series() -> None:
+    # Variants are built for the point's seq_len/head_dim, so those sit in every row's params:
+    # a sweep over seq_len is still one series per variant configuration.
+    rows = []
+    for n in (256, 512, 1024):
+        for k in (64, 128):
+            params = {"seq_len": n, "head_dim": 64, "k": k, "share_kv": False}
+            rows += rows_for("linformer", lambda m: m, lengths=[n], params=params)
+    df = scaling.prepare(pd.DataFrame(rows))
+    assert sorted(df["series"].unique()) == ["linformer(k=128)", "linformer(k=64)"]
+    slopes = scaling.time_slopes(df)
+    assert len(slopes) == 2 and np.allclose(slopes["slope"], 1.0)
+
+
 def test_crossover_of_crossing_lines_is_known() -> None:
     # full: n^2 / 1024; linear: 4 n -> equal where n = 4096, so the crossover is 4096
     df = pd.DataFrame(

@@ -107,7 +107,10 @@ class SDPAAttention(AttentionVariant):
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
     ) -> int:
         out = batch * heads * q_len * head_dim * element_size
-        if self.backend in ("flash", "efficient", "cudnn"):
-            return out + batch * heads * q_len * 4  # log-sum-exp per row
-        # math (and the CPU's auto path for long sequences) materialise scores
-        return out + 2 * batch * heads * q_len * kv_len * element_size
+        if self.backend == "math":  # materialises the scores and the probabilities
+            return out + 2 * batch * heads * q_len * kv_len * element_size
+        # flash/efficient/cudnn, and auto: PyTorch dispatches to a fused kernel on the CPU
+        # (flash, fp32/fp64/bf16/fp16) and on CUDA, which keeps one log-sum-exp per row. Measured
+        # here (CPU, 8 heads, head_dim 64): 18 MB at n=8192 against 4.3 GB for `full`. A
+        # configuration that falls back to math under auto exceeds this model.
+        return out + batch * heads * q_len * 4
