@@ -28,10 +28,13 @@ costs such as loading libraries are not counted as the call's memory.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -110,11 +113,31 @@ def _peak_cuda(fn: Callable[[], Any]) -> int:
     return max(0, peak - baseline)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: kineto prints two "USDT: profiler_start/stop" lines
+    per profile on the C++ side (torch 2.13), one pair per measured pass, which buried the
+    sweep's progress lines. The call itself already ran (timing) with stderr intact."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_profiler(fn: Callable[[], Any]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     _prepare()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _native_stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         result = fn()
     del result
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]

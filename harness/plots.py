@@ -313,8 +313,10 @@ def _plot_vs_seq_len(
     styles = styles or style_map(df)
     slopes = slope_fn(df, pass_).set_index(scaling.SERIES_KEYS) if slope_fn else None
 
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
     lines, omitted = _multi_length(_line_groups(rows), metric)
+    if not lines:
+        raise SkipFigure(f"no series with {metric} at two or more lengths on {device}")
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
     for series, label, group in lines:
         per_len = scaling._per_seq_len(group, metric)
         st = styles.get(series, Style(color_for(series), "-", "o"))
@@ -879,12 +881,13 @@ def plot_attention_heatmaps(
         ax.set_xticklabels(tokens, rotation=90, fontsize=8)
         ax.set_yticks(range(n))
         ax.set_yticklabels(tokens, fontsize=8)
+        base = name.split(" (")[0]  # "longformer (window=2)" is coloured as longformer
         ax.set_title(
             name,
             fontsize=9,
-            color=PALETTE.get(name, "black")
-            if name in PALETTE
-            else color_for(name)
+            color=PALETTE.get(base, "black")
+            if base in PALETTE
+            else color_for(base)
             if name != "exact softmax"
             else "black",
         )
@@ -938,9 +941,10 @@ def heatmap_figure(
         try:
             if variants.get_class(name).exact:
                 continue
-            built[name] = variants.create(
-                name, seq_len=len(tokens), **HEATMAP_PARAMS.get(name, {})
-            )
+            params = HEATMAP_PARAMS.get(name, {})
+            shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
+            label = f"{name} ({shown})" if shown else name
+            built[label] = variants.create(name, seq_len=len(tokens), **params)
         except Exception as exc:  # noqa: BLE001 - one variant failing leaves the others
             log.warning("heatmap: variant %s left out: %s: %s", name, type(exc).__name__, exc)
     tokens, exact, mats = realmodel.attention_heatmap_data(
@@ -964,6 +968,13 @@ FIGURES: tuple[str, ...] = (
     "rate_fwd",
     "realmodel",
 )
+
+
+def attention_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of attention points: without those of ``task == "realmodel"``."""
+    if "task" not in df.columns:
+        return df
+    return df[df["task"].astype(str) != "realmodel"]
 
 
 def plot_all(
@@ -1004,7 +1015,8 @@ def plot_all(
                 continue
             path = out_dir / f"{name}{suffix}.png"
             try:
-                fig = make(rows, path)
+                # real-model rows (whole-model time at fixed lengths) are not attention points
+                fig = make(rows if name == "realmodel" else attention_rows(rows), path)
             except SkipFigure as exc:
                 log.info("figure %s skipped: %s", name, exc)
                 results.append(FigureResult(name, device, skipped=str(exc)))

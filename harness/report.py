@@ -195,6 +195,9 @@ def failures_markdown(df: pd.DataFrame) -> str:
 
 
 # ------------------------------------------------------------------------------ report
+CONTEXT_COLUMNS = ["dtype", "causal", "batch", "heads", "head_dim"]
+
+
 def realmodel_markdown(df: pd.DataFrame) -> str:
     """Table of the real-model points (task ``realmodel``), one row per variant and knob value.
 
@@ -275,7 +278,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
 
     drawn = plots.plot_all(df, out, only=figures)
-    table = scaling.summary_table(df, reference_seq_len)
+    table = scaling.summary_table(plots.attention_rows(df), reference_seq_len)
     devices = sorted(df["device_key"].unique())
     md = ["# attnbench report", ""]
     md.append(
@@ -294,8 +297,11 @@ def build_report(
         rows = df[df["device_key"] == device]
         md += ["", f"## {device}" if len(devices) > 1 else "## Results", ""]
         md += ["### Environment", "", environment_markdown(rows), ""]
-        sub = table[table["device_key"] == device]
-        for ctx, ctx_table in sub.groupby(["dtype", "causal", "batch", "heads", "head_dim"]):
+        sub = table[table["device_key"] == device] if len(table) else table
+        if not len(sub):
+            md += ["No attention points here (only real-model rows): no scaling summary.", ""]
+        contexts = sub.groupby(CONTEXT_COLUMNS) if len(sub) else []
+        for ctx, ctx_table in contexts:
             dtype, causal, batch, heads, head_dim = ctx
             ref = ctx_table["reference_seq_len"].iloc[0]
             md += [

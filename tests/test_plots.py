@@ -340,3 +340,38 @@ def test_plot_all_splits_devices(frame: pd.DataFrame, tmp_path: Path) -> None:
         assert_png(r.path)
     skipped = {r.name for r in results if r.skipped}
     assert skipped == {"realmodel"}
+
+
+def test_realmodel_rows_draw_no_empty_scaling_figure(tmp_path: Path) -> None:
+    # A realmodel sweep: whole-model time at one length per point. The time figure must be
+    # skipped with a reason (it once came out as empty axes), the realmodel figure drawn.
+    rows = [
+        complete_row(
+            {
+                "task": "realmodel",
+                "variant": v,
+                "device": "cpu",
+                "host": "h",
+                "status": "ok",
+                "pass": "fwd",
+                "q_len": 512,
+                "kv_len": 512,
+                "batch": 4,
+                "heads": 12,
+                "head_dim": 32,
+                "dtype": "float32",
+                "causal": False,
+                "time_ms": 1500.0 + x,
+                "knob": "window",
+                "knob_value": x,
+                "embed_cosine": 1 - 1 / x,
+                "params": {"window": x},
+            }  # fmt: skip
+        )
+        for v in ("local", "longformer")
+        for x in (8, 64)
+    ]
+    results = {r.name: r for r in plots.plot_all(pd.DataFrame(rows), tmp_path)}
+    assert results["realmodel"].path is not None
+    assert results["time_fwd"].path is None and results["time_fwd"].skipped
+    assert not (tmp_path / "time_fwd.png").exists()

@@ -195,3 +195,17 @@ def test_attention_heatmap_data() -> None:
     with pytest.warns(UserWarning, match="linformer"):
         _, _, mats = realmodel.attention_heatmap_data(variants={"short": short})
     assert mats == {}
+
+
+def test_heatmap_figure_names_each_panels_settings(tmp_path) -> None:
+    from harness import plots
+
+    fig = plots.heatmap_figure(tmp_path / "h.png", ["full", "longformer", "performer"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == [
+        "exact softmax",
+        "longformer (window=2, num_global=1)",
+        "performer (nb_features=32)",
+    ]
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plots.plt.close(fig)
