@@ -1014,9 +1014,12 @@ def plot_all(
             if only is not None and name not in only:
                 continue
             path = out_dir / f"{name}{suffix}.png"
+            # real-model rows (whole-model time at fixed lengths) are not attention points
+            subset = rows if name == "realmodel" else attention_rows(rows)
             try:
-                # real-model rows (whole-model time at fixed lengths) are not attention points
-                fig = make(rows if name == "realmodel" else attention_rows(rows), path)
+                if not len(subset):
+                    raise SkipFigure("no attention points (only real-model rows)")
+                fig = make(subset, path)
             except SkipFigure as exc:
                 log.info("figure %s skipped: %s", name, exc)
                 results.append(FigureResult(name, device, skipped=str(exc)))
