@@ -688,6 +688,8 @@ def plot_tradeoff(
             linewidths=0.5,
         )
         short = series[len(str(variant)) + 1 : -1] if series != variant else ""
+        if short and "," not in short:  # one param: its value only ("k=16" crowded clusters)
+            short = short.split("=", 1)[-1]
         if short:  # the knob value beside the point: the legend alone makes the eye hop
             ax.annotate(
                 short,

@@ -136,3 +136,26 @@ def test_environment_and_device():
     assert env.resolve_device("auto") in ("cpu", "cuda") and env.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="measure.threads"):
         env.set_threads(0)
+
+
+def test_row_rel_err_matches_an_independent_computation():
+    # The rows' rel_err for an approximation, recomputed outside the harness: the same inputs
+    # (make_inputs with the point's seed and temperature), the variant's float32 output, and a
+    # float64 softmax attention written here with numpy.
+    import numpy as np
+
+    from harness.inputs import make_inputs
+
+    point = _point("local", measure={"timing": False, "memory": False})
+    point["inputs_params"] = {"temperature": 2.0}
+    point["passes"] = ["fwd"]
+    (row,) = measure_point(point, _factory("local", window=5))
+    q, k, v = make_inputs("gaussian", 1, 2, 48, 48, 16, torch.float32, "cpu", 0, temperature=2.0)
+    out = variants.create("local", window=5)(q, k, v).double().numpy()
+    qn, kn, vn = (t.double().numpy() for t in (q, k, v))
+    s = qn @ kn.transpose(0, 1, 3, 2) / 4.0
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ vn
+    expected = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert row["status"] == "ok" and expected > 1e-3  # a real approximation error
+    assert row["rel_err"] == pytest.approx(expected, rel=1e-9)
