@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 import variants
-from harness.reference import reference_attention, reference_grads, reference_mask
+from harness.measure.reference import reference_attention, reference_grads, reference_mask
 from variants.base import AttentionVariant
 
 Factory = Callable[..., AttentionVariant]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import variants
-from harness import accuracy
-from harness.inputs import make_inputs
-from harness.reference import reference_grads, reference_probs
+from harness.measure import accuracy
+from harness.measure.inputs import make_inputs
+from harness.measure.reference import reference_grads, reference_probs
 from variants.base import AttentionVariant
 
 

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import variants
-from harness.run import CONF_DIR, ConfigError, resolve_point
+from harness.app.main import CONF_DIR, ConfigError, resolve_point
 
 VARIANT_CONFIGS = sorted(p.stem for p in (Path(CONF_DIR) / "variant").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))

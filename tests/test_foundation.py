@@ -5,7 +5,7 @@ import torch
 
 import variants
 from harness.conformance import make_qkv
-from harness.reference import reference_attention
+from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError, causal_mask, check_qkv
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.inputs import GENERATOR_PARAMS, INPUT_GENERATORS, make_inputs
+from harness.measure.inputs import GENERATOR_PARAMS, INPUT_GENERATORS, make_inputs
 
 SYNTHETIC = [name for name in INPUT_GENERATORS if name != "minilm"]
 SHAPE = (2, 3, 40, 56, 16)  # batch, heads, q_len, kv_len, head_dim (cross on purpose)
@@ -126,10 +126,11 @@ def test_bad_values_name_the_field(name, params, field):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("harness.minilm") is None, reason="harness.minilm not present"
+    importlib.util.find_spec("harness.realmodel.minilm") is None,
+    reason="harness.realmodel.minilm not present",
 )
 def test_minilm_is_dispatched_lazily(monkeypatch):
-    import harness.minilm
+    import harness.realmodel.minilm
 
     seen = {}
 
@@ -137,7 +138,7 @@ def test_minilm_is_dispatched_lazily(monkeypatch):
         seen.update(kw, seed=seed)
         return make_inputs("gaussian", batch, heads, q_len, kv_len, head_dim, dtype, device, seed)
 
-    monkeypatch.setattr(harness.minilm, "minilm_qkv", fake)
+    monkeypatch.setattr(harness.realmodel.minilm, "minilm_qkv", fake)
     q, _, _ = make_inputs("minilm", 1, 2, 8, 8, 16, torch.float32, "cpu", 5, layer=2)
     assert q.shape == (1, 2, 8, 16)
     assert seen == {"layer": 2, "head": None, "text": None, "seed": 5}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import variants
 from harness.conformance import make_qkv, run_conformance
-from harness.reference import reference_mask
+from harness.measure.reference import reference_mask
 from variants._prefix import causal_linear_attention
 from variants.base import VariantConfigError
 

@@ -9,7 +9,7 @@ import torch
 
 import variants
 from harness.conformance import make_qkv, run_conformance
-from harness.reference import reference_attention
+from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
 from variants.longformer import LocalAttention, LongformerAttention, longformer_mask
 

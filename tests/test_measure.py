@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import variants
-from harness import env
-from harness.measure import measure_point
-from harness.results import COLUMNS
+from harness.analysis.rows import COLUMNS
+from harness.measure import env
+from harness.measure.point import measure_point
 
 #: Columns the caller (run.py) or the environment may leave empty on an ok CPU row.
 MAY_BE_EMPTY = {"run_id", "experiment", "point_id", "reason", "cuda", "xformers", "git_commit"}
@@ -144,7 +144,7 @@ def test_row_rel_err_matches_an_independent_computation():
     # float64 softmax attention written here with numpy.
     import numpy as np
 
-    from harness.inputs import make_inputs
+    from harness.measure.inputs import make_inputs
 
     point = _point("local", measure={"timing": False, "memory": False})
     point["inputs_params"] = {"temperature": 2.0}

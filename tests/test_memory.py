@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import memory
+from harness.measure import memory
 
 SIZE = 200 * 1024 * 1024  # bytes
 

@@ -8,7 +8,7 @@ import torch
 
 import variants
 from harness.conformance import make_qkv, run_conformance
-from harness.reference import reference_attention, reference_mask
+from harness.measure.reference import reference_attention, reference_mask
 from variants.base import VariantConfigError
 from variants.performer import orthogonal_gaussian_projection, softmax_kernel_features
 

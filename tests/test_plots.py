@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import plots, scaling
-from harness.results import complete_row
+from harness.analysis import scaling
+from harness.analysis.rows import complete_row
+from harness.report import figures as plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEQ_LENS = [256, 512, 1024, 2048, 4096, 8192, 16384]

@@ -214,7 +214,7 @@ def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_pa
         import json
         from hydra import compose, initialize_config_dir
         from hydra.utils import instantiate
-        from variants.plugin_config import register_plugin_configs
+        from harness.app.plugin_configs import register_plugin_configs
 
         print(json.dumps(register_plugin_configs(conf_dir={str(conf)!r})))
         result = {{}}
@@ -248,7 +248,7 @@ def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_pa
         _py(
             f"""
         import json
-        from variants.plugin_config import register_plugin_configs
+        from harness.app.plugin_configs import register_plugin_configs
         print(json.dumps(register_plugin_configs(conf_dir={str(conf)!r})))
         """,
             plugin_paths,
@@ -259,9 +259,9 @@ def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    importlib.util.find_spec("harness.run") is None
-    or importlib.util.find_spec("harness.measure") is None,
-    reason="the Hydra app (harness.run, harness.measure) is not written yet",
+    importlib.util.find_spec("harness.app.main") is None
+    or importlib.util.find_spec("harness.measure.point") is None,
+    reason="the Hydra app (harness.app.main, harness.measure.point) is not written yet",
 )
 def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: Path) -> None:
     """``attnbench -m variant=cosformer,full seq_len=128`` writes ok rows for the plugin, and
@@ -270,7 +270,7 @@ def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: 
     proc = _run(
         [
             "-m",
-            "harness.run",
+            "harness.app.main",
             "-m",
             f"variant={PLUGIN},full",
             "seq_len=128",
@@ -293,7 +293,7 @@ def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: 
     mine = [r for r in rows if r.get("variant") == PLUGIN]
     assert mine and all(r["status"] == "ok" for r in mine), mine
     assert mine[0]["rel_err"] is not None and mine[0]["rel_err"] > 0  # approximate, measured
-    if importlib.util.find_spec("harness.report") is not None:
+    if importlib.util.find_spec("harness.report.build") is not None:
         reports = list(sweep.rglob("report.md"))
         assert reports, f"no report.md under {sweep}"
         assert PLUGIN in reports[0].read_text()
@@ -303,7 +303,7 @@ def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: 
 
 # ------------------------------------------------------------------------------ broken plugins
 def test_broken_plugins_are_listed_with_reasons(broken_site: Path) -> None:
-    proc = _run(["-m", "harness.list_variants", "--json"], [broken_site])
+    proc = _run(["-m", "harness.app.list_variants", "--json"], [broken_site])
     rows = json.loads(_ok(proc))
     plugins = {r["name"]: r for r in rows if r["source"] == "plugin"}
     for name, reason in BROKEN_REASONS.items():
@@ -313,13 +313,13 @@ def test_broken_plugins_are_listed_with_reasons(broken_site: Path) -> None:
     builtin_full = next(r for r in rows if r["name"] == "full" and r["source"] == "builtin")
     assert builtin_full["ok"] is True
 
-    table = _ok(_run(["-m", "harness.list_variants"], [broken_site]))
+    table = _ok(_run(["-m", "harness.app.list_variants"], [broken_site]))
     for name, reason in BROKEN_REASONS.items():
         line = next(
             ln for ln in table.splitlines() if ln.startswith(f"{name} ") and "plugin" in ln
         )
         assert "broken" in line and reason in line
-    assert _run(["-m", "harness.list_variants", "--strict"], [broken_site]).returncode == 1
+    assert _run(["-m", "harness.app.list_variants", "--strict"], [broken_site]).returncode == 1
 
 
 def test_broken_plugins_do_not_break_the_registry(

@@ -6,7 +6,7 @@ import io
 
 from tqdm import tqdm
 
-from harness import measure
+from harness.measure import point as measure
 
 
 class FakeTTY(io.StringIO):

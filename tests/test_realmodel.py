@@ -14,15 +14,15 @@ import torch
 pytestmark = pytest.mark.real
 pytest.importorskip("transformers")
 
-from harness import minilm  # noqa: E402
+from harness.realmodel import minilm  # noqa: E402
 
 _missing = minilm.unavailable_reason()
 if _missing:
     pytest.skip(_missing, allow_module_level=True)
 
 import variants  # noqa: E402
-from harness import realmodel  # noqa: E402
-from harness.results import COLUMNS, complete_row  # noqa: E402
+from harness.analysis.rows import COLUMNS, complete_row  # noqa: E402
+from harness.realmodel import experiment as realmodel  # noqa: E402
 from variants.full import FullAttention  # noqa: E402
 
 LENGTHS = [12, 40, 24]  # mixed, so that one batch is padded
@@ -198,7 +198,7 @@ def test_attention_heatmap_data() -> None:
 
 
 def test_heatmap_figure_names_each_panels_settings(tmp_path) -> None:
-    from harness import plots
+    from harness.report import figures as plots
 
     fig = plots.heatmap_figure(tmp_path / "h.png", ["full", "longformer", "performer"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from test_plots import assert_png, synthetic_rows
 
-from harness import report, scaling
-from harness.results import complete_row, write_rows
+from harness.analysis import scaling
+from harness.analysis.rows import complete_row, write_rows
+from harness.report import build as report
 
 FIGURES = ("time_fwd", "memory_fwd", "tradeoff", "realmodel")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import scaling
-from harness.results import complete_row
+from harness.analysis import scaling
+from harness.analysis.rows import complete_row
 
 LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
 LONG = LENGTHS + [16384]  # so that 8192 is not the last length

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.results import read_rows
+from harness.analysis.rows import read_rows
 
 TINY = ["batch=1", "heads=2", "head_dim=16", "measure.min_run_time=0.01", "seeds=[0]"]
 
@@ -21,7 +21,7 @@ TINY = ["batch=1", "heads=2", "head_dim=16", "measure.min_run_time=0.01", "seeds
 def attnbench(args: list[str], cwd: Path, timeout: int = 240, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="0")
     return subprocess.run(
-        [sys.executable, "-m", "harness.run", *args],
+        [sys.executable, "-m", "harness.app.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -117,7 +117,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     ]
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.run", *args],
+        [sys.executable, "-m", "harness.app.main", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

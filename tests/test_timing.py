@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import variants
-from harness import timing
-from harness.inputs import make_inputs
+from harness.measure import timing
+from harness.measure.inputs import make_inputs
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 import variants
-from harness import timing
-from harness.inputs import make_inputs
+from harness.measure import timing
+from harness.measure.inputs import make_inputs
 
 
 def test_same_point_twice_within_5_percent(benchmark):

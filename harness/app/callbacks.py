@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("attnbench")
 
-#: Summary of the last sweep in this process (read by ``harness.run.cli`` for its exit code).
+#: Summary of the last sweep in this process (read by ``harness.app.main.cli`` for its exit code).
 LAST_SWEEP: dict[str, Any] | None = None
 
 
@@ -48,7 +48,7 @@ def count_jobs(config: DictConfig) -> int | None:
 
 def aggregate(sweep_dir: Path) -> Any:
     """Write results.csv (and results.parquet) at the sweep root; returns the DataFrame."""
-    from harness.results import read_rows
+    from harness.analysis.rows import read_rows
 
     df = read_rows([sweep_dir])
     if not len(df):
@@ -104,7 +104,7 @@ class SweepCallback(Callback):
             LAST_SWEEP["failed_all"] = True
         if self.report and counts.get("ok", 0):
             try:
-                from harness.report import build_report
+                from harness.report.build import build_report
 
                 path = build_report([sweep_dir], sweep_dir)
                 print(f"attnbench: report in {path}")

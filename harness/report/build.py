@@ -1,10 +1,10 @@
 """``attnbench-report``: sweep folders (from any machines) -> report.md + PNG figures.
 
-Rows are read with :func:`harness.results.read_rows` (every ``rows.jsonl`` below the folders; a
+Rows are read with :func:`harness.analysis.rows.read_rows` (every ``rows.jsonl`` below the folders; a
 corrupt file is named in a warning and skipped). A ``results.csv`` (the aggregated output of a
 sweep) is accepted too: given as a file, or found at the top of a folder that holds no
 ``rows.jsonl``. The report has the environment, the summary table of
-:func:`harness.scaling.summary_table`, the figures of :func:`harness.plots.plot_all`, and the
+:func:`harness.analysis.scaling.summary_table`, the figures of :func:`harness.report.figures.plot_all`, and the
 counts of oom/unsupported/error/nan points with their reasons; one section per device when the
 rows come from several devices or hosts.
 
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import plots, scaling
-from harness.results import COLUMNS, iter_row_files, read_rows
+from harness.analysis import scaling
+from harness.analysis.rows import COLUMNS, iter_row_files, read_rows
+from harness.report import figures as plots
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
-    """The summary table of :func:`harness.scaling.summary_table` as markdown."""
+    """The summary table of :func:`harness.analysis.scaling.summary_table` as markdown."""
     header = [
         "series",
         "time slope [95% CI]",
@@ -259,8 +260,8 @@ def build_report(
         heatmap_layer: MiniLM layer (0..5) of the heatmaps.
         heatmap_head: MiniLM head (0..11) of the heatmaps.
         reference_seq_len: Length at which the table reads error and rate (default per context:
-            :func:`harness.scaling.default_reference_seq_len`).
-        figures: Names of :data:`harness.plots.FIGURES` to draw (default all).
+            :func:`harness.analysis.scaling.default_reference_seq_len`).
+        figures: Names of :data:`harness.report.figures.FIGURES` to draw (default all).
 
     Raises:
         ReportError: No rows, or required columns missing.

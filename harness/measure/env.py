@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harness.timing import time_callable
+from harness.measure.timing import time_callable
 
 _REPO_DIR = Path(__file__).resolve().parent
 

@@ -1,6 +1,6 @@
 """Accuracy of a variant against exact float64 softmax attention on the same inputs.
 
-The reference is :mod:`harness.reference` (plain float64 matmuls, independent of any variant),
+The reference is :mod:`harness.measure.reference` (plain float64 matmuls, independent of any variant),
 evaluated in blocks of query rows so that long sequences do not need the whole float64 ``n x n``
 matrix at once. Definitions:
 
@@ -11,7 +11,7 @@ matrix at once. Definitions:
   the relative error of the concatenated gradient, for one seeded upstream gradient ``dO``.
   The reference gradients are the analytic softmax-attention backward on the float64 reference
   probabilities (``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = s dS K``,
-  ``dK = s dS^T Q``), checked against autograd on :func:`harness.reference.reference_grads`.
+  ``dK = s dS^T Q``), checked against autograd on :func:`harness.measure.reference.reference_grads`.
 * Effective attention matrix: every variant is linear in V, so feeding V = identity returns the
   ``Nq x Nk`` matrix ``A`` it applies. The identity is fed in column blocks of width ``D`` (so
   every variant sees a value head dimension it supports) for batch element 0 and all heads.
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness.reference import reference_mask, reference_probs
+from harness.measure.reference import reference_mask, reference_probs
 
 #: Float64 elements of one reference score block (query rows x keys x batch x heads).
 REF_BLOCK_ELEMENTS = 2**24  # 128 MB in float64

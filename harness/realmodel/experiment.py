@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness import minilm
+from harness.realmodel import minilm
 from variants.base import AttentionVariant
 
 #: Defaults of the ``realmodel:`` config block (conf/experiment/realmodel.yaml documents them).
@@ -428,8 +428,10 @@ def _hidden_rel_err(exact: Embeddings, approx: Embeddings) -> list[float]:
 
 def _environment(device: str) -> dict[str, Any]:
     try:
-        from harness.env import environment
-    except ImportError:  # harness.env is optional for this module; keep the versions at least
+        from harness.measure.env import environment
+    except (
+        ImportError
+    ):  # harness.measure.env is optional for this module; keep the versions at least
         import platform
         from datetime import datetime, timezone
 
@@ -456,7 +458,7 @@ def measure_realmodel_point(
             length and ``head_dim`` = 32.
 
     Returns:
-        One ``fwd`` row with the columns of ``harness.results.COLUMNS`` (``q_len`` is the
+        One ``fwd`` row with the columns of ``harness.analysis.rows.COLUMNS`` (``q_len`` is the
         longest text, ``batch`` the batch size, ``time_ms`` the variant model's forward time over
         all texts) plus ``task`` = "realmodel", ``knob``, ``knob_value``, ``embed_cosine`` (mean
         cosine of each text's embedding to the exact model's), ``embed_cosine_min``,
@@ -710,7 +712,7 @@ def attention_heatmap_data(
         ``(tokens, exact, {label: matrix})``: N tokens; float64 numpy ``(N, N)`` matrices, rows
         are queries.
     """
-    from harness.reference import reference_probs
+    from harness.measure.reference import reference_probs
 
     q, k, _, tokens = minilm.sentence_qkv(sentence, layer, head)  # (1, 1, N, 32) each
     n = q.shape[-2]

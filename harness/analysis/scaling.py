@@ -1,7 +1,7 @@
 """Scaling analysis over result rows: log-log slopes, crossovers, oom limits, the summary table.
 
-Every function takes a pandas DataFrame of rows (the columns of :data:`harness.results.COLUMNS`,
-as :func:`harness.results.read_rows` returns them) and works on its ``status == "ok"`` rows,
+Every function takes a pandas DataFrame of rows (the columns of :data:`harness.analysis.rows.COLUMNS`,
+as :func:`harness.analysis.rows.read_rows` returns them) and works on its ``status == "ok"`` rows,
 except where oom points are the point (:func:`max_seq_len_before_oom`, :func:`crossover`).
 
 Vocabulary used throughout:

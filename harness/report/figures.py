@@ -3,7 +3,7 @@
 Every figure keeps one colour per variant (:func:`color_for`: a fixed palette for the built-ins,
 a stable hash-picked colour for plugins), so a reader who learnt "performer is green" in the time
 plot finds it green everywhere. Several configurations of one variant (series, see
-:mod:`harness.scaling`) share the colour and differ in line style and marker.
+:mod:`harness.analysis.scaling`) share the colour and differ in line style and marker.
 
 Each ``plot_*`` function takes the rows of **one device** (``device_key``), draws one figure,
 saves it as PNG and returns the :class:`~matplotlib.figure.Figure` (so tests can inspect its
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from harness import scaling  # noqa: E402
+from harness.analysis import scaling  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -922,14 +922,14 @@ def heatmap_figure(
     layer: int = 0,
     head: int = 0,
 ) -> Figure:
-    """Heatmaps from pretrained MiniLM via ``harness.realmodel.attention_heatmap_data``.
+    """Heatmaps from pretrained MiniLM via ``harness.realmodel.experiment.attention_heatmap_data``.
 
     Variants that cannot be built for the sentence's length are left out with a logged reason.
     Raises :class:`SkipFigure` when the real-model extra (transformers, the weights) is missing.
     """
     try:
         import variants
-        from harness import realmodel  # noqa: PLC0415 - optional, needs transformers
+        from harness.realmodel import experiment as realmodel  # noqa: PLC0415 - optional, needs transformers
     except Exception as exc:  # noqa: BLE001 - any import failure means no heatmap
         raise SkipFigure(f"real-model heatmaps unavailable: {type(exc).__name__}: {exc}") from exc
     try:

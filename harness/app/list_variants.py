@@ -8,7 +8,7 @@ Usage::
     attnbench-variants            # table
     attnbench-variants --json     # one JSON list, for scripts
     attnbench-variants --strict   # exit 1 when any variant is broken (CI)
-    python -m harness.list_variants
+    python -m harness.app.list_variants
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from variants.plugin_config import describe_variants
+from harness.app.plugin_configs import describe_variants
 
 
 def _notes(row: dict[str, Any]) -> str:

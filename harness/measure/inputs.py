@@ -27,7 +27,7 @@ Generators (``make_inputs(name, ...)``, parameters as keyword arguments):
     logit matrix) have rank ``rank`` and unit-variance entries; the logits have standard
     deviation about ``t``. ``v ~ N(0, 1)`` is full rank.
 ``minilm`` (``layer`` = 0, ``head`` = None, ``text`` = None)
-    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.minilm``; needs the
+    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.realmodel.minilm``; needs the
     ``attnbench[real]`` extra). Imported only when used.
 
 In every generator ``v ~ N(0, 1)`` independently of q and k.
@@ -181,7 +181,9 @@ def make_inputs(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if name == "minilm":
-        from harness.minilm import minilm_qkv  # optional: needs transformers and the weights
+        from harness.realmodel.minilm import (
+            minilm_qkv,  # optional: needs transformers and the weights
+        )
 
         return minilm_qkv(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)
     for field, value in (("batch", batch), ("heads", heads), ("q_len", q_len),

@@ -36,8 +36,8 @@ _PRIMITIVES: tuple[type, ...] = (int, float, str, bool, bytes, pathlib.Path)
 
 
 def default_conf_dir() -> Path:
-    """The source tree's ``conf/`` folder (next to the ``variants`` package)."""
-    return Path(variants.__file__).resolve().parent.parent / "conf"
+    """The app's config folder, ``harness/conf`` (shipped inside the installed package)."""
+    return Path(__file__).resolve().parent.parent / "conf"
 
 
 def plugin_names() -> list[str]:

@@ -1,6 +1,6 @@
 """Speed and memory check of the efficient variants against exact ``sdpa`` (issue 3 targets).
 
-``python -m harness.speedcheck [--seq-len 8192 --heads 8 --head-dim 64 --batch 1 --out FILE.md]``
+``python -m harness.measure.speedcheck [--seq-len 8192 --heads 8 --head-dim 64 --batch 1 --out FILE.md]``
 times, in one process and one run, the fp32 forward (``torch.no_grad``) of ``sdpa`` (exact) and
 every efficient variant with ``torch.utils.benchmark.Timer.blocked_autorange`` (median and IQR
 over blocks, at least ``--min-repeats`` blocks), and prints a markdown table: time, ratio
@@ -179,7 +179,7 @@ def memory_report(args: argparse.Namespace) -> str:
             cmd = [
                 sys.executable,
                 "-m",
-                "harness.speedcheck",
+                "harness.measure.speedcheck",
                 "--memory-child",
                 name,
                 json.dumps(params),
@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         print(memory_child(name, json.loads(params), int(n), args.heads, args.head_dim))
         return
     report = memory_report(args) if args.memory else speed_table(args)
-    command = "python -m harness.speedcheck " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m harness.measure.speedcheck " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     report = f"`{command.strip()}`\n\n{report}\n"
     print(report)
     if args.out:

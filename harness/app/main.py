@@ -10,8 +10,8 @@ A job resolves its config into a *point* (the dict of docs/notes/CONTRACTS.md), 
 before any work (a bad value is a one-line error naming the field; in single-run mode the run
 folder is removed so nothing half-written is left), skips it when a multirun folder already
 holds rows with the same ``point_id`` (resume; ``force=true`` measures again), measures it with
-:func:`harness.measure.measure_point` (or the real-model task) and writes the rows atomically to
-``<job dir>/rows.jsonl``. When a multirun ends, :class:`harness.callbacks.SweepCallback`
+:func:`harness.measure.point.measure_point` (or the real-model task) and writes the rows atomically to
+``<job dir>/rows.jsonl``. When a multirun ends, :class:`harness.app.callbacks.SweepCallback`
 aggregates the rows into ``results.csv`` and runs the report.
 """
 
@@ -32,10 +32,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness.results import ROWS_FILE, iter_row_files, load_row_file, write_rows
+from harness.analysis.rows import ROWS_FILE, iter_row_files, load_row_file, write_rows
 
 log = logging.getLogger("attnbench")
 
+#: The configs ship inside the package (harness/conf), so a non-editable install finds them.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 TASKS = ("attention", "realmodel")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -318,7 +319,7 @@ def run_point(cfg: DictConfig) -> list[dict[str, Any]]:
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-written
         print(f"attnbench: {exc}", file=sys.stderr)
         sys.exit(2)
-    from harness.env import resolve_device
+    from harness.measure.env import resolve_device
 
     point["device"] = resolve_device(point["device"])
     point["experiment"] = cfg.experiment_name
@@ -338,9 +339,9 @@ def run_point(cfg: DictConfig) -> list[dict[str, Any]]:
             return []
     hygiene()
     if point["task"] == "realmodel":
-        from harness.realmodel import measure_realmodel_point as measure
+        from harness.realmodel.experiment import measure_realmodel_point as measure
     else:
-        from harness.measure import measure_point as measure
+        from harness.measure.point import measure_point as measure
     rows = measure(point, factory)
     for row in rows:
         row.update(run_id=point["run_id"], experiment=point["experiment"], point_id=pid)
@@ -364,7 +365,7 @@ def main(cfg: DictConfig) -> int:
 def _register_plugins() -> None:
     """Give installed plugins a ``variant`` config node so ``variant=NAME`` needs no YAML."""
     try:
-        from variants.plugin_config import register_plugin_configs
+        from harness.app.plugin_configs import register_plugin_configs
     except ImportError:
         return
     register_plugin_configs()
@@ -376,7 +377,7 @@ def cli() -> None:
         sys.argv.append("+experiment=quick")
     _register_plugins()
     main()
-    from harness import callbacks
+    from harness.app import callbacks
 
     if callbacks.LAST_SWEEP is not None and callbacks.LAST_SWEEP.get("failed_all"):
         sys.exit(3)

@@ -10,7 +10,7 @@ The text is English prose from Python's bundled documentation (``pydoc_data.topi
 the standard library): prose paragraphs of each topic (headings, grammar rules and indented code
 dropped), merged within a topic into passages of at least ``min_tokens`` MiniLM tokens. The
 selection is deterministic for a given Python version (the topics change between Python
-releases, so record the version with the results, which ``harness.env`` does).
+releases, so record the version with the results, which ``harness.measure.env`` does).
 
 Public functions: :func:`load_model`, :func:`pydoc_texts`, :func:`pydoc_paragraphs`,
 :func:`encode`, :func:`capture_qkv`, :func:`sentence_qkv` and :func:`minilm_qkv` (the harness's
@@ -91,7 +91,7 @@ def load_model(device: str = "cpu") -> Any:
     """all-MiniLM-L6-v2 as a ``transformers`` ``BertModel`` in eval mode, cached per device.
 
     The cached model is shared: code that switches its attention implementation
-    (``harness.realmodel.use_variant``) restores it afterwards. Loaded with ``sdpa``, the stock
+    (``harness.realmodel.experiment.use_variant``) restores it afterwards. Loaded with ``sdpa``, the stock
     exact attention.
     """
     path = model_dir()
