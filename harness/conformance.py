@@ -5,11 +5,14 @@ A plugin's own tests run the same kit as the built-ins::
     from harness.conformance import run_conformance
     def test_my_variant():
         run_conformance("my_variant")               # registry name, or
-        run_conformance(lambda **kw: MyVariant(**kw))  # a factory taking seq_len, head_dim, seed
+        run_conformance(MyVariant)                  # the class, or
+        run_conformance(lambda **kw: MyVariant(**kw))  # a factory (shape keywords and seed)
 
 Each ``check_*`` function raises ``AssertionError`` with a message on failure, so it can be used
 from pytest (``tests/test_conformance.py`` parametrizes every check over
-``variants.available()``) or from a script.
+``variants.available()``) or from a script. Variants are built with the harness's own shape
+keywords (:func:`harness.measure.factory.shape_kwargs`: ``kv_len``, or ``seq_len`` for a class
+written for that name, ``head_dim`` and ``seed`` where accepted).
 
 Checks: output shape, dtype and device; finite outputs on random inputs; causal outputs do not
 depend on future keys and values (bottom-right aligned); exact variants match the float64
@@ -19,14 +22,13 @@ gradients match the reference); the same seed gives the same output; cross-atten
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 import variants
+from harness.measure.factory import shape_kwargs
 from harness.measure.reference import reference_attention, reference_grads, reference_mask
 from variants.base import AttentionVariant
 
@@ -38,26 +40,10 @@ SELF_SHAPE = (2, 3, 67, 67, 16)
 CROSS_SHAPE = (2, 3, 37, 83, 16)
 
 
-def _factory(variant: str | Factory) -> Factory:
-    if isinstance(variant, str):
-        return lambda **kw: variants.create(variant, **kw)
-    return variant
-
-
-def build(variant: str | Factory, seq_len: int, head_dim: int, seed: int = 0) -> AttentionVariant:
+def build(variant: str | Factory, kv_len: int, head_dim: int, seed: int = 0) -> AttentionVariant:
     """Build a variant for a shape, passing ``seed`` only to variants that accept it."""
-    factory = _factory(variant)
-    params: dict[str, Any] = {"seq_len": seq_len, "head_dim": head_dim}
-    target = factory if not isinstance(variant, str) else variants.get_class(variant).__init__
-    try:
-        accepts_seed = "seed" in inspect.signature(target).parameters or any(
-            p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()
-        )
-    except (TypeError, ValueError):
-        accepts_seed = False
-    if accepts_seed:
-        params["seed"] = seed
-    module = factory(**params)
+    target = variants.get_class(variant) if isinstance(variant, str) else variant
+    module = target(**shape_kwargs(target, kv_len, head_dim, seed))
     torch.manual_seed(seed)
     return module
 
@@ -94,6 +80,17 @@ def _cases(module: AttentionVariant) -> list[tuple[tuple, bool]]:
     return cases
 
 
+def _runnable(
+    variant: str | Factory, cases: list[tuple[tuple, bool]], seed: int, requires_grad: bool = False
+) -> Iterator[tuple[AttentionVariant, tuple, bool, Tensor, Tensor, Tensor]]:
+    """``(module, shape, causal, q, k, v)`` for each case the variant can run, built for it."""
+    for shape, causal in cases:
+        module = build(variant, shape[3], shape[4])
+        q, k, v = make_qkv(shape, seed=seed, requires_grad=requires_grad)
+        if _runs(module, q, k, v, causal):
+            yield module, shape, causal, q, k, v
+
+
 def check_interface(variant: str | Factory) -> None:
     """Class constants are present and typed; flops and analytic memory are positive ints."""
     module = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
@@ -117,11 +114,8 @@ def check_interface(variant: str | Factory) -> None:
 
 def check_shape_dtype_device_finite(variant: str | Factory) -> None:
     """Output has shape (B, H, Nq, Dv), the input dtype and device, and no NaN/Inf."""
-    for shape, causal in _cases(build(variant, SELF_SHAPE[2], SELF_SHAPE[4])):
-        module = build(variant, shape[3], shape[4])
-        q, k, v = make_qkv(shape)
-        if not _runs(module, q, k, v, causal):
-            continue
+    cases = _cases(build(variant, SELF_SHAPE[2], SELF_SHAPE[4]))
+    for module, shape, causal, q, k, v in _runnable(variant, cases, seed=0):
         out = module(q, k, v, causal=causal)
         b, h, nq, _, d = shape
         assert out.shape == (b, h, nq, d), f"shape {tuple(out.shape)} != {(b, h, nq, d)}"
@@ -135,11 +129,10 @@ def check_causal_no_future(variant: str | Factory) -> None:
     probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     if not probe.supports_causal:
         return
-    for shape in [SELF_SHAPE, CROSS_SHAPE] if probe.supports_cross else [SELF_SHAPE]:
-        module = build(variant, shape[3], shape[4])
-        q, k, v = make_qkv(shape, seed=1)
-        if not _runs(module, q, k, v, True):
-            continue
+    cases = (
+        [(SELF_SHAPE, True), (CROSS_SHAPE, True)] if probe.supports_cross else [(SELF_SHAPE, True)]
+    )
+    for module, shape, _, q, k, v in _runnable(variant, cases, seed=1):
         nq, nk = shape[2], shape[3]
         cut = nq // 2  # queries [0, cut) see keys j <= i + (nk - nq) <= cut - 1 + nk - nq
         first_hidden = cut + (nk - nq)
@@ -171,11 +164,7 @@ def check_exact_matches_reference(variant: str | Factory) -> None:
     probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     if not probe.exact:
         return
-    for shape, causal in _cases(probe):
-        module = build(variant, shape[3], shape[4])
-        q, k, v = make_qkv(shape, seed=2)
-        if not _runs(module, q, k, v, causal):
-            continue
+    for module, shape, causal, q, k, v in _runnable(variant, _cases(probe), seed=2):
         with torch.no_grad():
             out = module(q, k, v, causal=causal).double()
         ref = reference_attention(q, k, v, causal=causal)
@@ -188,11 +177,7 @@ def check_backward(variant: str | Factory) -> None:
     probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     if not probe.supports_backward:
         return
-    for shape, causal in _cases(probe):
-        module = build(variant, shape[3], shape[4])
-        q, k, v = make_qkv(shape, seed=3, requires_grad=True)
-        if not _runs(module, q, k, v, causal):
-            continue
+    for module, shape, causal, q, k, v in _runnable(variant, _cases(probe), 3, requires_grad=True):
         out = module(q, k, v, causal=causal)
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
         out.backward(grad_out)

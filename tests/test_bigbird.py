@@ -1,11 +1,12 @@
 """BigBird block-sparse attention: output vs a float64 reference masked by its own effective
-mask, the mask's structure, seeding, gradients, validation and the conformance kit."""
+mask, the mask's structure, seeding, gradients and validation (the conformance kit runs in
+test_conformance.py)."""
 
 import pytest
 import torch
 
 import variants
-from harness.conformance import make_qkv, run_conformance
+from harness.conformance import make_qkv
 from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
 from variants.bigbird import BigBirdAttention
@@ -91,14 +92,10 @@ def test_cross_attention_unsupported():
         ({"block_size": 0}, "block_size"),
         ({"num_random_blocks": -1}, "num_random_blocks"),
         ({"window_blocks": -1}, "window_blocks"),
-        ({"num_global_blocks": 3, "block_size": 64, "seq_len": 100}, "num_global_blocks"),
+        ({"num_global_blocks": 3, "block_size": 64, "kv_len": 100}, "num_global_blocks"),
         ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_parameters_name_the_field(params, field):
     with pytest.raises(VariantConfigError, match=field):
         variants.create("bigbird", **params)
-
-
-def test_conformance():
-    run_conformance("bigbird")

@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 import variants
-from harness.app.main import CONF_DIR, ConfigError, resolve_point
+from harness.app.main import CONF_DIR
+from harness.app.point import ConfigError, Point
+from harness.measure.factory import shape_kwargs
 
 VARIANT_CONFIGS = sorted(p.stem for p in (Path(CONF_DIR) / "variant").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -29,10 +31,10 @@ def test_every_builtin_has_a_variant_config() -> None:
 @pytest.mark.parametrize("name", VARIANT_CONFIGS)
 def test_variant_config_instantiates(name: str) -> None:
     cfg = _compose([f"variant={name}"])
-    module = instantiate(cfg.variant, seq_len=256, head_dim=64)
+    cls = get_class(cfg.variant._target_)
+    module = instantiate(cfg.variant, **shape_kwargs(cls, 256, 64))
     assert isinstance(module, variants.AttentionVariant)
-    point = resolve_point(cfg)
-    assert point["variant"] == type(module).name
+    assert Point.from_cfg(cfg).variant == type(module).name
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -64,12 +66,31 @@ def test_experiment_composes_and_sweeps(experiment: str) -> None:
 def test_bad_values_name_the_field(override: str, field: str) -> None:
     cfg = _compose([override])
     with pytest.raises(ConfigError, match=field):
-        resolve_point(cfg)
+        Point.from_cfg(cfg)
 
 
 def test_knob_sets_the_variants_knob() -> None:
     cfg = _compose(["variant=performer", "knob=64"])
-    assert resolve_point(cfg)["params"]["nb_features"] == 64
+    point = Point.from_cfg(cfg)
+    assert point.params["nb_features"] == 64
+    assert point.factory()(0).nb_features == 64  # the built variant has it too
+    facts = {k: point.as_dict()[k] for k in ("exact", "randomized", "knob", "knob_value")}
+    assert facts == {"exact": False, "randomized": True, "knob": "nb_features", "knob_value": 64}
+
+
+def test_point_names_lengths_and_ids() -> None:
+    args = ["variant=linformer", "knob=32", "seq_len=64"]
+    point = Point.from_cfg(_compose([*args, "kv_len=128"]))
+    assert (point.q_len, point.kv_len) == (64, 128)
+    assert point.device in ("cpu", "cuda")  # "auto" resolved
+    same = Point.from_cfg(_compose([*args, "kv_len=128"]))
+    other = Point.from_cfg(_compose([*args, "kv_len=256"]))
+    assert point.point_id() == same.point_id() != other.point_id()
+
+
+def test_bad_variant_parameter_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="k=128"):
+        Point.from_cfg(_compose(["variant=linformer", "seq_len=64", "knob=128"]))
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,8 @@ SYNTHETIC = [name for name in INPUT_GENERATORS if name != "minilm"]
 SHAPE = (2, 3, 40, 56, 16)  # batch, heads, q_len, kv_len, head_dim (cross on purpose)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -126,11 +121,11 @@ def test_bad_values_name_the_field(name, params, field):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("harness.realmodel.minilm") is None,
-    reason="harness.realmodel.minilm not present",
+    importlib.util.find_spec("harness.realmodel.capture") is None,
+    reason="harness.realmodel.capture not present",
 )
 def test_minilm_is_dispatched_lazily(monkeypatch):
-    import harness.realmodel.minilm
+    import harness.realmodel.capture
 
     seen = {}
 
@@ -138,7 +133,7 @@ def test_minilm_is_dispatched_lazily(monkeypatch):
         seen.update(kw, seed=seed)
         return make_inputs("gaussian", batch, heads, q_len, kv_len, head_dim, dtype, device, seed)
 
-    monkeypatch.setattr(harness.realmodel.minilm, "minilm_qkv", fake)
+    monkeypatch.setattr(harness.realmodel.capture, "minilm_qkv", fake)
     q, _, _ = make_inputs("minilm", 1, 2, 8, 8, 16, torch.float32, "cpu", 5, layer=2)
     assert q.shape == (1, 2, 8, 16)
     assert seen == {"layer": 2, "head": None, "text": None, "seed": 5}

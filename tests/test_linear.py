@@ -5,19 +5,13 @@ import torch
 import torch.nn.functional as F
 
 import variants
-from harness.conformance import make_qkv, run_conformance
+from harness.conformance import make_qkv
 from harness.measure.reference import reference_mask
 from variants._prefix import causal_linear_attention
 from variants.base import VariantConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads; on a shared box threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_close(actual, expected, rtol, atol):
@@ -87,7 +81,3 @@ def test_flops_positive_and_linear_in_length():
     b = module.flops(1, 8, 8192, 8192, 64, False)
     assert b == 2 * a
     assert module.flops(1, 8, 4096, 4096, 64, True) > 0
-
-
-def test_conformance():
-    run_conformance("linear")

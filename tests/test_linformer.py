@@ -1,21 +1,15 @@
-"""Linformer: identity projections at k = seq_len are exact; slicing, sharing, validation."""
+"""Linformer: identity projections at k = kv_len are exact; slicing, sharing, validation."""
 
 import pytest
 import torch
 
 import variants
-from harness.conformance import make_qkv, run_conformance
+from harness.conformance import make_qkv
 from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads; on a shared box threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(out, ref):
@@ -34,13 +28,13 @@ def manual_linformer(q, k, v, proj_k, proj_v):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_identity_projection_at_full_k_is_exact(q_len, dtype, tol):
     q, k, v = make_qkv((2, 3, q_len, 48, 16), seed=0, dtype=dtype)
-    module = variants.create("linformer", seq_len=48, k=48, init="identity")
+    module = variants.create("linformer", kv_len=48, k=48, init="identity")
     assert rel_err(module(q, k, v), reference_attention(q, k, v)) < tol
 
 
 @pytest.mark.parametrize("share_kv", [False, True])
 def test_shorter_sequence_slices_projection(share_kv):
-    module = variants.create("linformer", seq_len=40, k=12, share_kv=share_kv, seed=3)
+    module = variants.create("linformer", kv_len=40, k=12, share_kv=share_kv, seed=3)
     q, k, v = make_qkv((1, 2, 25, 25, 8), seed=1, dtype=torch.float64)
     proj_v = module.proj_k if share_kv else module.proj_v
     ref = manual_linformer(q, k, v, module.proj_k[:, :25], proj_v[:, :25])
@@ -48,39 +42,39 @@ def test_shorter_sequence_slices_projection(share_kv):
 
 
 def test_longer_sequence_unsupported_with_reason():
-    module = variants.create("linformer", seq_len=16, k=8)
+    module = variants.create("linformer", kv_len=16, k=8)
     q, k, v = make_qkv((1, 1, 20, 20, 4), seed=2)
     reasons = module.not_supported_reasons(q, k, v, False)
-    assert reasons and "kv_len=20 exceeds seq_len=16" in reasons[0]
-    with pytest.raises(ValueError, match="exceeds seq_len"):
+    assert reasons and "kv_len=20 exceeds the kv_len=16" in reasons[0]
+    with pytest.raises(ValueError, match="kv_len=20 exceeds the kv_len=16"):
         module(q, k, v)
     assert module.not_supported_reasons(q, k, v, True)  # causal: unsupported too
 
 
 def test_gaussian_projection_is_jl_scaled_and_seeded():
-    a = variants.create("linformer", seq_len=512, k=64, seed=1)
-    b = variants.create("linformer", seq_len=512, k=64, seed=1)
+    a = variants.create("linformer", kv_len=512, k=64, seed=1)
+    b = variants.create("linformer", kv_len=512, k=64, seed=1)
     assert torch.equal(a.proj_k, b.proj_k)
     assert abs(a.proj_k.var().item() * 64 - 1) < 0.05
     assert not list(a.parameters()), "gaussian projections are fixed buffers"
 
 
 def test_learned_projections_are_trainable():
-    module = variants.create("linformer", seq_len=32, k=8, init="learned")
+    module = variants.create("linformer", kv_len=32, k=8, init="learned")
     assert {n for n, _ in module.named_parameters()} == {"proj_k", "proj_v"}
     q, k, v = make_qkv((1, 2, 32, 32, 8), seed=4)
     module(q, k, v).square().sum().backward()
     assert module.proj_k.grad is not None and torch.isfinite(module.proj_k.grad).all()
 
 
-def test_default_k_fits_seq_len():
-    assert variants.create("linformer", seq_len=4096).k == 256
-    assert variants.create("linformer", seq_len=100).k == 100
+def test_default_k_fits_kv_len():
+    assert variants.create("linformer", kv_len=4096).k == 256
+    assert variants.create("linformer", kv_len=100).k == 100
 
 
 def test_gradients_finite():
     q, k, v = make_qkv((1, 2, 33, 33, 8), seed=5, requires_grad=True)
-    variants.create("linformer", seq_len=33, k=8)(q, k, v).square().sum().backward()
+    variants.create("linformer", kv_len=33, k=8)(q, k, v).square().sum().backward()
     for t in (q, k, v):
         assert torch.isfinite(t.grad).all()
 
@@ -88,18 +82,14 @@ def test_gradients_finite():
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"k": 600, "seq_len": 512}, "linformer: k=600 exceeds seq_len=512"),
-        ({"k": 0, "seq_len": 512}, "linformer: k=0"),
-        ({"init": "uniform", "seq_len": 512}, "linformer: init='uniform'"),
-        ({"init": "identity", "k": 64, "seq_len": 512}, "linformer: init='identity' needs"),
-        ({"share_kv": "yes", "seq_len": 512}, "linformer: share_kv"),
-        ({"k": 8}, "linformer: seq_len is required"),
+        ({"k": 600, "kv_len": 512}, "linformer: k=600 exceeds kv_len=512"),
+        ({"k": 0, "kv_len": 512}, "linformer: k=0"),
+        ({"init": "uniform", "kv_len": 512}, "linformer: init='uniform'"),
+        ({"init": "identity", "k": 64, "kv_len": 512}, "linformer: init='identity' needs"),
+        ({"share_kv": "yes", "kv_len": 512}, "linformer: share_kv"),
+        ({"k": 8}, "linformer: kv_len is required"),
     ],
 )
 def test_bad_params_name_field(params, match):
     with pytest.raises(VariantConfigError, match=match):
         variants.create("linformer", **params)
-
-
-def test_conformance():
-    run_conformance("linformer")

@@ -1,4 +1,4 @@
-"""measure_point: every failure becomes a row, and ok rows fill every column."""
+"""measure_point: every failure becomes a row, ok rows fill every column and explain themselves."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import torch
 import variants
 from harness.analysis.rows import COLUMNS
 from harness.measure import env
+from harness.measure.factory import describe, make_factory, shape_kwargs
 from harness.measure.point import measure_point
 
-#: Columns the caller (run.py) or the environment may leave empty on an ok CPU row.
+#: Columns the caller (the app) or the environment may leave empty on an ok CPU row.
 MAY_BE_EMPTY = {"run_id", "experiment", "point_id", "reason", "cuda", "xformers", "git_commit"}
 
 
@@ -25,7 +26,7 @@ def _point(variant="full", **measure):
 
 
 def _factory(name, **params):
-    return lambda seed: variants.create(name, seq_len=48, head_dim=16, **params)
+    return make_factory(variants.get_class(name), params, 48, 16)
 
 
 class NaNAttention(variants.AttentionVariant):
@@ -61,8 +62,8 @@ class RandomAttention(NoBackward):
     randomized = True
     supports_backward = True
 
-    def __init__(self, seed=0, seq_len=None, head_dim=None):
-        super().__init__(seq_len=seq_len, head_dim=head_dim)
+    def __init__(self, seed=0):
+        super().__init__()
         self.seed = seed
 
     def forward(self, q, k, v, causal=False):
@@ -76,12 +77,54 @@ def test_ok_rows_fill_every_column(name):
     assert [r["pass"] for r in rows] == ["fwd", "bwd", "fwd_bwd"]
     for row in rows:
         assert row["status"] == "ok", row["reason"]
-        empty = [c for c in COLUMNS if row.get(c) is None and c not in MAY_BE_EMPTY]
+        no_knob = {"knob", "knob_value"}  # full and sdpa have no knob
+        empty = [c for c in COLUMNS if row.get(c) is None and c not in MAY_BE_EMPTY | no_knob]
         assert not empty, f"{row['pass']}: {empty}"
         assert row["rel_err"] < 1e-5 and row["grad_rel_err"] < 1e-4
     fwd_flops = rows[0]["flops"]
     assert rows[1]["flops"] == 2.5 * fwd_flops and rows[2]["flops"] == 3.5 * fwd_flops
     assert rows[0]["threads"] == 1
+
+
+def test_rows_explain_themselves():
+    # exact / randomized / knob / knob_value from the variant's class; params a dict
+    (row,) = measure_point(
+        {**_point("linformer", timing=False, memory=False), "passes": ["fwd"]},
+        _factory("linformer", k=8),
+    )
+    assert row["status"] == "ok", row["reason"]
+    assert (row["exact"], row["randomized"]) == (False, True)
+    assert (row["knob"], row["knob_value"]) == ("k", 8)
+    assert isinstance(row["params"], dict) and row["params"]["k"] == 8
+    assert row["params"]["kv_len"] == 48 and isinstance(row["inputs_params"], dict)
+    (row,) = measure_point({**_point("sdpa"), "passes": ["fwd"]}, _factory("sdpa"))
+    assert (row["exact"], row["randomized"], row["knob"], row["knob_value"]) == (
+        True, False, None, None)  # fmt: skip
+    # a point that fails before its variant is built still carries the facts it was given
+    point = {**_point(), **describe(variants.get_class("full"), {})}
+    (row, *_) = measure_point(point, lambda seed: RaisingAttention(bogus=1))
+    assert row["status"] == "error" and row["exact"] is True and row["params"] == {}
+
+
+class OldPlugin(NaNAttention):
+    """A plugin written before the rename: its constructor names ``seq_len``."""
+
+    name = "old_plugin"
+
+    def __init__(self, seq_len=None, head_dim=None):
+        super().__init__(seq_len=seq_len, head_dim=head_dim)
+
+
+def test_shape_kwargs_follow_the_constructor():
+    assert shape_kwargs(variants.get_class("full"), 64, 16, seed=3) == {
+        "kv_len": 64, "head_dim": 16}  # fmt: skip
+    assert shape_kwargs(variants.get_class("performer"), 64, 16, seed=3)["seed"] == 3
+    assert shape_kwargs(OldPlugin, 64, 16, seed=3) == {"seq_len": 64, "head_dim": 16}
+    assert shape_kwargs(lambda **kw: None, 64, 16, seed=3) == {
+        "kv_len": 64, "head_dim": 16, "seed": 3}  # fmt: skip
+    with pytest.warns(DeprecationWarning):  # the old plugin's own super() call warns its author
+        built = make_factory(OldPlugin, {}, 64, 16)(0)
+    assert built.kv_len == 64 and built.head_dim == 16
 
 
 def test_unsupported_xformers_on_cpu():

@@ -45,7 +45,7 @@ def test_repeated_measurement_is_not_hidden_by_freed_memory(method):
 def test_default_cpu_method_is_exact_for_small_allocations():
     # The default (profiler) counts tensor bytes: a 3 MiB intermediate freed inside the call and
     # a 1 MiB result are found exactly, and again on the next call (RSS was not repeatable at
-    # this size in a long-lived process, see harness/memory.py).
+    # this size in a long-lived process, see harness/measure/memory.py).
     def call():
         scratch = torch.ones(3 * 2**18)  # 3 MiB
         return scratch[: 2**18].clone()  # 1 MiB, alive with scratch at the peak

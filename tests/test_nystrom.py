@@ -1,22 +1,16 @@
-"""Nystromformer: exact limit with num_landmarks = seq_len, segments, pseudo-inverse, errors."""
+"""Nystromformer: exact limit with num_landmarks = kv_len, segments, pseudo-inverse, errors."""
 
 import pytest
 import torch
 
 import variants
-from harness.conformance import make_qkv, run_conformance
+from harness.conformance import make_qkv
 from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
 from variants.nystrom import iterative_pinv, segment_mean_matrix
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads; on a shared box threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(out, ref):
@@ -24,12 +18,12 @@ def rel_err(out, ref):
 
 
 @pytest.mark.parametrize("n", [48, 67])
-def test_landmarks_equal_seq_len_is_exact(n):
+def test_landmarks_equal_kv_len_is_exact(n):
     # With m = n the form is S pinv(S) S = S; the paper's 6 pinv steps are not converged for
     # n x n softmax matrices (about 4% off here), so the limit is taken with 20 steps.
     q, k, v = make_qkv((2, 2, n, n, 16), seed=0, dtype=torch.float64)
     ref = reference_attention(q, k, v)
-    module = variants.create("nystrom", seq_len=n, num_landmarks=n, pinv_iterations=20)
+    module = variants.create("nystrom", kv_len=n, num_landmarks=n, pinv_iterations=20)
     assert rel_err(module(q, k, v), ref) < 1e-4
     assert rel_err(module(q.float(), k.float(), v.float()), ref) < 1e-4
 
@@ -39,7 +33,7 @@ def test_more_pinv_iterations_converge():
     ref = reference_attention(q, k, v)
     errs = [
         rel_err(
-            variants.create("nystrom", seq_len=40, num_landmarks=40, pinv_iterations=it)(q, k, v),
+            variants.create("nystrom", kv_len=40, num_landmarks=40, pinv_iterations=it)(q, k, v),
             ref,
         )
         for it in (4, 8, 12, 20)
@@ -70,7 +64,7 @@ def test_error_falls_with_more_landmarks():
     ref = reference_attention(q, k, v)
     errs = [
         rel_err(
-            variants.create("nystrom", seq_len=64, num_landmarks=m, pinv_iterations=20)(q, k, v),
+            variants.create("nystrom", kv_len=64, num_landmarks=m, pinv_iterations=20)(q, k, v),
             ref,
         )
         for m in (4, 64)
@@ -80,7 +74,7 @@ def test_error_falls_with_more_landmarks():
 
 def test_cross_attention_uses_common_landmark_count():
     q, k, v = make_qkv((1, 2, 20, 50, 8), seed=4)
-    module = variants.create("nystrom", seq_len=50, num_landmarks=32)
+    module = variants.create("nystrom", kv_len=50, num_landmarks=32)
     out = module(q, k, v)
     assert out.shape == (1, 2, 20, 8) and torch.isfinite(out).all()
     assert module.flops(1, 2, 20, 50, 8, False) > 0
@@ -88,14 +82,14 @@ def test_cross_attention_uses_common_landmark_count():
 
 def test_causal_unsupported_with_reason():
     q, k, v = make_qkv((1, 1, 8, 8, 4), seed=5)
-    module = variants.create("nystrom", seq_len=8, num_landmarks=4)
+    module = variants.create("nystrom", kv_len=8, num_landmarks=4)
     reasons = module.not_supported_reasons(q, k, v, True)
     assert reasons and "causal" in reasons[0]
 
 
 def test_gradients_finite():
     q, k, v = make_qkv((1, 2, 33, 33, 8), seed=6, requires_grad=True)
-    variants.create("nystrom", seq_len=33, num_landmarks=8)(q, k, v).square().sum().backward()
+    variants.create("nystrom", kv_len=33, num_landmarks=8)(q, k, v).square().sum().backward()
     for t in (q, k, v):
         assert torch.isfinite(t.grad).all()
 
@@ -104,14 +98,10 @@ def test_gradients_finite():
     "params, match",
     [
         ({"num_landmarks": 0}, "nystrom: num_landmarks=0"),
-        ({"num_landmarks": 600, "seq_len": 512}, "nystrom: num_landmarks=600 exceeds seq_len=512"),
+        ({"num_landmarks": 600, "kv_len": 512}, "nystrom: num_landmarks=600 exceeds kv_len=512"),
         ({"pinv_iterations": 0}, "nystrom: pinv_iterations"),
     ],
 )
 def test_bad_params_name_field(params, match):
     with pytest.raises(VariantConfigError, match=match):
         variants.create("nystrom", **params)
-
-
-def test_conformance():
-    run_conformance("nystrom")

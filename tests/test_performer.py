@@ -7,19 +7,13 @@ import pytest
 import torch
 
 import variants
-from harness.conformance import make_qkv, run_conformance
+from harness.conformance import make_qkv
 from harness.measure.reference import reference_attention, reference_mask
 from variants.base import VariantConfigError
 from variants.performer import orthogonal_gaussian_projection, softmax_kernel_features
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads; on a shared box threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_close(actual, expected, rtol, atol):
@@ -172,7 +166,3 @@ def test_gradients_finite(causal):
 def test_bad_params_name_field(params, field):
     with pytest.raises(VariantConfigError, match=f"performer: {field}"):
         variants.create("performer", head_dim=8, **params)
-
-
-def test_conformance():
-    run_conformance("performer")

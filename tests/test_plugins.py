@@ -6,8 +6,9 @@ The example (``examples/plugin-variant``, distribution ``attnbench-cosformer``, 
 environment itself is left untouched. Where the example is already installed (CI installs it so
 that ``tests/test_conformance.py`` covers it), that installation is used as it is.
 
-Broken plugins need no installation: a ``*.dist-info`` folder with an ``entry_points.txt`` on
-``sys.path`` is all ``importlib.metadata`` looks for.
+Broken plugins, and a plugin written before ``seq_len`` was renamed ``kv_len``, need no
+installation: a ``*.dist-info`` folder with an ``entry_points.txt`` on ``sys.path`` is all
+``importlib.metadata`` looks for.
 """
 
 from __future__ import annotations
@@ -136,13 +137,51 @@ BROKEN_REASONS = {
 }
 
 
+LEGACY_DIST = {
+    "attnbench_legacy/__init__.py": "",
+    "attnbench_legacy/legacy.py": textwrap.dedent(
+        """
+        import torch.nn.functional as F
+        from variants import AttentionVariant, causal_mask
+
+        class LegacyAttention(AttentionVariant):
+            \"\"\"Exact attention whose constructor still names the length seq_len.\"\"\"
+
+            name = "legacy"
+            exact = True
+
+            def __init__(self, width=2, seq_len=None, head_dim=None, scale=None):
+                super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+                self.width = width
+
+            def forward(self, q, k, v, causal=False):
+                mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+            def flops(self, batch, heads, q_len, kv_len, head_dim, causal):
+                return 4 * batch * heads * q_len * kv_len * head_dim
+        """
+    ),
+    "attnbench_legacy-0.0.1.dist-info/METADATA": (
+        "Metadata-Version: 2.1\nName: attnbench-legacy\nVersion: 0.0.1\n"
+    ),
+    "attnbench_legacy-0.0.1.dist-info/entry_points.txt": (
+        "[attnbench.variants]\nlegacy = attnbench_legacy.legacy:LegacyAttention\n"
+    ),
+}
+
+
+def _write_dist(folder: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    return folder
+
+
 @pytest.fixture
 def broken_site(tmp_path: Path) -> Path:
     """A folder holding a plugin distribution whose every entry point is broken."""
-    for rel, text in BROKEN_DIST.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
-    return tmp_path
+    return _write_dist(tmp_path, BROKEN_DIST)
 
 
 # ------------------------------------------------------------------------------ registry
@@ -152,7 +191,7 @@ def test_installed_plugin_is_available_and_creatable(plugin_paths: list[Path]) -
             """
         import json, torch, variants
         from variants import VariantConfigError
-        module = variants.create("cosformer", seq_len=64, head_dim=16, chunk_size=8)
+        module = variants.create("cosformer", kv_len=64, head_dim=16, chunk_size=8)
         q = torch.randn(1, 2, 64, 16)
         try:
             variants.create("cosformer", chunk_size=0)
@@ -220,7 +259,7 @@ def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_pa
         result = {{}}
         with initialize_config_dir(config_dir={str(conf)!r}, version_base="1.3"):
             cfg = compose("config", overrides=["variant=cosformer", "variant.chunk_size=32"])
-            module = instantiate(cfg.variant, seq_len=cfg.seq_len, head_dim=16)
+            module = instantiate(cfg.variant, kv_len=cfg.seq_len, head_dim=16)
             result["target"] = cfg.variant._target_
             result["config"] = module.config()
             for bad in ("variant.chunk_size=abc", "variant.no_such_param=1"):
@@ -237,7 +276,7 @@ def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_pa
     registered, result = (json.loads(line) for line in out.strip().splitlines()[-2:])
     assert registered == [PLUGIN]
     assert result["target"] == "attnbench_cosformer.cosformer.CosFormerAttention"
-    assert result["config"]["chunk_size"] == 32 and result["config"]["seq_len"] == 64
+    assert result["config"]["chunk_size"] == 32 and result["config"]["kv_len"] == 64
     assert "chunk_size" in result["variant.chunk_size=abc"]
     assert "no_such_param" in result["variant.no_such_param=1"]
 
@@ -299,6 +338,49 @@ def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: 
         assert PLUGIN in reports[0].read_text()
         csvs = list(sweep.rglob("results.csv"))
         assert csvs and PLUGIN in csvs[0].read_text()
+
+
+def test_plugin_written_for_seq_len_gets_a_config_and_is_built(tmp_path: Path) -> None:
+    """A plugin whose constructor still names the length ``seq_len`` (before the rename to
+    ``kv_len``): its generated config leaves the length out, the harness's ``kv_len=`` reaches it
+    as ``seq_len``, and it passes the conformance kit."""
+    site = _write_dist(tmp_path / "site", LEGACY_DIST)
+    conf = tmp_path / "conf"
+    (conf / "variant").mkdir(parents=True)
+    (conf / "config.yaml").write_text("defaults:\n  - variant: full\n  - _self_\n")
+    (conf / "variant" / "full.yaml").write_text("_target_: variants.full.FullAttention\n")
+    out = _ok(
+        _py(
+            f"""
+        import json, warnings
+        import variants
+        from hydra import compose, initialize_config_dir
+        from hydra.utils import instantiate
+        from harness.app.plugin_configs import register_plugin_configs
+        from harness.conformance import run_conformance
+
+        registered = register_plugin_configs(conf_dir={str(conf)!r})
+        with initialize_config_dir(config_dir={str(conf)!r}, version_base="1.3"):
+            cfg = compose("config", overrides=["variant=legacy", "variant.width=3"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = instantiate(cfg.variant, kv_len=48, head_dim=8)
+        run_conformance("legacy")
+        print(json.dumps({{
+            "registered": registered, "keys": sorted(cfg.variant), "config": module.config(),
+            "kv_len": module.kv_len, "created": variants.create("legacy", kv_len=32).kv_len,
+            "warnings": [str(w.category.__name__) for w in caught],
+        }}))
+        """,
+            [site],
+        )
+    )
+    info = json.loads(out.strip().splitlines()[-1])
+    assert "legacy" in info["registered"]
+    assert info["keys"] == ["_target_", "scale", "width"]  # no seq_len, head_dim: per point
+    assert info["config"] == {"width": 3, "seq_len": 48, "head_dim": 8, "scale": None}
+    assert info["kv_len"] == 48 and info["created"] == 32
+    assert info["warnings"] == ["DeprecationWarning"]  # tells the plugin's author to rename
 
 
 # ------------------------------------------------------------------------------ broken plugins

@@ -1,4 +1,4 @@
-"""Real-model fidelity (issue 7) and the ``minilm`` inputs: needs ``attnbench[real]``.
+"""Real-model fidelity, its heatmap data and the ``minilm`` inputs: needs ``attnbench[real]``.
 
 Short texts (tens of tokens) keep the file fast; the model is 22M parameters.
 """
@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_thread")]
 pytest.importorskip("transformers")
 
-from harness.realmodel import minilm  # noqa: E402
+from harness.realmodel import model as minilm  # noqa: E402
 
 _missing = minilm.unavailable_reason()
 if _missing:
@@ -22,44 +22,46 @@ if _missing:
 
 import variants  # noqa: E402
 from harness.analysis.rows import COLUMNS, complete_row  # noqa: E402
+from harness.measure.accuracy import effective_attention  # noqa: E402
 from harness.realmodel import experiment as realmodel  # noqa: E402
+from harness.realmodel.adapter import VariantUnsupported  # noqa: E402
+from harness.realmodel.capture import minilm_qkv, sentence_qkv  # noqa: E402
+from harness.realmodel.embed import Embeddings, embed  # noqa: E402
+from harness.realmodel.heatmap import (  # noqa: E402
+    HEATMAP_FILE,
+    attention_heatmap_data,
+    variant_heatmap,
+)
+from harness.realmodel.retrieval import retrieval_check  # noqa: E402
+from harness.realmodel.texts import pydoc_texts  # noqa: E402
 from variants.full import FullAttention  # noqa: E402
 
 LENGTHS = [12, 40, 24]  # mixed, so that one batch is padded
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI box is shared: one thread avoids OpenMP barrier stalls and keeps timings sane.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    return minilm.pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
+    return pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
 
 
 @pytest.fixture(scope="module")
 def stock(texts):
-    return realmodel.embed(texts, None, lengths=LENGTHS, batch_size=3)
+    return embed(texts, None, lengths=LENGTHS, batch_size=3)
 
 
-def _cos_distance(a: realmodel.Embeddings, b: realmodel.Embeddings) -> float:
+def _cos_distance(a: Embeddings, b: Embeddings) -> float:
     return float(1 - (a.embeddings.double() * b.embeddings.double()).sum(-1).min())
 
 
 def test_texts_are_real_english_and_deterministic(texts) -> None:
-    assert texts == minilm.pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
+    assert texts == pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
     assert all(len(t.split()) >= 8 and t.endswith(".") for t in texts)
-    assert minilm.pydoc_texts(2, min_tokens=512)  # enough material for 512-token points
+    assert pydoc_texts(2, min_tokens=512)  # enough material for 512-token points
 
 
 def test_sdpa_adapter_reproduces_stock_embeddings(texts, stock) -> None:
     assert stock.lengths == LENGTHS
-    adapted = realmodel.embed(texts, variants.create("sdpa"), lengths=LENGTHS, batch_size=3)
+    adapted = embed(texts, variants.create("sdpa"), lengths=LENGTHS, batch_size=3)
     assert _cos_distance(stock, adapted) < 1e-5
     # the shared cached model is left with its own implementation
     assert minilm.load_model().config._attn_implementation == "sdpa"
@@ -70,8 +72,8 @@ def test_sdpa_adapter_reproduces_stock_embeddings(texts, stock) -> None:
 )
 def test_longformer_covering_window_reproduces_stock(texts, stock) -> None:
     n = max(LENGTHS)
-    longformer = variants.create("longformer", window=n, num_global=0, seq_len=n, head_dim=32)
-    adapted = realmodel.embed(texts, longformer, lengths=LENGTHS, batch_size=3)
+    longformer = variants.create("longformer", window=n, num_global=0, kv_len=n, head_dim=32)
+    adapted = embed(texts, longformer, lengths=LENGTHS, batch_size=3)
     assert _cos_distance(stock, adapted) < 1e-5
 
 
@@ -79,14 +81,14 @@ def test_longformer_covering_window_reproduces_stock(texts, stock) -> None:
     "make",
     [
         lambda: variants.create("full"),
-        lambda: variants.create("linformer", seq_len=64, head_dim=32, k=8, seed=0),
+        lambda: variants.create("linformer", kv_len=64, head_dim=32, k=8, seed=0),
     ],
     ids=["full", "linformer"],
 )
 def test_padding_never_changes_a_real_token(texts, make) -> None:
     variant = make()
-    alone = realmodel.embed(texts[:1], variant, lengths=[12], batch_size=1)
-    padded = realmodel.embed(texts, variant, lengths=[12, 40, 24], batch_size=3)
+    alone = embed(texts[:1], variant, lengths=[12], batch_size=1)
+    padded = embed(texts, variant, lengths=[12, 40, 24], batch_size=3)
     assert padded.lengths[0] == 12
     for layer in range(len(alone.hidden_states)):
         torch.testing.assert_close(
@@ -104,15 +106,15 @@ class _CausalOnly(FullAttention):
 @pytest.mark.parametrize(
     "factory, words",
     [
-        (lambda seed: variants.create("linformer", seq_len=16, head_dim=32, k=8, seed=seed),
-         "seq_len=16"),
+        (lambda seed: variants.create("linformer", kv_len=16, head_dim=32, k=8, seed=seed),
+         "kv_len=16"),
         (lambda seed: _CausalOnly(), "causal"),
     ],
     ids=["linformer_too_short", "causal_only"],
 )  # fmt: skip
 def test_unsupported_variant_is_reported_not_crashed(texts, factory, words) -> None:
-    with pytest.raises(realmodel.VariantUnsupported, match=words):
-        realmodel.embed(texts, factory(0), lengths=LENGTHS, batch_size=3)
+    with pytest.raises(VariantUnsupported, match=words):
+        embed(texts, factory(0), lengths=LENGTHS, batch_size=3)
     point = {"variant": "x", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
              "realmodel": {"lengths": [32], "texts_per_length": 1, "repeats": 1}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(point, factory)
@@ -127,6 +129,11 @@ def test_measure_realmodel_point_row() -> None:
                            "repeats": 1, "retrieval_pairs": 8}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(point, lambda seed: variants.create("sdpa"))
     assert row["status"] == "ok", row["reason"]
+    # the row says what the variant is without its code
+    assert row["exact"] is True and row["randomized"] is False
+    assert row["knob"] is None and row["knob_value"] is None
+    assert row["params"] == variants.create("sdpa").config()  # a mapping, not JSON text
+    assert row["inputs_params"] == {"lengths": [16, 32], "texts_per_length": 2}
     assert row["task"] == "realmodel" and row["q_len"] == 32 and row["texts"] == 4
     assert row["embed_cosine"] > 1 - 1e-5 and row["embed_cosine_min"] > 1 - 1e-5
     errs = json.loads(row["hidden_rel_err"])
@@ -142,14 +149,14 @@ def test_measure_realmodel_point_row() -> None:
 
 
 def test_minilm_qkv_shapes_and_errors() -> None:
-    q, k, v = minilm.minilm_qkv(2, 3, 24, 24, 32, torch.float64, "cpu", seed=0, layer=1, head=2)
+    q, k, v = minilm_qkv(2, 3, 24, 24, 32, torch.float64, "cpu", seed=0, layer=1, head=2)
     assert q.shape == k.shape == v.shape == (2, 3, 24, 32) and q.dtype == torch.float64
     assert not torch.equal(q[0], q[1])  # different passages per batch item
-    q_all, _, _ = minilm.minilm_qkv(2, 12, 24, 24, 32, "float32", "cpu", seed=0, layer=1)
+    q_all, _, _ = minilm_qkv(2, 12, 24, 24, 32, "float32", "cpu", seed=0, layer=1)
     torch.testing.assert_close(q_all[:, 2:5].double(), q)
-    text = minilm.pydoc_texts(1, min_tokens=24)[0]
-    q1, k1, v1, tokens = minilm.sentence_qkv(text, layer=1, head=2)
-    qt, _, _ = minilm.minilm_qkv(1, 1, len(tokens), len(tokens), 32, "float32", "cpu", 0,
+    text = pydoc_texts(1, min_tokens=24)[0]
+    q1, k1, v1, tokens = sentence_qkv(text, layer=1, head=2)
+    qt, _, _ = minilm_qkv(1, 1, len(tokens), len(tokens), 32, "float32", "cpu", 0,
                                  layer=1, head=2, text=text)  # fmt: skip
     torch.testing.assert_close(qt, q1)
     bad = [
@@ -163,11 +170,11 @@ def test_minilm_qkv_shapes_and_errors() -> None:
         args = dict(batch=1, heads=1, q_len=24, kv_len=24, head_dim=32, dtype="float32",
                     device="cpu", seed=0) | override  # fmt: skip
         with pytest.raises(ValueError, match=field):
-            minilm.minilm_qkv(**args)
+            minilm_qkv(**args)
 
 
 def test_retrieval_check_exact_finds_true_pairs() -> None:
-    table = realmodel.retrieval_check({"full": variants.create("full")}, n_pairs=16)
+    table = retrieval_check({"full": variants.create("full")}, n_pairs=16)
     assert list(table["variant"]) == ["exact", "full"]
     exact = table.iloc[0]
     assert exact["top1"] >= 0.5 and exact["mean_rank"] < 4
@@ -177,7 +184,7 @@ def test_retrieval_check_exact_finds_true_pairs() -> None:
 def test_retrieval_check_separates_a_poor_approximation() -> None:
     # A 2-token window keeps almost nothing of the context: it must retrieve worse than exact
     # and disagree with it on some queries (the check would be useless if it could not tell).
-    table = realmodel.retrieval_check({"local2": variants.create("local", window=2)}, n_pairs=16)
+    table = retrieval_check({"local2": variants.create("local", window=2)}, n_pairs=16)
     exact, local = table.iloc[0], table.iloc[1]
     assert local["status"] == "ok" and local["embed_cosine"] < 0.99
     assert local["agree_top1"] < 1.0 and local["mean_rank"] >= exact["mean_rank"]
@@ -185,27 +192,74 @@ def test_retrieval_check_separates_a_poor_approximation() -> None:
 
 def test_attention_heatmap_data() -> None:
     full = variants.create("full")
-    tokens, exact, mats = realmodel.attention_heatmap_data(variants={"full": full})
+    data = attention_heatmap_data(variants={"full": full})
+    tokens, exact = data["tokens"], torch.tensor(data["exact"], dtype=torch.float64)
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "cat" in tokens
     n = len(tokens)
-    assert exact.shape == (n, n) and mats["full"].shape == (n, n)
-    assert abs(exact.sum(-1) - 1).max() < 1e-9
-    assert abs(mats["full"] - exact).max() < 1e-6
-    short = variants.create("linformer", seq_len=4, head_dim=32, k=2)
-    with pytest.warns(UserWarning, match="linformer"):
-        _, _, mats = realmodel.attention_heatmap_data(variants={"short": short})
-    assert mats == {}
+    (panel,) = data["panels"]
+    mat = torch.tensor(panel["matrix"], dtype=torch.float64)
+    assert exact.shape == (n, n) and mat.shape == (n, n)
+    assert (exact.sum(-1) - 1).abs().max() < 1e-9
+    assert (mat - exact).abs().max() < 1e-6
+    assert panel["variant"] == "full" and panel["label"] == "full" and data["skipped"] == []
+    short = variants.create("linformer", kv_len=4, head_dim=32, k=2)
+    data = attention_heatmap_data(variants={"short": short})
+    assert data["panels"] == []
+    (skipped,) = data["skipped"]
+    assert skipped["variant"] == "linformer" and "linformer" in skipped["reason"]
 
 
-def test_heatmap_figure_names_each_panels_settings(tmp_path) -> None:
-    from harness.report import figures as plots
+class _CausalOnlyApproximation(_CausalOnly):
+    """An approximate variant that cannot run the (bidirectional) heatmap sentence."""
 
-    fig = plots.heatmap_figure(tmp_path / "h.png", ["full", "longformer", "performer"])
-    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    assert titles == [
-        "exact softmax",
-        "longformer (window=2, num_global=1)",
-        "performer (nb_features=32)",
+    name = "causal_only"
+    exact = False
+
+
+def test_variant_heatmap_panels_name_their_settings() -> None:
+    labels = [
+        panel["label"]
+        for cls in (variants.get_class(name) for name in ("full", "longformer", "performer"))
+        for panel in variant_heatmap(cls)["panels"]
     ]
-    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    plots.plt.close(fig)
+    # an exact variant draws no panel; the others name their small heatmap settings
+    assert labels == ["longformer (window=2, num_global=1)", "performer (nb_features=32)"]
+    data = variant_heatmap(_CausalOnlyApproximation)
+    assert data["panels"] == []
+    assert data["skipped"] == [
+        {"variant": "causal_only", "reason": "causal_only: needs causal=True"}
+    ]
+
+
+def test_realmodel_job_writes_heatmap_json(tmp_path) -> None:
+    point = {"variant": "local", "params": {"window": 8}, "device": "cpu", "dtype": "float32",
+             "seed": 0, "realmodel": {"lengths": [16], "texts_per_length": 1, "repeats": 1,
+                                      "retrieval_pairs": 0}}  # fmt: skip
+    (row,) = realmodel.measure_realmodel_point(
+        point, lambda seed: variants.create("local", window=8), out_dir=tmp_path
+    )
+    assert row["status"] == "ok", row["reason"]
+    assert row["knob"] == "window" and row["knob_value"] == 8 and row["exact"] is False
+    data = json.loads((tmp_path / HEATMAP_FILE).read_text())
+    assert set(data) >= {"sentence", "layer", "head", "tokens", "exact", "panels"}
+    assert (data["sentence"], data["layer"], data["head"]) == ("The cat sat on the mat.", 0, 0)
+    n = len(data["tokens"])
+    exact = torch.tensor(data["exact"], dtype=torch.float64)  # (N, N)
+    assert exact.shape == (n, n) and (exact.sum(-1) - 1).abs().max() < 1e-9
+    (panel,) = data["panels"]
+    assert set(panel) == {"variant", "label", "matrix"}
+    assert panel["variant"] == "local" and panel["label"] == "local (window=2)"
+    # the panel is the heatmap-size variant's effective matrix on the sentence's q, k
+    q, k, _, tokens = sentence_qkv(data["sentence"], 0, 0)  # (1, 1, N, 32)
+    assert tokens == data["tokens"]
+    local = variants.create("local", window=2)
+    expected = effective_attention(local, q.double(), k.double(), causal=False)[0, 0]
+    torch.testing.assert_close(torch.tensor(panel["matrix"], dtype=torch.float64), expected)
+    assert not torch.allclose(expected, exact)  # a 2-token window is not the exact matrix
+    # switched off: no file
+    point["realmodel"]["heatmap"] = False
+    (tmp_path / HEATMAP_FILE).unlink()
+    realmodel.measure_realmodel_point(
+        point, lambda seed: variants.create("local"), out_dir=tmp_path
+    )
+    assert not (tmp_path / HEATMAP_FILE).exists()

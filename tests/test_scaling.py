@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.analysis import scaling
+from harness.analysis import scaling, series
 from harness.analysis.rows import complete_row
 
 LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
@@ -57,11 +57,25 @@ def test_t_quantile_matches_tables(dof: int, expected: float) -> None:
     assert scaling.t_quantile(0.975, dof) == pytest.approx(expected, abs=1e-4)
 
 
-def test_t_quantile_matches_scipy() -> None:
+def test_t_quantile_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="p=0.3"):
+        scaling.t_quantile(0.3, 5)
+    with pytest.raises(ValueError, match="dof=0"):
+        scaling.t_quantile(0.975, 0)
+
+
+def test_fit_slope_ci_is_the_ols_t_interval() -> None:
+    # independent: scipy's linregress standard error times the 97.5% t quantile (table value)
     stats = pytest.importorskip("scipy.stats")
-    for dof in (1, 3, 4, 7, 19, 50):
-        for p in (0.9, 0.975, 0.995):
-            assert scaling.t_quantile(p, dof) == pytest.approx(stats.t.ppf(p, dof), rel=1e-8)
+    rng = np.random.default_rng(5)
+    n = np.array(LENGTHS, dtype=float)
+    y = n**1.3 * rng.lognormal(0, 0.2, len(n))
+    slope, lo, hi = scaling.fit_slope(n, y)
+    fit = stats.linregress(np.log(n), np.log(y))
+    assert slope == pytest.approx(fit.slope)
+    half = 2.7764 * fit.stderr  # t_{0.975, 4}
+    assert lo == pytest.approx(fit.slope - half, rel=1e-4)
+    assert hi == pytest.approx(fit.slope + half, rel=1e-4)
 
 
 def test_fit_slope_exact_power_law_has_tight_ci() -> None:
@@ -110,24 +124,32 @@ def test_series_labels_only_name_varying_params() -> None:
             complete_row({"variant": "sdpa", "params": {"backend": b, "x": 1}})
             for b in ("math", "flash")
         ]
-        + [complete_row({"variant": "performer", "params": '{"nb_features": 8}'})]
+        + [complete_row({"variant": "performer", "params": {"nb_features": 8}})]
     )
-    assert list(scaling.series_labels(df)) == [
+    assert list(series.series_labels(df)) == [
         "sdpa(backend=math)",
         "sdpa(backend=flash)",
         "performer",
     ]
 
 
+def test_series_labels_read_mappings_only() -> None:
+    # read_rows is the one place that parses params text; labels never re-parse it
+    df = pd.DataFrame([complete_row({"variant": "performer", "params": '{"nb_features": 8}'})])
+    with pytest.raises(TypeError, match="read_rows"):
+        series.series_labels(df)
+
+
 def test_shape_params_do_not_split_a_series() -> None:
-    # Variants are built for the point's seq_len/head_dim, so those sit in every row's params:
-    # a sweep over seq_len is still one series per variant configuration.
+    # Variants are built for the point's kv_len/head_dim, so those sit in every row's params
+    # (older rows say seq_len): a sweep over length is still one series per configuration.
     rows = []
     for n in (256, 512, 1024):
         for k in (64, 128):
-            params = {"seq_len": n, "head_dim": 64, "k": k, "share_kv": False}
+            length = "seq_len" if n == 256 else "kv_len"
+            params = {length: n, "head_dim": 64, "k": k, "share_kv": False}
             rows += rows_for("linformer", lambda m: m, lengths=[n], params=params)
-    df = scaling.prepare(pd.DataFrame(rows))
+    df = series.prepare(pd.DataFrame(rows))
     assert sorted(df["series"].unique()) == ["linformer(k=128)", "linformer(k=64)"]
     slopes = scaling.time_slopes(df)
     assert len(slopes) == 2 and np.allclose(slopes["slope"], 1.0)
@@ -173,15 +195,15 @@ def test_crossover_baseline_with_several_series_takes_the_best() -> None:
     assert scaling.crossover(df, "linear", "sdpa(backend=math)") == pytest.approx(4096)
 
 
-def test_max_seq_len_before_oom() -> None:
+def test_max_kv_len_before_oom() -> None:
     df = pd.DataFrame(
         rows_for("full", lambda n: 1.0, oom_from=4096) + rows_for("linear", lambda n: 1.0)
     )
-    out = scaling.max_seq_len_before_oom(df).set_index("series")
-    assert out.loc["full", "max_ok_seq_len"] == 2048
-    assert out.loc["full", "first_oom_seq_len"] == 4096
-    assert out.loc["linear", "max_ok_seq_len"] == 8192
-    assert math.isnan(out.loc["linear", "first_oom_seq_len"])
+    out = scaling.max_kv_len_before_oom(df).set_index("series")
+    assert out.loc["full", "max_ok_kv_len"] == 2048
+    assert out.loc["full", "first_oom_kv_len"] == 4096
+    assert out.loc["linear", "max_ok_kv_len"] == 8192
+    assert math.isnan(out.loc["linear", "first_oom_kv_len"])
 
 
 def test_summary_table_agrees_with_the_functions() -> None:
@@ -195,8 +217,8 @@ def test_summary_table_agrees_with_the_functions() -> None:
     assert table.loc["linear", "time_cross_sdpa"] == pytest.approx(8192)
     assert math.isnan(table.loc["full", "time_cross_full"])
     assert table.loc["full", "time_slope"] == pytest.approx(2.0)
-    assert table.loc["full", "max_ok_seq_len"] == 8192
-    assert table.loc["linear", "reference_seq_len"] == 8192  # all three ran there
+    assert table.loc["full", "max_ok_kv_len"] == 8192
+    assert table.loc["linear", "reference_kv_len"] == 8192  # all three ran there
     assert table.loc["linear", "rate_frac"] == pytest.approx(0.25)
     assert table.loc["linear", "rel_err"] == pytest.approx(0.1)
-    assert scaling.summary_table(df, reference_seq_len=4096).loc[0, "reference_seq_len"] == 4096
+    assert scaling.summary_table(df, reference_kv_len=4096).loc[0, "reference_kv_len"] == 4096

@@ -35,6 +35,12 @@ def rows_below(folder: Path) -> pd.DataFrame:
     return read_rows([folder])
 
 
+def sweep_args(sweep: Path, variants: str, lengths: str) -> list[str]:
+    """A tiny forward-only multirun of ``variants`` x ``lengths`` into ``sweep``."""
+    return ["-m", f"variant={variants}", f"seq_len={lengths}", "passes=[fwd]", *TINY,
+            f"hydra.sweep.dir={sweep}", "experiment_name=t"]  # fmt: skip
+
+
 def test_one_point_writes_rows(tmp_path: Path) -> None:
     res = attnbench(["variant=sdpa", "seq_len=64", *TINY], tmp_path)
     assert res.returncode == 0, res.stderr
@@ -81,15 +87,7 @@ def test_unsupported_single_point_says_why(tmp_path: Path) -> None:
 
 def test_sweep_aggregates_and_resumes(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    args = [
-        "-m",
-        "variant=full,sdpa",
-        "seq_len=32,48",
-        "passes=[fwd]",
-        *TINY,
-        f"hydra.sweep.dir={sweep}",
-        "experiment_name=t",
-    ]
+    args = sweep_args(sweep, "full,sdpa", "32,48")
     res = attnbench(args, tmp_path)
     assert res.returncode == 0, res.stderr
     assert "[1/4]" in res.stdout and "[4/4]" in res.stdout
@@ -106,15 +104,7 @@ def test_sweep_aggregates_and_resumes(tmp_path: Path) -> None:
 
 def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    args = [
-        "-m",
-        "variant=full,sdpa,linear",
-        "seq_len=32,48,64",
-        "passes=[fwd]",
-        *TINY,
-        f"hydra.sweep.dir={sweep}",
-        "experiment_name=t",
-    ]
+    args = sweep_args(sweep, "full,sdpa,linear", "32,48,64")
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.app.main", *args],
@@ -165,6 +155,30 @@ def test_sweep_records_bad_knob_as_error_row_and_goes_on(tmp_path: Path) -> None
     df = pd.read_csv(tmp_path / "s" / "results.csv")
     assert sorted(df["status"]) == ["error", "ok"]
     assert "k=128" in df[df["status"] == "error"]["reason"].iloc[0]
+
+
+def test_sweep_rows_explain_themselves(tmp_path: Path) -> None:
+    # Every row, the config-error row included, says what its variant is without variant code.
+    sweep = tmp_path / "s"
+    res = attnbench([*sweep_args(sweep, "sdpa,linformer", "64"), "knob=16,128"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("already measured") == 1  # sdpa has no knob: one point, not two
+    rows = [
+        json.loads(line) for p in sweep.rglob("rows.jsonl") for line in p.read_text().splitlines()
+    ]
+    by = {(r["variant"], r["status"]): r for r in rows}
+    assert set(by) == {("sdpa", "ok"), ("linformer", "ok"), ("linformer", "error")}
+    facts = ("exact", "randomized", "knob", "knob_value")
+    assert [by["sdpa", "ok"][c] for c in facts] == [True, False, None, None]
+    assert [by["linformer", "ok"][c] for c in facts] == [False, True, "k", 16]
+    assert [by["linformer", "error"][c] for c in facts] == [False, True, "k", 128]
+    assert by["linformer", "ok"]["params"]["k"] == 16  # a JSON object, not text
+    assert "knob=128" in by["linformer", "error"]["params"]["overrides"]
+    assert by["linformer", "error"]["q_len"] == 64 and by["linformer", "error"]["kv_len"] == 64
+    csv = pd.read_csv(sweep / "results.csv")
+    assert json.loads(csv.loc[csv["variant"] == "sdpa", "params"].iloc[0])["backend"] == "auto"
+    back = rows_below(sweep)
+    assert back.loc[back["status"] == "error", "params"].iloc[0]["overrides"]
 
 
 @pytest.mark.slow

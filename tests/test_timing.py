@@ -9,14 +9,8 @@ import variants
 from harness.measure import timing
 from harness.measure.inputs import make_inputs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: OpenMP spin-waiting on a shared, loaded machine makes two threads erratic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One thread: OpenMP spin-waiting on a shared, loaded machine makes two threads erratic.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_time_callable_reports_median_iqr_repeats():
@@ -33,7 +27,7 @@ def test_slow_call_still_gets_min_repeats():
 
 
 def test_same_point_twice_agrees_within_5_percent():
-    # The claim: the same point (> 10 ms) timed twice in one run agrees within 5%.
+    # The claim: the same point (> 10 ms) timed twice in one run agrees within 5%.
     # The point is sdpa (fused kernel, ~40 ms on one thread): its time is the timer's, not the
     # allocator's. `full` at n >= 1024 allocates its 32+ MiB score matrix with a fresh mmap per
     # call, and its medians moved 4-25% between measurements on the idle build machine (the
@@ -59,8 +53,8 @@ class CountingAttention(variants.AttentionVariant):
     name = "counting"
     exact = True
 
-    def __init__(self, seq_len=None, head_dim=None):
-        super().__init__(seq_len=seq_len, head_dim=head_dim)
+    def __init__(self):
+        super().__init__()
         self.calls = 0
 
     def forward(self, q, k, v, causal=False):
@@ -88,6 +82,12 @@ def test_bwd_runs_backward_only_and_fwd_bwd_both():
     assert out.shape == q.shape and not out.requires_grad
     with pytest.raises(ValueError, match="pass='sideways'"):
         timing.pass_callable("sideways", variant, q, k, v, False, grad_out)
+
+
+def test_summarize_median_iqr_repeats():
+    got = timing.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert got == {"time_ms": 3.0, "time_iqr_ms": 2.0, "repeats": 5}  # quartiles 2 and 4
+    assert timing.summarize([7.0]) == {"time_ms": 7.0, "time_iqr_ms": 0.0, "repeats": 1}
 
 
 def test_time_once_and_synchronize_are_device_safe():

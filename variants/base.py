@@ -1,4 +1,4 @@
-"""The interface every attention variant implements (see ../shared/DESIGN.md).
+"""The interface every attention variant implements (README.md, "Add a variant", shows one).
 
 A variant is a ``torch.nn.Module`` that maps ``q (B, H, Nq, D)``, ``k (B, H, Nk, D)`` and
 ``v (B, H, Nk, Dv)`` to ``(B, H, Nq, Dv)``. It declares what it supports as class constants and
@@ -13,15 +13,24 @@ Conventions shared by every variant:
   to key ``j`` iff ``j <= i + (Nk - Nq)``, so the last query sees every key (the convention of
   ``flash-attn`` >= 2.1 and xformers' ``BottomRight`` masks). With ``Nq == Nk`` this is the usual
   lower-triangular mask.
-* Every constructor accepts ``seq_len`` and ``head_dim`` (the shape the variant is built for;
-  variants that do not need them ignore them); randomised variants also accept ``seed``.
+* Every constructor accepts ``kv_len`` and ``head_dim``, the shape the variant is built for
+  (``kv_len`` is the key/value length: Linformer's projections are ``k x kv_len``); variants that
+  do not need them ignore them. Randomised variants also accept ``seed``.
+* ``seq_len=`` is the deprecated name of ``kv_len``: every constructor still takes it (with a
+  ``DeprecationWarning``), and a plugin whose constructor still names it ``seq_len`` is handed
+  callers' ``kv_len=`` under that name (:meth:`AttentionVariant.__init_subclass__`).
 * Parameters are validated in the constructor; a bad value raises :class:`VariantConfigError`
   naming the field and the allowed values.
 """
 
 from __future__ import annotations
 
+import abc
+import functools
+import inspect
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -34,16 +43,18 @@ class VariantConfigError(ValueError):
     """A variant parameter has a value outside its allowed range (message names the field)."""
 
 
-class AttentionVariant(torch.nn.Module):
+class AttentionVariant(torch.nn.Module, abc.ABC):
     """Base class of every attention implementation in the suite.
 
-    Subclasses set the capability constants, implement :meth:`forward` and :meth:`flops`, and
-    extend :meth:`not_supported_reasons` for anything beyond the generic checks.
+    Subclasses set the capability constants, implement the abstract :meth:`forward` and
+    :meth:`flops`, and extend :meth:`not_supported_reasons` for anything beyond the generic
+    checks.
 
     Args:
-        seq_len: Sequence length the variant is built for (used by e.g. Linformer's projections).
+        kv_len: Key/value length the variant is built for (e.g. Linformer's projections).
         head_dim: Head dimension the variant is built for (used by e.g. Performer's features).
         scale: Softmax temperature; ``None`` means ``1 / sqrt(head_dim)`` of the inputs.
+        seq_len: Deprecated name of ``kv_len`` (``DeprecationWarning``).
     """
 
     name: ClassVar[str] = "base"
@@ -62,31 +73,46 @@ class AttentionVariant(torch.nn.Module):
 
     def __init__(
         self,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
         super().__init__()
-        if seq_len is not None:
-            check_positive_int(self.name, "seq_len", seq_len)
+        if kv_len is not None:
+            check_positive_int(self.name, "kv_len", kv_len)
         if head_dim is not None:
             check_positive_int(self.name, "head_dim", head_dim)
         if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
             raise VariantConfigError(f"{self.name}: scale={scale!r} must be a positive number")
-        self.seq_len = seq_len
+        self.kv_len = kv_len
         self.head_dim = head_dim
         self.scale = None if scale is None else float(scale)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give every subclass constructor both names of the length (see :func:`_kv_len_alias`)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _kv_len_alias(cls.__dict__["__init__"])
+
+    @property
+    def seq_len(self) -> int | None:
+        """Deprecated name of :attr:`kv_len`, kept for plugins written before the rename."""
+        return self.kv_len
+
+    @seq_len.setter
+    def seq_len(self, value: int | None) -> None:
+        self.kv_len = value
+
     # ----------------------------------------------------------------------------- interface
+    @abc.abstractmethod
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
         """Attention output (B, H, Nq, Dv) for ``q (B, H, Nq, D)``, ``k``/``v (B, H, Nk, *)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
         """Analytic forward FLOPs (a multiply-add counts 2). Backward is 2.5x this."""
-        raise NotImplementedError
 
     def analytic_mem_bytes(
         self,
@@ -153,8 +179,6 @@ class AttentionVariant(torch.nn.Module):
 
     def _config_keys(self) -> list[str]:
         """Parameter names of the constructor, read from its signature."""
-        import inspect
-
         sig = inspect.signature(type(self).__init__)
         return [
             p.name
@@ -169,6 +193,45 @@ class AttentionVariant(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+def _kv_len_alias(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a constructor so that it takes both ``kv_len=`` and the deprecated ``seq_len=``.
+
+    A constructor with a ``kv_len`` parameter gets ``seq_len=`` mapped onto it, with a
+    ``DeprecationWarning``; one written before the rename, with ``seq_len`` only, gets ``kv_len=``
+    passed on as ``seq_len`` (its ``super().__init__(seq_len=...)`` then warns its author). The
+    signature seen by ``inspect`` (configs, ``variants.create``'s messages) stays the class's own.
+    """
+    params = inspect.signature(init).parameters
+    takes_kv, takes_seq = "kv_len" in params, "seq_len" in params
+    if takes_kv == takes_seq:  # both: the class decides; neither: **kwargs reach the base
+        return init
+
+    missing, own = ("seq_len", "kv_len") if takes_kv else ("kv_len", "seq_len")
+
+    @functools.wraps(init)
+    def init_with_alias(self: AttentionVariant, *args: Any, **kwargs: Any) -> None:
+        value = kwargs.pop(missing, None)  # None: no length under that name
+        if value is not None:
+            if missing == "seq_len":
+                warnings.warn(
+                    f"{type(self).__name__}: seq_len= is deprecated, pass kv_len=",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                check_positive_int(type(self).name, "seq_len", value)  # named as the caller did
+            if kwargs.setdefault(own, value) != value:
+                raise VariantConfigError(
+                    f"{type(self).name}: {missing}={value} and {own}={kwargs[own]} disagree; "
+                    "pass kv_len only"
+                )
+        init(self, *args, **kwargs)
+
+    return init_with_alias
+
+
+AttentionVariant.__init__ = _kv_len_alias(AttentionVariant.__init__)
 
 
 # --------------------------------------------------------------------------------- validators
@@ -220,12 +283,17 @@ def check_nonneg_int(variant: str, field: str, value: Any) -> int:
     return check_int(variant, field, value, low=0)
 
 
-def check_choice(variant: str, field: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """Raise :class:`VariantConfigError` unless ``value`` is one of ``allowed``."""
+def check_choice(
+    variant: str | None,
+    field: str,
+    value: Any,
+    allowed: tuple[str, ...],
+    error: type[Exception] = VariantConfigError,
+) -> str:
+    """Raise ``error`` unless ``value`` is one of ``allowed`` (prefix and error as check_int)."""
     if value not in allowed:
-        raise VariantConfigError(
-            f"{variant}: {field}={value!r} is not one of {', '.join(map(str, allowed))}"
-        )
+        prefix = f"{variant}: " if variant else ""
+        raise error(f"{prefix}{field}={value!r} is not one of {', '.join(map(str, allowed))}")
     return value
 
 

@@ -15,8 +15,8 @@ Approximates softmax attention by a block-sparse pattern: the sequence is cut in
 
 Within the selected blocks attention is token-exact (the causal mask is applied per token).
 Cost is O(N * block_size * (window + random blocks) + N * global tokens), computed with one
-gather of key/value blocks and one fused ``scaled_dot_product_attention`` call in which the
-query blocks play the role of heads (a 4-d block mask); there is no loop over tokens or
+gather of key/value blocks and the fused SDPA kernel of :mod:`variants._blocksparse`, in which
+the query blocks play the role of heads (a 4-d block mask); there is no loop over tokens or
 heads. Lengths that are not a multiple of ``block_size`` are padded and the padding masked.
 
 Cross-attention (``q_len != kv_len``) is not supported: the block pattern pairs query block i
@@ -30,13 +30,17 @@ import math
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from variants._blocksparse import (
+    block_sparse_attention,
+    block_sparse_flops,
+    keep_dropped_rows,
+    to_blocks,
+)
 from variants.base import (
     AttentionVariant,
     VariantConfigError,
-    causal_mask,
     check_nonneg_int,
     check_positive_int,
 )
@@ -51,7 +55,8 @@ class BigBirdAttention(AttentionVariant):
         window_blocks: One-sided sliding window in blocks (1 -> 3 blocks, as in the paper).
         num_global_blocks: Leading blocks made global. Default 1.
         seed: Seed of the random block draw.
-        seq_len: Sequence length the variant is built for; bounds ``num_global_blocks``.
+        kv_len: Sequence length the variant is built for (self-attention: the key length too);
+            bounds ``num_global_blocks``.
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
@@ -69,11 +74,11 @@ class BigBirdAttention(AttentionVariant):
         window_blocks: int = 1,
         num_global_blocks: int = 1,
         seed: int = 0,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.block_size = check_positive_int(self.name, "block_size", block_size)
         self.num_random_blocks = check_nonneg_int(
             self.name, "num_random_blocks", num_random_blocks
@@ -83,11 +88,11 @@ class BigBirdAttention(AttentionVariant):
             self.name, "num_global_blocks", num_global_blocks
         )
         self.seed = check_nonneg_int(self.name, "seed", seed)
-        if seq_len is not None and num_global_blocks > math.ceil(seq_len / block_size):
+        if kv_len is not None and num_global_blocks > math.ceil(kv_len / block_size):
             raise VariantConfigError(
                 f"{self.name}: num_global_blocks={num_global_blocks} exceeds the "
-                f"{math.ceil(seq_len / block_size)} blocks of seq_len={seq_len} with "
-                f"block_size={block_size} (allowed: 0..{math.ceil(seq_len / block_size)})"
+                f"{math.ceil(kv_len / block_size)} blocks of kv_len={kv_len} with "
+                f"block_size={block_size} (allowed: 0..{math.ceil(kv_len / block_size)})"
             )
         self._cache: dict[Any, Any] = {}
 
@@ -117,50 +122,34 @@ class BigBirdAttention(AttentionVariant):
         self._cache[key] = (index.where(valid, 0), valid)
         return self._cache[key]
 
-    def effective_mask(self, seq_len: int, causal: bool = False) -> Tensor:
-        """Boolean ``(seq_len, seq_len)`` mask, True where query i attends key j (this seed)."""
+    def effective_mask(self, n: int, causal: bool = False) -> Tensor:
+        """Boolean ``(n, n)`` mask, True where query i attends key j (this seed, length n)."""
         b = self.block_size
-        nb = math.ceil(seq_len / b)
+        nb = math.ceil(n / b)
         index, valid = self.block_table(nb, causal)
         blocks = torch.zeros(nb, nb, dtype=torch.bool)  # (query block, key block)
         rows = torch.arange(nb)[:, None].expand_as(index)
         blocks[rows[valid], index[valid]] = True
-        tok = torch.arange(seq_len) // b
-        glob = min(self.num_global_blocks * b, seq_len)
-        i, j = torch.arange(seq_len)[:, None], torch.arange(seq_len)[None, :]
+        tok = torch.arange(n) // b
+        glob = min(self.num_global_blocks * b, n)
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
         allowed = blocks[tok[:, None], tok[None, :]] | (i < glob) | (j < glob)
         return allowed & (j <= i) if causal else allowed
 
     # --------------------------------------------------------------------------- forward
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        bsz, heads, n, d = q.shape
-        dv = v.shape[-1]
-        bs, bh = self.block_size, bsz * heads
+        n, bs = q.shape[-2], self.block_size
         nb = math.ceil(n / bs)
         glob = min(self.num_global_blocks * bs, n)  # global tokens
         index, mask = self._masks(n, causal, q.device)
-        num_slots = index.numel() // nb
-        scale = self.softmax_scale(d)
 
-        pad = (0, 0, 0, nb * bs - n)
-        qb = F.pad(q, pad).reshape(bh, nb, bs, d)  # (BH, nb, bs, D)
-        kb = F.pad(k, pad).reshape(bh, nb, bs, d)
-        vb = F.pad(v, pad).reshape(bh, nb, bs, dv)
-        # One gather: [global blocks, window blocks, random blocks] of every query block.
-        k_sel = kb[:, index].reshape(bh, nb, num_slots * bs, d)
-        v_sel = vb[:, index].reshape(bh, nb, num_slots * bs, dv)
-        # Blocks play the role of heads: the (1, nb, bs, keys) mask is a 4-d SDPA mask, so the
-        # fused kernels (CPU flash, CUDA efficient) score, mask and normalise in tiles.
-        out = F.scaled_dot_product_attention(qb, k_sel, v_sel, attn_mask=mask[None], scale=scale)
-        out = out.reshape(bh, nb * bs, dv)
-        out = out[:, :n].view(bsz, heads, n, dv)
-        if glob:  # global queries attend to every key
-            rows = causal_mask(n, n, device=q.device)[:glob] if causal else None
-            g_out = F.scaled_dot_product_attention(
-                q[:, :, :glob], k, v, attn_mask=rows, scale=scale
-            )
-            out = torch.cat([g_out, out[:, :, glob:]], dim=2)
-        return out  # (B, H, N, Dv)
+        def gather(x: Tensor) -> Tensor:  # (B, H, N, E) -> (BH, nb, slots * bs, E)
+            # One gather: [global blocks, window blocks, random blocks] of every query block.
+            blocks = to_blocks(x, bs)  # (BH, nb, bs, E)
+            return blocks[:, index].reshape(blocks.shape[0], nb, -1, x.shape[-1])
+
+        scale = self.softmax_scale(q.shape[-1])
+        return block_sparse_attention(q, gather(k), gather(v), mask, k, v, glob, causal, scale)
 
     def _masks(self, n: int, causal: bool, device: torch.device) -> tuple[Tensor, Tensor]:
         """Gather index ``(nb, G + K)`` and token mask ``(nb, bs, (G + K) * bs)``.
@@ -184,10 +173,7 @@ class BigBirdAttention(AttentionVariant):
         slot[..., : gblocks * bs] &= j[..., : gblocks * bs] < glob
         if causal:
             slot = slot & (j <= i)
-        # Rows that are dropped (padding, global queries) are left unmasked, so that no row is
-        # all -inf (its NaNs would reach the key gradients through the softmax backward).
-        dropped = (i >= n) | (i < glob)
-        out = (index.flatten().to(device), (slot | dropped).to(device))
+        out = (index.flatten().to(device), keep_dropped_rows(slot, i, n, glob).to(device))
         self._cache[key] = out
         return out
 
@@ -211,9 +197,9 @@ class BigBirdAttention(AttentionVariant):
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
         # Work actually done: every query block scores its gathered key blocks and the global
-        # keys (masked slots included) and multiplies by V, plus full rows for global queries.
+        # keys (masked slots included), plus full rows for the global queries.
         rows, slots, glob = self._slots(kv_len, causal)
-        return 4 * batch * heads * head_dim * (rows * slots + glob * kv_len)
+        return block_sparse_flops(batch, heads, head_dim, rows, slots, glob, kv_len)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

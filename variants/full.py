@@ -20,7 +20,7 @@ class FullAttention(AttentionVariant):
     """Exact softmax attention with an explicit score matrix.
 
     Args:
-        seq_len: Ignored (accepted for a uniform constructor).
+        kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """

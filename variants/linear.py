@@ -33,7 +33,7 @@ class LinearAttention(AttentionVariant):
 
     Args:
         chunk_size: Tokens per chunk of the causal prefix sum (default 128).
-        seq_len: Ignored (accepted for a uniform constructor).
+        kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Ignored.
     """
 
@@ -46,10 +46,10 @@ class LinearAttention(AttentionVariant):
     def __init__(
         self,
         chunk_size: int = 128,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim)
+        super().__init__(kv_len=kv_len, head_dim=head_dim)
         self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:

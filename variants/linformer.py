@@ -2,21 +2,22 @@
 
 "Linformer: Self-Attention with Linear Complexity" observes that the attention matrix is close to
 low rank and replaces ``softmax(Q K^T * scale) V`` by ``softmax(Q (E K)^T * scale) (F V)`` with
-``E, F`` of shape ``(k, seq_len)``: the ``n x n`` matrix becomes ``n x k``, so time and memory
+``E, F`` of shape ``(k, kv_len)``: the ``n x n`` matrix becomes ``n x k``, so time and memory
 are ``O(n * k * d)`` and ``O(n * k)``. It approximates softmax attention (exactly when
-``k = seq_len`` and ``E = F = I``).
+``k = kv_len`` and ``E = F = I``).
 
 Projections (``init``): ``gaussian`` draws ``E, F`` once from ``seed`` with entries
 ``N(0, 1/k)`` (the Johnson-Lindenstrauss scaling of the paper's analysis; fixed buffers);
 ``learned`` draws the same initial values but as trainable ``nn.Parameter``s (the paper trains
-them); ``identity`` uses ``E = F = I`` and is allowed only with ``k == seq_len``: the exact
+them); ``identity`` uses ``E = F = I`` and is allowed only with ``k == kv_len``: the exact
 limit, used by the tests. ``share_kv=True`` uses one matrix for both (``F = E``).
 
-Lengths: a sequence shorter than ``seq_len`` uses the first ``n`` columns of the projections, as
-the paper's implementation does (for ``identity`` the result is then no longer exact); a longer
-one is unsupported, with that reason. Cross-attention projects the key length (``kv_len <=
-seq_len``; the query length is free). Causal attention is not defined for Linformer (projecting
-along the sequence mixes future keys into every projected key): unsupported.
+Lengths: the projections are built for ``kv_len`` keys. Fewer keys ``n`` use the first ``n``
+columns of the projections, as the paper's implementation does (for ``identity`` the result is
+then no longer exact); more keys are unsupported, with that reason. Only the key length is
+projected, so the query length is free (cross-attention). Causal attention is not defined for
+Linformer (projecting along the sequence mixes future keys into every projected key):
+unsupported.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from variants.base import (
     AttentionVariant,
     VariantConfigError,
     check_choice,
+    check_int,
     check_positive_int,
     check_qkv,
 )
@@ -50,13 +52,13 @@ class LinformerAttention(AttentionVariant):
     """Softmax attention over keys and values projected to ``k`` along the sequence.
 
     Args:
-        k: Projected length (1 <= k <= seq_len). ``None`` (the default) means
-            ``min(256, seq_len)``; an explicit value above seq_len is an error.
+        k: Projected length (1 <= k <= kv_len). ``None`` (the default) means
+            ``min(256, kv_len)``; an explicit value above kv_len is an error.
         share_kv: Use one projection for keys and values. Default False.
         init: "gaussian" (N(0, 1/k), fixed), "learned" (trainable, same init) or "identity"
-            (needs k == seq_len; the exact limit).
+            (needs k == kv_len; the exact limit).
         seed: Seed of the random projections.
-        seq_len: Longest key length (required: the projections are k x seq_len).
+        kv_len: Longest key length (required: the projections are k x kv_len).
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
@@ -74,55 +76,52 @@ class LinformerAttention(AttentionVariant):
         share_kv: bool = False,
         init: str = "gaussian",
         seed: int = 0,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
-        if seq_len is None:
-            raise VariantConfigError(
-                "linformer: seq_len is required (projections are k x seq_len)"
-            )
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
+        if kv_len is None:
+            raise VariantConfigError("linformer: kv_len is required (projections are k x kv_len)")
         if k is None:
-            k = min(DEFAULT_K, seq_len)
+            k = min(DEFAULT_K, kv_len)
         check_positive_int(self.name, "k", k)
-        if k > seq_len:
+        if k > kv_len:
             raise VariantConfigError(
-                f"linformer: k={k} exceeds seq_len={seq_len} (allowed: 1..{seq_len})"
+                f"linformer: k={k} exceeds kv_len={kv_len} (allowed: 1..{kv_len})"
             )
         if not isinstance(share_kv, bool):
             raise VariantConfigError(f"linformer: share_kv={share_kv!r} must be true or false")
         self.init = check_choice(self.name, "init", init, INITS)
-        if init == "identity" and k != seq_len:
+        if init == "identity" and k != kv_len:
             raise VariantConfigError(
-                f"linformer: init='identity' needs k == seq_len, got k={k}, seq_len={seq_len}"
+                f"linformer: init='identity' needs k == kv_len, got k={k}, kv_len={kv_len}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise VariantConfigError(f"linformer: seed={seed!r} must be an integer")
-        self.k, self.share_kv, self.seed = k, share_kv, seed
+        self.k, self.share_kv = k, share_kv
+        self.seed = check_int(self.name, "seed", seed)
 
         gen = torch.Generator().manual_seed(seed)
         n_proj = 1 if share_kv else 2
         if init == "identity":
-            mats = [torch.eye(seq_len) for _ in range(n_proj)]
+            mats = [torch.eye(kv_len) for _ in range(n_proj)]
         else:
-            mats = [torch.randn(k, seq_len, generator=gen) * k**-0.5 for _ in range(n_proj)]
+            mats = [torch.randn(k, kv_len, generator=gen) * k**-0.5 for _ in range(n_proj)]
         for name, mat in zip(("proj_k", "proj_v"), mats):
             if init == "learned":
                 setattr(self, name, torch.nn.Parameter(mat))
             else:
                 self.register_buffer(name, mat)
 
+    def _too_long(self, nk: int) -> str:
+        return f"kv_len={nk} exceeds the kv_len={self.kv_len} the projections were built for"
+
     def _projections(self) -> tuple[Tensor, Tensor]:
         return self.proj_k, (self.proj_k if self.share_kv else self.proj_v)
 
     def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
         reasons = super().not_supported_reasons(q, k, v, causal)
-        if k.shape[-2] > self.seq_len:
-            reasons.append(
-                f"linformer: kv_len={k.shape[-2]} exceeds seq_len={self.seq_len} the "
-                "projections were built for"
-            )
+        if k.shape[-2] > self.kv_len:
+            reasons.append(f"linformer: {self._too_long(k.shape[-2])}")
         return reasons
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
@@ -130,8 +129,8 @@ class LinformerAttention(AttentionVariant):
         if causal:
             raise ValueError("linformer: causal attention is not supported by this variant")
         nk = k.shape[-2]
-        if nk > self.seq_len:
-            raise ValueError(f"linformer: kv_len={nk} exceeds seq_len={self.seq_len}")
+        if nk > self.kv_len:
+            raise ValueError(f"linformer: {self._too_long(nk)}")
         proj_k, proj_v = self._projections()
         # shorter sequences: the first nk columns, as in the paper's implementation
         k_proj = project_sequence(proj_k[:, :nk].to(k.dtype), k)  # (B, H, k, D)

@@ -20,12 +20,10 @@ Backends (``backend``):
 * ``chunked`` (pure torch, runs everywhere, O(Nq * window) time and memory): queries are cut into
   blocks of ``block`` rows; each block's keys are the contiguous span
   ``[start - window, start + block + window)``, taken as an overlapping ``unfold`` view of one
-  padded key buffer (no copy). Blocks are then passed to ``F.scaled_dot_product_attention`` as if
-  they were heads, with a ``(1, nblocks, block, span)`` boolean band mask, so the fused kernels
-  (CPU flash, CUDA memory-efficient) do scores, masking and softmax in tiles without ever
-  materialising a block's score matrix. Global keys are prepended to every block's key set (band
-  slots that hold a global key are masked so it is not counted twice); global query rows are
-  computed with full attention and replace the banded rows.
+  padded key buffer (no copy), with the global keys in front of every span (band slots that hold
+  a global key are masked so it is not counted twice). The blocks then go through the fused SDPA
+  kernel of :mod:`variants._blocksparse` as if they were heads, and global query rows are
+  computed with full attention.
 * ``flex``: ``torch.nn.attention.flex_attention`` with a block mask, compiled with
   ``torch.compile`` (CPU needs a C++ compiler). Compilation and the block mask are built in
   :meth:`LongformerAttention.setup` and cached per shape; dynamo's recompile limit is raised and
@@ -49,13 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants.base import (
-    AttentionVariant,
-    VariantConfigError,
-    causal_mask,
-    check_choice,
-    check_nonneg_int,
-)
+from variants._blocksparse import block_sparse_attention, block_sparse_flops, keep_dropped_rows
+from variants.base import AttentionVariant, VariantConfigError, check_choice, check_nonneg_int
+from variants.xformers_attn import memory_efficient_attention, xformers_import_error
 
 BACKENDS = ("auto", "chunked", "flex", "xformers", "dense_mask")
 
@@ -90,8 +84,8 @@ def chunked_attention(
         window: One-sided radius; num_global: global tokens; causal: bottom-right causal mask.
         scale: Softmax scale. masks: Optional dict used to cache the block masks per shape.
     """
-    b, h, nq, d = q.shape
-    nk, dv = k.shape[-2], v.shape[-1]
+    b, h, nq, _ = q.shape
+    nk = k.shape[-2]
     bh = b * h
     window = min(window, nq + nk)  # a wider window sees nothing more
     block = _block_size(window)
@@ -110,18 +104,7 @@ def chunked_attention(
         win = flat.unfold(0, blocks * stride, stride).view(bh, nkb, e, blocks * stride)
         return win.transpose(-1, -2)[:, :nqb]  # the spans of the query blocks, no copy
 
-    qp = F.pad(q.reshape(bh, nq, d), (0, 0, 0, nqb * block - nq)).view(bh, nqb, block, d)
-    # Blocks play the role of heads, so the (1, nqb, block, slots) mask is a 4-d SDPA mask and
-    # the fused kernels (CPU flash, CUDA efficient) take it; no score matrix is kept.
-    out = F.scaled_dot_product_attention(
-        qp, windows(k), windows(v), attn_mask=mask[None], scale=scale
-    )
-    out = out.reshape(bh, nqb * block, dv)[:, :nq].view(b, h, nq, dv)
-    if gq:  # global queries attend to every key
-        rows = causal_mask(nq, nk, device=q.device)[:gq] if causal else None
-        g_out = F.scaled_dot_product_attention(q[:, :, :gq], k, v, attn_mask=rows, scale=scale)
-        out = torch.cat([g_out, out[:, :, gq:]], dim=2)
-    return out  # (B, H, Nq, Dv)
+    return block_sparse_attention(q, windows(k), windows(v), mask, k, v, gq, causal, scale)
 
 
 def _geometry(nq: int, nk: int, window: int, causal: bool, gk: int, block: int) -> tuple:
@@ -157,10 +140,7 @@ def _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, cache) -> Te
     band = band & (j <= pos + (0 if causal else window))
     # global key r is counted once: in the first stored block of the span
     glob = (r < gk) & (t == 0) & ((r <= pos) if causal else True)
-    # Rows that are dropped (padding, global queries) must not be all -inf: their NaNs would
-    # leak into the key gradients through the softmax backward.
-    dropped = (i >= nq) | (i < gq)
-    mask = band | glob | dropped
+    mask = keep_dropped_rows(band | glob, i, nq, gq)
     if cache is not None:
         cache[key] = mask
     return mask
@@ -197,7 +177,7 @@ def _flex_fn():
 def _flex_reasons(q: Tensor) -> list[str]:
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means unusable
+    except Exception as exc:  # any import failure means unusable
         return [f"flex: torch.nn.attention.flex_attention unavailable ({exc})"]
     if q.device.type == "cpu":
         cxx = os.environ.get("CXX", "g++")
@@ -218,11 +198,8 @@ def _xformers_reasons(q: Tensor, num_global: int) -> list[str]:
         reasons.append(f"xformers: needs a CUDA device (got {q.device.type})")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         reasons.append(f"xformers: dtype {q.dtype} not supported")
-    if not reasons:
-        try:
-            import xformers.ops  # noqa: F401
-        except Exception as exc:  # noqa: BLE001
-            reasons.append(f"xformers: not importable ({type(exc).__name__}: {exc})")
+    if not reasons and (error := xformers_import_error()):
+        reasons.append(f"xformers: {error}")
     return reasons
 
 
@@ -234,13 +211,13 @@ class LongformerAttention(AttentionVariant):
             (causal: ``p - window .. p``). Default 256.
         num_global: Number of leading global tokens (e.g. a CLS token). Default 1.
         backend: One of auto, chunked, flex, xformers, dense_mask. Default ``auto``.
-        seq_len: Sequence length the variant is built for; bounds ``num_global``.
+        kv_len: Key length the variant is built for; bounds ``num_global``.
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
 
     name: ClassVar[str] = "longformer"
-    exact: ClassVar[bool] = False  # exact only when window >= seq_len
+    exact: ClassVar[bool] = False  # exact only when window >= max(q_len, kv_len)
     knob: ClassVar[str | None] = "window"
 
     def __init__(
@@ -248,17 +225,17 @@ class LongformerAttention(AttentionVariant):
         window: int = 256,
         num_global: int = 1,
         backend: str = "auto",
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.window = check_nonneg_int(self.name, "window", window)
         self.num_global = check_nonneg_int(self.name, "num_global", num_global)
-        if seq_len is not None and num_global > seq_len:
+        if kv_len is not None and num_global > kv_len:
             raise VariantConfigError(
-                f"{self.name}: num_global={num_global} exceeds seq_len={seq_len} "
-                f"(allowed: 0..{seq_len})"
+                f"{self.name}: num_global={num_global} exceeds kv_len={kv_len} "
+                f"(allowed: 0..{kv_len})"
             )
         self.backend = check_choice(self.name, "backend", backend, BACKENDS)
         self._masks: dict[Any, Any] = {}
@@ -355,20 +332,12 @@ class LongformerAttention(AttentionVariant):
             ) from exc
 
     def _xformers(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        import xformers.ops as xops
         from xformers.ops import fmha
 
         bias = fmha.attn_bias.LocalAttentionFromBottomRightMask(
             window_left=self.window, window_right=0 if causal else self.window
         )
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2),  # (B, Nq, H, D)
-            k.transpose(1, 2),  # (B, Nk, H, D)
-            v.transpose(1, 2),  # (B, Nk, H, Dv)
-            attn_bias=bias,
-            scale=self.softmax_scale(q.shape[-1]),
-        )
-        return out.transpose(1, 2)  # (B, H, Nq, Dv)
+        return memory_efficient_attention(q, k, v, bias, self.softmax_scale(q.shape[-1]))
 
     # --------------------------------------------------------------------------- cost models
     def _work(self, q_len: int, kv_len: int, causal: bool) -> tuple[int, int, int]:
@@ -383,10 +352,9 @@ class LongformerAttention(AttentionVariant):
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
         # The work the chunked algorithm does: every query block scores its whole key span
-        # (band + global keys, masked slots included) and multiplies by V (2 * 2 * D per slot),
-        # plus full attention rows for the global queries.
+        # (band + global keys, masked slots included), plus full rows for the global queries.
         rows, slots, gq = self._work(q_len, kv_len, causal)
-        return 4 * batch * heads * head_dim * (rows * slots + gq * kv_len)
+        return block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
@@ -408,7 +376,7 @@ class LocalAttention(LongformerAttention):
         window: One-sided radius (see :class:`LongformerAttention`). Default 256.
         num_global: Global tokens; default 0.
         backend: One of auto, chunked, flex, xformers, dense_mask. Default ``auto``.
-        seq_len, head_dim, scale: As in :class:`LongformerAttention`.
+        kv_len, head_dim, scale: As in :class:`LongformerAttention`.
     """
 
     name: ClassVar[str] = "local"
@@ -418,8 +386,8 @@ class LocalAttention(LongformerAttention):
         window: int = 256,
         num_global: int = 0,
         backend: str = "auto",
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(window, num_global, backend, seq_len, head_dim, scale)
+        super().__init__(window, num_global, backend, kv_len, head_dim, scale)

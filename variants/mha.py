@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from variants.base import AttentionVariant, check_positive_int
+from variants.registry import create
 
 
 class MultiHeadAttention(torch.nn.Module):
@@ -44,10 +45,8 @@ class MultiHeadAttention(torch.nn.Module):
         self.d_model, self.num_heads = d_model, num_heads
         self.head_dim = d_model // num_heads
         if isinstance(variant, str):
-            import variants
-
             variant_params.setdefault("head_dim", self.head_dim)
-            variant = variants.create(variant, **variant_params)
+            variant = create(variant, **variant_params)
         self.attention = variant
         self.w_q = torch.nn.Linear(d_model, d_model, bias=bias)
         self.w_k = torch.nn.Linear(d_model, d_model, bias=bias)

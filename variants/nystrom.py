@@ -58,9 +58,9 @@ class NystromAttention(AttentionVariant):
     """Nystrom approximation of softmax attention with segment-mean landmarks.
 
     Args:
-        num_landmarks: Number of landmarks ``m`` (1 <= m <= seq_len). Default 64.
+        num_landmarks: Number of landmarks ``m`` (1 <= m <= kv_len). Default 64.
         pinv_iterations: Steps of the iterative pseudo-inverse (>= 1). Default 6.
-        seq_len: Sequence length the variant is built for (bounds num_landmarks).
+        kv_len: Key length the variant is built for (bounds num_landmarks).
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
@@ -75,16 +75,16 @@ class NystromAttention(AttentionVariant):
         self,
         num_landmarks: int = 64,
         pinv_iterations: int = 6,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.num_landmarks = check_positive_int(self.name, "num_landmarks", num_landmarks)
-        if seq_len is not None and num_landmarks > seq_len:
+        if kv_len is not None and num_landmarks > kv_len:
             raise VariantConfigError(
-                f"nystrom: num_landmarks={num_landmarks} exceeds seq_len={seq_len} "
-                f"(allowed: 1..{seq_len})"
+                f"nystrom: num_landmarks={num_landmarks} exceeds kv_len={kv_len} "
+                f"(allowed: 1..{kv_len})"
             )
         self.pinv_iterations = check_positive_int(self.name, "pinv_iterations", pinv_iterations)
 

@@ -35,8 +35,8 @@ from torch import Tensor
 from variants._prefix import causal_linear_attention, causal_linear_flops
 from variants.base import (
     AttentionVariant,
-    VariantConfigError,
     check_choice,
+    check_int,
     check_positive_int,
     check_qkv,
 )
@@ -111,7 +111,7 @@ class PerformerAttention(AttentionVariant):
         kernel: "softmax" (FAVOR+, unbiased for exp) or "relu" (generalised attention).
         chunk_size: Tokens per chunk of the causal prefix sum. Default 128.
         seed: Seed of the random features.
-        seq_len: Ignored (accepted for a uniform constructor).
+        kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Head dimension; with "fixed" the features are drawn here (else on first call).
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
@@ -130,18 +130,16 @@ class PerformerAttention(AttentionVariant):
         kernel: str = "softmax",
         chunk_size: int = 128,
         seed: int = 0,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.nb_features = check_positive_int(self.name, "nb_features", nb_features)
         self.redraw = check_choice(self.name, "redraw", redraw, REDRAWS)
         self.kernel = check_choice(self.name, "kernel", kernel, KERNELS)
         self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise VariantConfigError(f"performer: seed={seed!r} must be an integer")
-        self.seed = seed
+        self.seed = check_int(self.name, "seed", seed)
         self._generator = torch.Generator().manual_seed(seed)
         self.register_buffer("projection", None)
         if redraw == "fixed" and head_dim is not None:

@@ -40,7 +40,7 @@ class SDPAAttention(AttentionVariant):
 
     Args:
         backend: One of auto, math, flash, efficient, cudnn. Default ``auto``.
-        seq_len: Ignored.
+        kv_len: Ignored.
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
@@ -51,11 +51,11 @@ class SDPAAttention(AttentionVariant):
     def __init__(
         self,
         backend: str = "auto",
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.backend = check_choice(self.name, "backend", backend, BACKENDS)
 
     def _call(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:

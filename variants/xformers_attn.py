@@ -25,16 +25,39 @@ def xformers_import_error() -> str | None:
     """Why xformers.ops cannot be imported here, or None when it can."""
     try:
         import xformers.ops  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any failure means "unusable", with its reason
+    except Exception as exc:  # any failure means "unusable", with its reason
         return f"xformers is not importable ({type(exc).__name__}: {exc}); pip install xformers"
     return None
+
+
+def memory_efficient_attention(q: Tensor, k: Tensor, v: Tensor, bias, scale: float) -> Tensor:
+    """``xformers.ops.memory_efficient_attention`` on the suite's ``(B, H, N, D)`` layout.
+
+    Args:
+        q, k, v: ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, Dv)``.
+        bias: An ``xformers.ops.fmha.attn_bias`` mask, or None.
+        scale: Softmax scale.
+
+    Returns:
+        ``(B, H, Nq, Dv)``.
+    """
+    import xformers.ops as xops
+
+    out = xops.memory_efficient_attention(
+        q.transpose(1, 2),  # (B, Nq, H, D): xformers' layout
+        k.transpose(1, 2),  # (B, Nk, H, D)
+        v.transpose(1, 2),  # (B, Nk, H, Dv)
+        attn_bias=bias,
+        scale=scale,
+    )
+    return out.transpose(1, 2)  # (B, H, Nq, Dv)
 
 
 class XFormersAttention(AttentionVariant):
     """Exact attention through ``xformers.ops.memory_efficient_attention`` (CUDA only).
 
     Args:
-        seq_len: Ignored.
+        kv_len: Ignored.
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
     """
@@ -49,7 +72,6 @@ class XFormersAttention(AttentionVariant):
     )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        import xformers.ops as xops
         from xformers.ops import fmha
 
         bias = None
@@ -59,14 +81,7 @@ class XFormersAttention(AttentionVariant):
                 if q.shape[-2] == k.shape[-2]
                 else fmha.attn_bias.LowerTriangularFromBottomRightMask()
             )
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2),  # (B, Nq, H, D)
-            k.transpose(1, 2),  # (B, Nk, H, D)
-            v.transpose(1, 2),  # (B, Nk, H, Dv)
-            attn_bias=bias,
-            scale=self.softmax_scale(q.shape[-1]),
-        )
-        return out.transpose(1, 2)  # (B, H, Nq, Dv)
+        return memory_efficient_attention(q, k, v, bias, self.softmax_scale(q.shape[-1]))
 
     def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
         reasons = super().not_supported_reasons(q, k, v, causal)
@@ -87,7 +102,7 @@ class XFormersAttention(AttentionVariant):
                 scale=self.softmax_scale(q.shape[-1]),
             )
             fmha.dispatch._dispatch_fw(inp, False)
-        except Exception as exc:  # noqa: BLE001 - xformers raises NotImplementedError w/ reasons
+        except Exception as exc:  # xformers raises NotImplementedError with its reasons
             reasons.append(f"xformers: no operator for these inputs: {str(exc).strip()[:400]}")
         return reasons
 

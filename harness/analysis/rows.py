@@ -2,9 +2,17 @@
 
 One row per measurement point and pass (``fwd``, ``bwd``, ``fwd_bwd``). Each job writes its rows
 as JSON Lines to ``<job dir>/rows.jsonl`` atomically (temporary file, then ``os.replace``), so
-an interrupted sweep never leaves a half-written file. :func:`read_rows` gathers every
-``rows.jsonl`` below one or more folders into a pandas DataFrame, warning by name about any file
-it cannot parse and keeping the rest.
+an interrupted sweep never leaves a half-written file.
+
+Rows explain themselves: ``exact``, ``randomized``, ``knob`` and ``knob_value`` say what the
+variant is, and ``params`` is a mapping, so whoever reads rows needs no variant code. In
+``rows.jsonl`` ``params`` is a JSON object; in ``results.csv`` it is JSON text (see
+:func:`flat_frame`), which :func:`read_rows` turns back into a dict (:func:`parse_params`, the
+one place that parses it).
+
+Reading is tolerant: a corrupt line is named (file and line number) in a warning and skipped, and
+the file's valid rows are kept. The sweep's resume and the report read through the same
+:func:`load_row_file`.
 """
 
 from __future__ import annotations
@@ -14,17 +22,21 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: The columns of DESIGN.md, in order. Rows may carry extra columns after these (realmodel).
+#: The columns of every row, in order. Rows may carry extra columns after these (realmodel).
 COLUMNS: list[str] = [
     "run_id",
     "experiment",
     "point_id",
     "variant",
     "params",
+    "exact",
+    "randomized",
+    "knob",
+    "knob_value",
     "device",
     "device_name",
     "cpu_model",
@@ -70,7 +82,13 @@ COLUMNS: list[str] = [
 
 STATUSES = ("ok", "oom", "unsupported", "nan", "error", "skipped")
 PASSES = ("fwd", "bwd", "fwd_bwd")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 ROWS_FILE = "rows.jsonl"
+RESULTS_CSV = "results.csv"
+#: Columns that hold a mapping: JSON objects in rows.jsonl, JSON text in results.csv.
+MAPPING_COLUMNS: tuple[str, ...] = ("params", "inputs_params")
+#: A point measured twice (a resumed or repeated sweep) is the same row: the newest is kept.
+DEDUP_KEY: tuple[str, ...] = ("point_id", "pass", "host", "device")
 
 
 def _clean(value: Any) -> Any:
@@ -126,43 +144,136 @@ def iter_row_files(folders: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def load_row_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of one JSON Lines file; raises ``ValueError`` naming the file and line if corrupt."""
-    rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: a row must be a JSON object")
-            rows.append(row)
+def load_row_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The valid rows of one JSON Lines file.
+
+    A line that is not a JSON object (a write cut short, a hand edit) is named in a
+    ``UserWarning`` with the file and line number and skipped; the file's other rows are kept.
+    An unreadable file is warned about the same way and gives no rows.
+    """
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path) as fh:
+            lines = list(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        warnings.warn(f"{path}: cannot read rows ({exc}); skipped", stacklevel=2)
+        return rows
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problem = "" if isinstance(row, dict) else "a row must be a JSON object"
+        except json.JSONDecodeError as exc:
+            problem = f"not valid JSON ({exc.msg})"
+        if problem:
+            warnings.warn(f"{path}:{lineno}: {problem}; line skipped", stacklevel=2)
+            continue
+        rows.append(row)
     return rows
+
+
+def point_ids(folders: Iterable[str | os.PathLike], exclude: Path | None = None) -> set[str]:
+    """The ``point_id`` of every valid row below ``folders`` (what a resumed sweep skips).
+
+    Args:
+        folders: Sweep folders (searched recursively) or rows.jsonl files.
+        exclude: A job folder whose own rows.jsonl is left out (the job being run).
+    """
+    ids: set[str] = set()
+    for path in iter_row_files(folders):
+        if exclude is not None and path.parent == Path(exclude):
+            continue
+        ids.update(r["point_id"] for r in load_row_file(path) if r.get("point_id"))
+    return ids
+
+
+def parse_params(value: Any) -> dict[str, Any]:
+    """A ``params`` / ``inputs_params`` cell as a dict: a mapping as is, JSON text parsed.
+
+    Anything else (None, NaN, text that is not a JSON object) is the empty dict.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+        return dict(parsed) if isinstance(parsed, Mapping) else {}
+    return {}
+
+
+def deduplicate(df):
+    """``df`` without repeated points, oldest first: per :data:`DEDUP_KEY` the newest row.
+
+    Rows are ordered by ``time`` (stable, so rows of one time keep their order); rows without a
+    ``point_id`` are all kept, since nothing says they repeat each other.
+    """
+    if not len(df) or "point_id" not in df.columns:
+        return df.reset_index(drop=True)
+    if "time" in df.columns:
+        df = df.sort_values("time", kind="stable")
+    key = [c for c in DEDUP_KEY if c in df.columns]
+    repeated = df["point_id"].notna() & df.duplicated(subset=key, keep="last")
+    return df[~repeated].reset_index(drop=True)
+
+
+def flat_frame(df):
+    """A copy of ``df`` ready for CSV or Parquet: mappings and lists as JSON text."""
+
+    def flat(value: Any) -> Any:
+        if isinstance(value, (dict, list, tuple)):
+            return json.dumps(_clean(value), sort_keys=True)
+        return value
+
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].map(flat)
+    return out
+
+
+def _row_sources(folders: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(CSV files, rows.jsonl inputs): a folder without rows.jsonl is read from its results.csv."""
+    csvs: list[Path] = []
+    jsonl: list[Path] = []
+    for folder in folders:
+        p = Path(folder)
+        if p.is_file() and p.suffix == ".csv":
+            csvs.append(p)
+        elif p.is_dir() and not iter_row_files([p]) and (p / RESULTS_CSV).is_file():
+            csvs.append(p / RESULTS_CSV)
+        else:
+            jsonl.append(p)
+    return csvs, jsonl
 
 
 def read_rows(folders: Iterable[str | os.PathLike]):
     """All rows below ``folders`` as a pandas DataFrame with at least :data:`COLUMNS`.
 
-    A corrupt file is named in a ``UserWarning`` and skipped; the rest are read. Rows with the
-    same ``(point_id, pass, host, device)`` are de-duplicated, the newest kept.
+    Args:
+        folders: Sweep folders (every ``rows.jsonl`` below them), rows.jsonl files, results.csv
+            files, or folders holding only a results.csv.
+
+    Rows are read with :func:`load_row_file` (corrupt lines named and skipped), the mapping
+    columns parsed into dicts (:func:`parse_params`), and repeated points de-duplicated
+    (:func:`deduplicate`).
     """
     import pandas as pd
 
+    csvs, jsonl = _row_sources(folders)
     rows: list[dict[str, Any]] = []
-    for path in iter_row_files(folders):
-        try:
-            rows.extend(load_row_file(path))
-        except (ValueError, OSError) as exc:
-            warnings.warn(f"skipping corrupt rows file {path}: {exc}", stacklevel=2)
-    df = pd.DataFrame(rows)
+    for path in iter_row_files(jsonl):
+        rows.extend(load_row_file(path))
+    frames = [pd.DataFrame(rows)] + [pd.read_csv(p) for p in csvs]
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = None
-    if len(df):
-        key = [c for c in ("point_id", "pass", "host", "device") if c in df.columns]
-        df = df.sort_values("time", kind="stable").drop_duplicates(subset=key, keep="last")
+    for col in MAPPING_COLUMNS:
+        df[col] = df[col].map(parse_params).astype(object)
+    df = deduplicate(df)
     extra = [c for c in df.columns if c not in COLUMNS]
-    return df[COLUMNS + extra].reset_index(drop=True)
+    return df[COLUMNS + extra]

@@ -9,7 +9,7 @@ makes ``attnbench`` exit non-zero.
 
 from __future__ import annotations
 
-import logging
+import importlib.util
 import os
 import sys
 import warnings
@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("attnbench")
+from harness.analysis.rows import RESULTS_CSV, flat_frame, read_rows
 
 #: Summary of the last sweep in this process (read by ``harness.app.main.cli`` for its exit code).
 LAST_SWEEP: dict[str, Any] | None = None
@@ -42,34 +42,29 @@ def count_jobs(config: DictConfig) -> int | None:
         for n in by_key.values():
             total *= n
         return total
-    except Exception:  # noqa: BLE001 - a count is a nicety, never a failure
+    except Exception:  # a count is a nicety, never a failure
         return None
 
 
 def aggregate(sweep_dir: Path) -> Any:
-    """Write results.csv (and results.parquet) at the sweep root; returns the DataFrame."""
-    from harness.analysis.rows import read_rows
+    """Write results.csv (and results.parquet) at the sweep root; returns the DataFrame.
 
+    Both files hold mappings (``params``) as JSON text (:func:`harness.analysis.rows.flat_frame`).
+    Parquet needs one type per column: a column mixing types (``knob_value``: ints and strings)
+    is stored there as text.
+    """
     df = read_rows([sweep_dir])
     if not len(df):
         return df
+    flat = flat_frame(df)
     tmp = sweep_dir / ".results.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, sweep_dir / "results.csv")
-    try:
-        import pyarrow  # noqa: F401
-
+    flat.to_csv(tmp, index=False)
+    os.replace(tmp, sweep_dir / RESULTS_CSV)
+    if importlib.util.find_spec("pyarrow") is not None:  # the attnbench[parquet] extra
         tmp = sweep_dir / ".results.parquet.tmp"
-        df.astype(
-            {
-                c: "string"
-                for c in ("params", "inputs_params", "seeds", "reason")
-                if c in df.columns
-            }
-        ).to_parquet(tmp, index=False)
+        text = {c: "string" for c in flat.columns if len(set(map(type, flat[c].dropna()))) > 1}
+        flat.astype(text).to_parquet(tmp, index=False)
         os.replace(tmp, sweep_dir / "results.parquet")
-    except ImportError:
-        pass
     return df
 
 
@@ -95,7 +90,7 @@ class SweepCallback(Callback):
             LAST_SWEEP["failed_all"] = True
             return
         summary = ", ".join(f"{n} {s}" for s, n in counts.most_common())
-        print(f"attnbench: {len(df)} rows in {sweep_dir / 'results.csv'} ({summary})")
+        print(f"attnbench: {len(df)} rows in {sweep_dir / RESULTS_CSV} ({summary})")
         if counts.get("ok", 0) == 0:
             reasons = Counter(f"{r.status}: {r.reason}" for r in df.itertuples())
             print("attnbench: no point of this sweep ran; reasons:", file=sys.stderr)
@@ -108,5 +103,5 @@ class SweepCallback(Callback):
 
                 path = build_report([sweep_dir], sweep_dir)
                 print(f"attnbench: report in {path}")
-            except Exception as exc:  # noqa: BLE001 - the rows are safe; say why no report
+            except Exception as exc:  # the rows are safe; say why no report
                 warnings.warn(f"report failed: {type(exc).__name__}: {exc}", stacklevel=1)

@@ -6,8 +6,10 @@ a structured config node in Hydra's ConfigStore (group ``variant``, name ``<name
 a dataclass made from the constructor's signature: ``_target_`` (``module.Class``, for
 ``hydra.utils.instantiate``) plus every parameter with its default and type, so that the command
 line can override them with type checking (``variant.chunk_size=32``; ``variant.chunk_size=abc``
-and unknown keys are refused). ``seq_len``, ``head_dim`` and ``seed`` are left out: the harness
-passes them per point. A parameter whose type or default cannot live in a config (a
+and unknown keys are refused). :data:`HARNESS_PARAMS` (``kv_len``, ``head_dim``, ``seed``, and
+``seq_len``, the old name of ``kv_len`` that plugins written before the rename still take) are
+left out: the harness passes them per point (``kv_len=`` reaches such a plugin as ``seq_len``,
+:mod:`variants.base`). A parameter whose type or default cannot live in a config (a
 ``torch.dtype``, an object) is left out too and keeps its class default.
 
 :func:`describe_variants` reports every variant, built-in or plugin, with its status and the
@@ -29,8 +31,9 @@ from typing import Any
 
 import variants
 
-#: Constructor parameters the harness passes per measurement point (not part of a config).
-PER_POINT_PARAMS: frozenset[str] = frozenset({"self", "seq_len", "head_dim", "seed"})
+#: Constructor parameters the harness passes per measurement point (not part of a config);
+#: ``seq_len`` is ``kv_len``'s name in plugins written before the rename.
+HARNESS_PARAMS: frozenset[str] = frozenset({"kv_len", "head_dim", "seed", "seq_len"})
 
 _PRIMITIVES: tuple[type, ...] = (int, float, str, bool, bytes, pathlib.Path)
 
@@ -88,16 +91,14 @@ def config_dataclass(cls: type[variants.AttentionVariant]) -> type:
     """
     try:
         hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to untyped fields
+    except Exception:  # unresolvable annotations: fall back to untyped fields
         hints = {}
     fields: list[tuple[str, Any, Any]] = [
         ("_target_", str, dataclasses.field(default=f"{cls.__module__}.{cls.__qualname__}"))
     ]
-    for param in inspect.signature(cls.__init__).parameters.values():
-        if param.name in PER_POINT_PARAMS or param.kind in (
-            param.VAR_POSITIONAL,
-            param.VAR_KEYWORD,
-        ):
+    skipped_kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:  # after self
+        if param.name in HARNESS_PARAMS or param.kind in skipped_kinds:
             continue
         default = param.default
         if default is inspect.Parameter.empty:
@@ -197,7 +198,7 @@ def describe_variants() -> list[dict[str, Any]]:
         }
         try:
             row.update(_capabilities(variants.get_class(name)))
-        except Exception as exc:  # noqa: BLE001 - a listing reports, never raises
+        except Exception as exc:  # a listing reports, never raises
             row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         rows.append(row)
     errors = variants.plugin_errors()

@@ -1,8 +1,8 @@
 """Accuracy of a variant against exact float64 softmax attention on the same inputs.
 
-The reference is :mod:`harness.measure.reference` (plain float64 matmuls, independent of any variant),
-evaluated in blocks of query rows so that long sequences do not need the whole float64 ``n x n``
-matrix at once. Definitions:
+The reference is :mod:`harness.measure.reference` (plain float64 matmuls, independent of any
+variant), evaluated in blocks of query rows so that long sequences do not need the whole float64
+``n x n`` matrix at once. Definitions:
 
 * ``rel_err = ||O - O_ref||_F / ||O_ref||_F`` over the whole output, ``max_abs_err =
   max |O - O_ref|``, ``cosine`` = mean over (batch, head, query) of the cosine similarity of the
@@ -11,7 +11,8 @@ matrix at once. Definitions:
   the relative error of the concatenated gradient, for one seeded upstream gradient ``dO``.
   The reference gradients are the analytic softmax-attention backward on the float64 reference
   probabilities (``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = s dS K``,
-  ``dK = s dS^T Q``), checked against autograd on :func:`harness.measure.reference.reference_grads`.
+  ``dK = s dS^T Q``), checked against autograd on
+  :func:`harness.measure.reference.reference_grads`.
 * Effective attention matrix: every variant is linear in V, so feeding V = identity returns the
   ``Nq x Nk`` matrix ``A`` it applies. The identity is fed in column blocks of width ``D`` (so
   every variant sees a value head dimension it supports) for batch element 0 and all heads.

@@ -1,5 +1,8 @@
 """The environment a row was measured in, and the device's measured matmul rate.
 
+:func:`matmul_tflops` is the suite's one matmul-rate probe (the rows' ``matmul_tflops`` and
+``speedcheck``'s table both read it).
+
 Nothing optional is imported here: the xformers version is read from the installed package's
 metadata, so a broken or absent xformers never breaks a sweep.
 """
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 
 from harness.measure.timing import time_callable
+from variants.base import check_int
 
 _REPO_DIR = Path(__file__).resolve().parent
 
@@ -32,9 +36,7 @@ def resolve_device(device: str) -> str:
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count (``None`` leaves it); return the count in force."""
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"measure.threads={n!r} must be an integer >= 1 or null")
-        torch.set_num_threads(n)
+        torch.set_num_threads(check_int(None, "measure.threads", n, low=1, error=ValueError))
     return torch.get_num_threads()
 
 
@@ -58,25 +60,19 @@ def git_commit() -> str | None:
     ``None`` when the package is not in a git checkout (an installed wheel) or git is missing.
     """
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=_REPO_DIR,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=_REPO_DIR,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        head = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}+dirty" if dirty else head or None
+
+
+def _git(*args: str) -> str:
+    """Stripped stdout of ``git ARGS`` in this package's folder (raises if git fails)."""
+    proc = subprocess.run(
+        ["git", *args], cwd=_REPO_DIR, capture_output=True, text=True, timeout=10, check=True
+    )
+    return proc.stdout.strip()
 
 
 def _package_version(name: str) -> str | None:

@@ -27,8 +27,8 @@ Generators (``make_inputs(name, ...)``, parameters as keyword arguments):
     logit matrix) have rank ``rank`` and unit-variance entries; the logits have standard
     deviation about ``t``. ``v ~ N(0, 1)`` is full rank.
 ``minilm`` (``layer`` = 0, ``head`` = None, ``text`` = None)
-    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.realmodel.minilm``; needs the
-    ``attnbench[real]`` extra). Imported only when used.
+    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.realmodel.capture``;
+    needs the ``attnbench[real]`` extra). Imported only when used.
 
 In every generator ``v ~ N(0, 1)`` independently of q and k.
 """
@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from variants.base import check_int
 
 #: Names accepted by :func:`make_inputs`.
 INPUT_GENERATORS: list[str] = ["gaussian", "local", "lowrank", "minilm"]
@@ -55,10 +57,32 @@ GENERATOR_PARAMS: dict[str, dict[str, Any]] = {
 
 QKV = tuple[Tensor, Tensor, Tensor]
 
+#: Generators defined outside measure/, by name. ``minilm`` (captured q, k, v of the pretrained
+#: model) is registered by ``harness.realmodel.capture`` when it is imported: measure/ never
+#: imports the real-model code, so the dependency runs one way.
+_REGISTERED: dict[str, Callable[..., QKV]] = {}
 
-def _positive(name: str, field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"inputs {name}: {field}={value!r} must be a number > 0")
+
+def register_generator(name: str, generator: Callable[..., QKV]) -> None:
+    """Provide the generator ``name`` (one of :data:`INPUT_GENERATORS`) from another package.
+
+    Args:
+        name: The generator's name; its parameters are those of :data:`GENERATOR_PARAMS`.
+        generator: ``generator(batch, heads, q_len, kv_len, head_dim, dtype, device, seed,
+            **params) -> (q, k, v)``.
+    """
+    if name not in GENERATOR_PARAMS:
+        raise ValueError(f"inputs: {name!r} is not one of {', '.join(INPUT_GENERATORS)}")
+    _REGISTERED[name] = generator
+
+
+def _number(name: str, field: str, value: Any, zero_ok: bool = False) -> float:
+    """``value`` as a float; raises ValueError unless it is a number > 0 (>= 0 if zero_ok)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(
+            f"inputs {name}: {field}={value!r} must be a number {'>=' if zero_ok else '>'} 0"
+        )
     return float(value)
 
 
@@ -67,7 +91,7 @@ def _normal(gen: torch.Generator, *shape: int) -> Tensor:
 
 
 def _gaussian(gen: torch.Generator, b: int, h: int, nq: int, nk: int, d: int, temperature: float):
-    t = _positive("gaussian", "temperature", temperature)
+    t = _number("gaussian", "temperature", temperature)
     q = _normal(gen, b, h, nq, d) * math.sqrt(t)  # (B, H, Nq, D)
     k = _normal(gen, b, h, nk, d) * math.sqrt(t)  # (B, H, Nk, D)
     return q, k
@@ -84,10 +108,9 @@ def _local(
     temperature: float,
     noise: float,
 ):
-    bw = _positive("local", "bandwidth", bandwidth)
-    t = _positive("local", "temperature", temperature)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ValueError(f"inputs local: noise={noise!r} must be a number >= 0")
+    bw = _number("local", "bandwidth", bandwidth)
+    t = _number("local", "temperature", temperature)
+    noise = _number("local", "noise", noise, zero_ok=True)
     # Random Fourier features of a Gaussian kernel over positions, one draw per (batch, head).
     freqs = _normal(gen, b, h, 1, d) / bw  # (B, H, 1, D)
     phases = torch.rand(b, h, 1, d, generator=gen, dtype=torch.float64) * (2 * math.pi)
@@ -109,9 +132,8 @@ def _local(
 def _lowrank(
     gen: torch.Generator, b: int, h: int, nq: int, nk: int, d: int, rank: int, temperature: float
 ):
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d:
-        raise ValueError(f"inputs lowrank: rank={rank!r} must be an integer in [1, head_dim={d}]")
-    t = _positive("lowrank", "temperature", temperature)
+    check_int("inputs lowrank", "rank", rank, low=1, high=d, error=ValueError)  # high: head_dim
+    t = _number("lowrank", "temperature", temperature)
     basis = _normal(gen, b, h, rank, d) / math.sqrt(rank)  # (B, H, r, D), unit-variance products
     q = torch.matmul(_normal(gen, b, h, nq, rank), basis) * math.sqrt(t)  # (B, H, Nq, D)
     k = torch.matmul(_normal(gen, b, h, nk, rank), basis) * math.sqrt(t)  # (B, H, Nk, D)
@@ -180,16 +202,24 @@ def make_inputs(
     full = check_params(name, params)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if name == "minilm":
-        from harness.realmodel.minilm import (
-            minilm_qkv,  # optional: needs transformers and the weights
-        )
-
-        return minilm_qkv(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)
-    for field, value in (("batch", batch), ("heads", heads), ("q_len", q_len),
-                         ("kv_len", kv_len), ("head_dim", head_dim)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"inputs {name}: {field}={value!r} must be an integer >= 1")
+    if name not in _SYNTHETIC:
+        generator = _REGISTERED.get(name)
+        if generator is None:
+            raise ValueError(
+                f"inputs: {name!r} is provided by another package that registers it with "
+                "register_generator (minilm: import harness.realmodel.capture, which needs "
+                "attnbench[real]; the app does this for you)"
+            )
+        return generator(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)
+    shape = {
+        "batch": batch,
+        "heads": heads,
+        "q_len": q_len,
+        "kv_len": kv_len,
+        "head_dim": head_dim,
+    }
+    for field, value in shape.items():
+        check_int(f"inputs {name}", field, value, low=1, error=ValueError)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     q, k = _SYNTHETIC[name](gen, batch, heads, q_len, kv_len, head_dim, **full)
     v = _normal(gen, batch, heads, kv_len, head_dim)  # (B, H, Nk, D)

@@ -1,11 +1,14 @@
 """Measure one point: accuracy, time, memory and FLOPs of a variant, one row per pass.
 
-:func:`measure_point` follows ../shared/DESIGN.md step by step and delegates the work to
-:mod:`harness.measure.inputs`, :mod:`harness.measure.accuracy`, :mod:`harness.measure.timing`, :mod:`harness.measure.memory`
-and :mod:`harness.measure.env`. It never raises for a failing point: the failure becomes the rows'
-``status`` (``unsupported``, ``oom``, ``nan``, ``error``) with a ``reason``, memory is released,
-and the sweep goes on. Decisions recorded here:
+:func:`measure_point` delegates the work to :mod:`~harness.measure.inputs`,
+:mod:`~harness.measure.accuracy`, :mod:`~harness.measure.timing`, :mod:`~harness.measure.memory`
+and :mod:`~harness.measure.env`. It never raises for a failing point: the failure becomes the
+rows' ``status`` (``unsupported``, ``oom``, ``nan``, ``error``) with a ``reason``, memory is
+released, and the sweep goes on. Decisions recorded here:
 
+* Rows explain themselves: ``params`` is the built variant's ``config()`` (a dict), and
+  ``exact``, ``randomized``, ``knob``, ``knob_value`` come from its class
+  (:func:`harness.measure.factory.describe`).
 * FLOPs: ``fwd`` is the variant's analytic forward count, ``bwd`` 2.5x and ``fwd_bwd`` 3.5x it;
   ``tflops = flops / time``. ``analytic_mem_bytes`` is the variant's forward model on every row.
 * Accuracy describes the point, so its columns (``rel_err``... on the forward output,
@@ -20,7 +23,8 @@ and the sweep goes on. Decisions recorded here:
 * Progress: the seeds of the accuracy loop and the passes of the timing loop show a ``tqdm`` bar
   on stderr when it is a terminal (:func:`progress`); in logs and under launchers they print
   nothing (each point's one summary line comes from :mod:`harness.app.main`).
-* ``notes`` (an extra column after :data:`harness.analysis.rows.COLUMNS`) says how memory was measured.
+* ``notes`` (an extra column after :data:`harness.analysis.rows.COLUMNS`) says how memory was
+  measured.
 """
 
 from __future__ import annotations
@@ -34,13 +38,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness.analysis.rows import PASSES
+from harness.analysis.rows import DTYPES, PASSES
 from harness.measure import accuracy, env, memory, timing
+from harness.measure.factory import Factory, describe
 from harness.measure.inputs import check_params, make_inputs
-from variants.base import AttentionVariant
+from variants.base import AttentionVariant, check_choice
 
-Factory = Callable[[int], AttentionVariant]
-
+#: The point's shape fields, in the order of a variant's ``flops(batch, heads, q_len, ...)``.
+SHAPE = ("batch", "heads", "q_len", "kv_len", "head_dim")
+#: Point fields copied into every row as they are.
+POINT_COLUMNS = ("variant", "device", *SHAPE, "causal", "inputs", "seed")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
 DEFAULT_MEASURE: dict[str, Any] = {
     "accuracy": True,
@@ -88,10 +95,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
 def _dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
-    allowed = ("float16", "bfloat16", "float32", "float64")
-    if name not in allowed:
-        raise ValueError(f"dtype={name!r} is not one of {', '.join(allowed)}")
-    return getattr(torch, name)
+    return getattr(torch, check_choice(None, "dtype", name, DTYPES, error=ValueError))
 
 
 def estimate_bytes(variant: AttentionVariant, point: dict[str, Any], m: dict[str, Any]) -> int:
@@ -99,10 +103,10 @@ def estimate_bytes(variant: AttentionVariant, point: dict[str, Any], m: dict[str
 
     ``inputs x 3`` (q, k, v; their grad leaves; their gradients), ``analytic x 3`` when a
     backward pass runs (saved forward intermediates and their gradients), and with accuracy on:
-    float64 copies of the inputs, four float64 reference blocks (:mod:`harness.measure.accuracy`), and
-    the float64 effective attention matrix of one batch element (x 3) where it is computed.
+    float64 copies of the inputs, four float64 reference blocks (:mod:`harness.measure.accuracy`),
+    and the float64 effective attention matrix of one batch element (x 3) where it is computed.
     """
-    b, h, nq, nk, d = (point[f] for f in ("batch", "heads", "q_len", "kv_len", "head_dim"))
+    b, h, nq, nk, d = (point[f] for f in SHAPE)
     size = _dtype(point["dtype"]).itemsize
     analytic = variant.analytic_mem_bytes(b, h, nq, nk, d, point["causal"], element_size=size)
     inputs = b * h * (nq + 2 * nk) * d * size
@@ -116,35 +120,29 @@ def estimate_bytes(variant: AttentionVariant, point: dict[str, Any], m: dict[str
 
 
 def _base_row(point: dict[str, Any], pass_name: str) -> dict[str, Any]:
+    """The row of one pass before anything is measured: the point's fields as the caller gave
+    them (the variant's class facts included, when the point carries them)."""
     try:
         inputs_params = check_params(point["inputs"], dict(point.get("inputs_params") or {}))
     except ValueError:
         inputs_params = dict(point.get("inputs_params") or {})
-    row = {
-        f: point.get(f)
-        for f in (
-            "variant",
-            "device",
-            "dtype",
-            "batch",
-            "heads",
-            "q_len",
-            "kv_len",
-            "head_dim",
-            "causal",
-            "inputs",
-            "seed",
-        )
-    }
+    row = {f: point.get(f) for f in POINT_COLUMNS}
+    row.update({f: point.get(f) for f in ("exact", "randomized", "knob", "knob_value")})
     row.update(
-        params=json.dumps(point.get("params") or {}, sort_keys=True, default=str),
-        inputs_params=json.dumps(inputs_params, sort_keys=True, default=str),
+        params=dict(point.get("params") or {}),
+        inputs_params=inputs_params,
         dtype=str(point.get("dtype")).replace("torch.", ""),
         status=None,
         reason=None,
     )
     row["pass"] = pass_name
     return row
+
+
+def _variant_columns(variant: AttentionVariant) -> dict[str, Any]:
+    """``params`` (the built variant's config) and the columns its class decides."""
+    params = variant.config()
+    return {"params": params, **describe(type(variant), params)}
 
 
 def _finite(value: Any) -> bool:
@@ -201,13 +199,13 @@ def _measure_pass(name: str, fn: Callable[[], Any], row: dict, point: dict, m: d
 
 def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict) -> None:
     device, causal, dtype = point["device"], point["causal"], _dtype(point["dtype"])
-    shape = tuple(point[f] for f in ("batch", "heads", "q_len", "kv_len", "head_dim"))
+    shape = tuple(point[f] for f in SHAPE)
     variant = factory(point["seed"]).to(device)
     fwd_flops = variant.flops(*shape, causal)
     analytic = variant.analytic_mem_bytes(*shape, causal, element_size=dtype.itemsize)
     for name, row in rows.items():
         row.update(
-            params=json.dumps(variant.config(), sort_keys=True, default=str),
+            _variant_columns(variant),
             analytic_mem_bytes=analytic,
             flops=int(fwd_flops * FLOP_FACTOR[name]),
             matmul_tflops=env.matmul_tflops(device, dtype) if m["timing"] else None,
@@ -243,10 +241,7 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
     if not _finite(first.pop("out")):
         raise NonFinite("fwd: output contains NaN/Inf")
     # re-read the parameters: some are resolved by setup() (longformer's backend for `auto`)
-    common: dict[str, Any] = {
-        "setup_ms": setup_ms,
-        "params": json.dumps(variant.config(), sort_keys=True, default=str),
-    }
+    common: dict[str, Any] = {"setup_ms": setup_ms, **_variant_columns(variant)}
     if m["accuracy"]:
         common.update(_accuracy(variant, factory, point, m, q, k, v))
     pending = {name: row for name, row in rows.items() if row["status"] is None}
@@ -258,7 +253,7 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
         try:
             fn = timing.pass_callable(name, variant, q, k, v, causal, grad_out)
             _measure_pass(name, fn, row, point, m)
-        except Exception as exc:  # noqa: BLE001 - one failing pass must not stop the others
+        except Exception as exc:  # one failing pass must not stop the others
             row["status"], row["reason"] = classify(exc)
             traceback.clear_frames(exc.__traceback__)
         finally:
@@ -267,11 +262,13 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
 
 
 def measure_point(point: dict[str, Any], factory: Factory) -> list[dict[str, Any]]:
-    """Measure one point (see docs/notes/CONTRACTS.md) and return one row per pass.
+    """Measure one point and return one row per pass.
 
     Args:
         point: The resolved measurement point (variant, params, shape, dtype, device, causal,
-            inputs, inputs_params, seed, seeds, passes, measure).
+            inputs, inputs_params, seed, seeds, passes, measure; optionally exact, randomized,
+            knob, knob_value, which the built variant's class overrides) as a mapping, e.g.
+            :meth:`harness.app.point.Point.as_dict`.
         factory: ``factory(seed) -> AttentionVariant`` building the variant for this point.
 
     Returns:
@@ -288,7 +285,7 @@ def measure_point(point: dict[str, Any], factory: Factory) -> list[dict[str, Any
         if any(name not in FLOP_FACTOR for name in passes):
             raise ValueError(f"passes={passes!r}: each must be one of {', '.join(PASSES)}")
         _run(point, factory, m, rows)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+    except Exception as exc:  # every failure becomes a row
         status, reason = classify(exc)
         traceback.clear_frames(exc.__traceback__)
         fallback = env.environment("cpu") | {"device_name": None}

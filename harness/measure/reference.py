@@ -37,9 +37,15 @@ def reference_probs(
         mask: Optional boolean ``(Nq, Nk)`` (or broadcastable) mask, True where allowed; combined
             with the causal mask. Used for masked references (sliding windows, padding).
     """
-    q64, k64 = q.detach().double(), k.detach().double()
+    return _softmax_probs(q.detach().double(), k.detach().double(), causal, scale, mask)
+
+
+def _softmax_probs(
+    q: Tensor, k: Tensor, causal: bool, scale: float | None, mask: Tensor | None = None
+) -> Tensor:
+    """``softmax(q k^T * scale)``, masked, in the dtype of q (differentiable)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = torch.matmul(q64, k64.transpose(-2, -1)) * scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
     allowed = None
     if causal:
         allowed = reference_mask(q.shape[-2], k.shape[-2], device=q.device)
@@ -66,12 +72,7 @@ def reference_attention_autograd(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None
 ) -> Tensor:
     """Like :func:`reference_attention` but differentiable (inputs must be float64 leaves)."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    if causal:
-        allowed = reference_mask(q.shape[-2], k.shape[-2], device=q.device)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+    return torch.matmul(_softmax_probs(q, k, causal, scale), v)
 
 
 def reference_grads(

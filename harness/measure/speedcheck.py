@@ -1,19 +1,21 @@
-"""Speed and memory check of the efficient variants against exact ``sdpa`` (issue 3 targets).
+"""Speed and memory check of the efficient variants against exact ``sdpa``, with targets.
 
-``python -m harness.measure.speedcheck [--seq-len 8192 --heads 8 --head-dim 64 --batch 1 --out FILE.md]``
-times, in one process and one run, the fp32 forward (``torch.no_grad``) of ``sdpa`` (exact) and
-every efficient variant with ``torch.utils.benchmark.Timer.blocked_autorange`` (median and IQR
-over blocks, at least ``--min-repeats`` blocks), and prints a markdown table: time, ratio
-against ``sdpa``, achieved GFLOP/s from each variant's analytic ``flops`` and the machine's
-measured fp32 matmul rate (a 4096^3 matmul timed the same way), with PASS/FAIL for the targets
-(longformer >= 4x, performer >= 4x, linformer >= 10x faster than sdpa). A variant that does not
-import (e.g. not written yet) is listed with the error instead of a time.
+``python -m harness.measure.speedcheck [--seq-len 8192 --heads 8 --head-dim 64 --batch 1
+--out FILE.md]`` times, in one process and one run, the fp32 forward (``torch.no_grad``) of
+``sdpa`` (exact) and every efficient variant with :func:`harness.measure.timing.time_callable`
+(median and IQR over ``torch.utils.benchmark`` blocks, at least ``--min-repeats`` blocks), and
+prints a markdown table: time, ratio against ``sdpa``, achieved GFLOP/s from each variant's
+analytic ``flops`` and the machine's measured fp32 matmul rate
+(:func:`harness.measure.env.matmul_tflops`), with PASS/FAIL for the targets (longformer >= 4x,
+performer >= 4x, linformer >= 10x faster than sdpa). A variant that cannot be built is listed
+with the error instead of a time. Self-attention: q_len = kv_len = ``--seq-len``.
 
 ``--memory`` measures the peak memory of the forward of chunked longformer, linformer and
-performer at seq_len 1024..16384 and fits the log-log slope (target <= 1.15). Each point runs in
-a fresh subprocess (glibc told to serve large blocks by mmap, so freed memory leaves the RSS):
-after the variant, the inputs and a small warm-up call exist, ``/proc/self/clear_refs`` ("5")
-resets the high-water mark, and the peak is ``VmHWM`` after the forward minus ``VmRSS`` before.
+performer at lengths 1024..16384 and fits the log-log slope (target <= 1.15). Each point runs in
+a fresh subprocess (glibc told to serve large blocks by mmap, so freed memory leaves the RSS)
+with :func:`harness.measure.memory.peak_memory`'s ``rss`` method: after the variant, the inputs
+and a small warm-up call exist, the high-water mark is reset, and the peak is ``VmHWM`` after the
+forward minus ``VmRSS`` before.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.benchmark import Timer
 
 import variants
+from harness.measure import env, memory, timing
+from harness.measure.factory import make_factory
+from variants.base import AttentionVariant
 
 #: (registry name, params, target speed-up over sdpa or None)
 SPEED_POINTS: list[tuple[str, dict[str, Any], float | None]] = [
@@ -52,24 +55,21 @@ MEMORY_LENGTHS = (1024, 2048, 4096, 8192, 16384)
 SLOPE_TARGET = 1.15
 
 
-def time_call(fn, min_run_time: float, min_repeats: int) -> tuple[float, float, int]:
-    """Median and IQR (seconds per call) and the number of blocks timed."""
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    times = list(measurement.times)
-    while len(times) < min_repeats:  # slow calls: time more blocks of the same size
-        times.extend(timer.timeit(measurement.number_per_run).times)
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
-    return statistics.median(times), q3 - q1, len(times)
+def build(name: str, params: dict[str, Any], kv_len: int, head_dim: int) -> AttentionVariant:
+    """The registered variant ``name`` with ``params``, built for ``kv_len`` and ``head_dim``."""
+    return make_factory(variants.get_class(name), params, kv_len, head_dim)(0)
 
 
-def matmul_gflops(min_run_time: float, min_repeats: int, size: int = 4096) -> float:
-    """Measured fp32 matmul rate of this machine in GFLOP/s."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen)
-    b = torch.randn(size, size, generator=gen)
-    median, _, _ = time_call(lambda: a @ b, min_run_time, min_repeats)
-    return 2 * size**3 / median / 1e9
+def _time_forward(module: AttentionVariant, q, k, v, args: argparse.Namespace) -> dict[str, Any]:
+    """``time_ms``, ``time_iqr_ms``, ``repeats`` of the no-grad forward, or ``note`` (why not)."""
+    reasons = module.not_supported_reasons(q, k, v, False)
+    if reasons:
+        return {"note": "; ".join(reasons)}
+    with torch.no_grad():
+        module(q, k, v)  # first call: lazy setup, allocator warm-up
+        return timing.time_callable(
+            lambda: module(q, k, v), "cpu", args.min_run_time, args.min_repeats
+        )
 
 
 def speed_table(args: argparse.Namespace) -> str:
@@ -79,43 +79,25 @@ def speed_table(args: argparse.Namespace) -> str:
     q, k, v = (torch.randn(b, h, n, d, generator=gen) for _ in range(3))
     rows = []
     sdpa_ms = None
-    for name, params, target in [("sdpa", {}, None)] + SPEED_POINTS:
+    for name, params, target in [("sdpa", {}, None), *SPEED_POINTS]:
+        label = json.dumps(params) if params else "-"
         try:
-            module = variants.create(name, seq_len=n, head_dim=d, **params)
-            label = json.dumps(params) if params else "-"
+            module = build(name, params, n, d)
             if hasattr(module, "resolved_backend"):
                 label += f" (ran {module.resolved_backend(q, k, v)})"
-            reasons = module.not_supported_reasons(q, k, v, False)
-            if reasons:
-                rows.append((name, label, None, None, None, None, target, "; ".join(reasons)))
-                continue
-            with torch.no_grad():
-                fn = lambda m=module: m(q, k, v)  # noqa: E731
-                fn()  # first call: lazy setup, allocator warm-up
-                median, iqr, repeats = time_call(fn, args.min_run_time, args.min_repeats)
-        except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
-            rows.append(
-                (
-                    name,
-                    json.dumps(params),
-                    None,
-                    None,
-                    None,
-                    None,
-                    target,
-                    f"{type(exc).__name__}: {exc}",
-                )
-            )
-            continue
-        if name == "sdpa":
-            sdpa_ms = median * 1e3
-        gflops = module.flops(b, h, n, n, d, False) / median / 1e9
-        rows.append((name, label, median * 1e3, iqr * 1e3, repeats, gflops, target, ""))
-        print(f"  {name}: {median * 1e3:.1f} ms", file=sys.stderr)
-    matmul = matmul_gflops(args.min_run_time, args.min_repeats)
+            result = _time_forward(module, q, k, v, args)
+        except Exception as exc:  # reported in the table, the run goes on
+            result = {"note": f"{type(exc).__name__}: {exc}"}
+        row = {"name": name, "label": label, "target": target, **result}
+        if "time_ms" in row:
+            row["gflops"] = module.flops(b, h, n, n, d, False) / (row["time_ms"] * 1e-3) / 1e9
+            sdpa_ms = row["time_ms"] if name == "sdpa" else sdpa_ms
+            print(f"  {name}: {row['time_ms']:.1f} ms", file=sys.stderr)
+        rows.append(row)
+    matmul = env.matmul_tflops("cpu", torch.float32) * 1e3  # GFLOP/s
 
     lines = [
-        f"fp32 forward, batch {b}, heads {h}, seq_len {n}, head_dim {d}; torch "
+        f"fp32 forward, batch {b}, heads {h}, q_len = kv_len {n}, head_dim {d}; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or ''}"
         f" {os.cpu_count()} CPUs; measured fp32 matmul rate {matmul:.1f} GFLOP/s.",
         "",
@@ -123,48 +105,38 @@ def speed_table(args: argparse.Namespace) -> str:
         "| GFLOP/s | % of matmul | target | result |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for name, label, ms, iqr, repeats, gflops, target, note in rows:
+    for row in rows:
+        target = row["target"]
         tgt = f">= {target:g}x" if target else ""
-        if ms is None:
-            lines.append(f"| {name} | {label} | - | - | - | - | - | - | {tgt} | {note} |")
+        if "time_ms" not in row:
+            lines.append(f"| {row['name']} | {row['label']} | - | - | - | - | - | - | {tgt} "
+                         f"| {row['note']} |")  # fmt: skip
             continue
-        ratio = sdpa_ms / ms if sdpa_ms else float("nan")
+        ratio = sdpa_ms / row["time_ms"] if sdpa_ms else float("nan")
         verdict = ("PASS" if ratio >= target else "FAIL") if target else ""
         lines.append(
-            f"| {name} | {label} | {ms:.1f} | {iqr:.1f} | {repeats} | {ratio:.2f}x | "
-            f"{gflops:.1f} | {100 * gflops / matmul:.0f}% | {tgt} | {verdict} |"
+            f"| {row['name']} | {row['label']} | {row['time_ms']:.1f} | {row['time_iqr_ms']:.1f} "
+            f"| {row['repeats']} | {ratio:.2f}x | {row['gflops']:.1f} "
+            f"| {100 * row['gflops'] / matmul:.0f}% | {tgt} | {verdict} |"
         )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- memory mode
-def _proc_status(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(name: str, params: dict[str, Any], n: int, heads: int, head_dim: int) -> int:
     """Peak bytes above the baseline of one forward (run in a fresh process)."""
-    module = variants.create(name, seq_len=n, head_dim=head_dim, **params)
+    module = build(name, params, n, head_dim)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen) for _ in range(3))
     with torch.no_grad():
         module(q[..., :256, :], k[..., :256, :], v[..., :256, :])  # load kernels, thread pools
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset VmHWM to the current RSS
-        baseline = _proc_status("VmRSS")
-        out = module(q, k, v)
-        peak = _proc_status("VmHWM")
-    del out
-    return peak - baseline
+        peak = memory.peak_memory(lambda: module(q, k, v), "cpu", method="rss")
+    return peak["peak_mem_bytes"]
 
 
 def memory_report(args: argparse.Namespace) -> str:
     """Peak memory per variant and length in fresh subprocesses; log-log slopes."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    child_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     lines = [
         f"peak memory of the fp32 forward above baseline (batch 1, heads {args.heads}, "
         f"head_dim {args.head_dim}; VmHWM after clear_refs, fresh process per point)",
@@ -189,7 +161,7 @@ def memory_report(args: argparse.Namespace) -> str:
                 "--head-dim",
                 str(args.head_dim),
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env)
             if proc.returncode != 0:
                 peaks.append(None)
                 print(f"  {name} n={n}: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)

@@ -6,7 +6,9 @@ CUDA time is never a host clock read mid-kernel. ``blocked_autorange`` first gro
 (that loop is the warm-up, never counted), then repeats blocks until ``min_run_time`` seconds
 have been measured; when that gives fewer than ``min_repeats`` blocks (slow calls), more blocks
 of the same size are timed. ``time_ms`` is the median time per call over the blocks,
-``time_iqr_ms`` their interquartile range and ``repeats`` the number of blocks.
+``time_iqr_ms`` their interquartile range and ``repeats`` the number of blocks
+(:func:`summarize`). This module is the suite's one timer: the harness, ``speedcheck`` and the
+real-model experiment all time through it.
 
 The passes (see :func:`pass_callable`):
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,10 +65,19 @@ def time_callable(
     times = list(measurement.times)  # seconds per call, one entry per block
     while len(times) < min_repeats:
         times.extend(timer.timeit(number).times)
+    return summarize([t * 1e3 for t in times])
+
+
+def summarize(times_ms: Sequence[float]) -> dict[str, float | int]:
+    """``time_ms`` (median), ``time_iqr_ms`` (interquartile range) and ``repeats`` of timings.
+
+    The one place a row's timing statistics are computed, whoever took the times.
+    """
+    times = list(times_ms)
     quartiles = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else None
     return {
-        "time_ms": statistics.median(times) * 1e3,
-        "time_iqr_ms": (quartiles[2] - quartiles[0]) * 1e3 if quartiles else 0.0,
+        "time_ms": statistics.median(times),
+        "time_iqr_ms": quartiles[2] - quartiles[0] if quartiles else 0.0,
         "repeats": len(times),
     }
 

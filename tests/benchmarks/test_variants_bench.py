@@ -1,4 +1,4 @@
-"""pytest-benchmark of every registered variant: forward and forward+backward over seq_len.
+"""pytest-benchmark of every registered variant: forward and forward+backward over lengths.
 
 Skipped by the default test run (``--benchmark-skip`` in pyproject's addopts); run with::
 
@@ -12,8 +12,8 @@ head_dim 64 on fresh random inputs. ``fwd`` is the inference forward (under ``no
 round. On CUDA the timed function synchronises before it returns, so the host clock measures the
 kernels and not their launch. ``extra_info`` holds the variant, shape, pass, analytic FLOPs
 (backward counted as 2.5x forward) and the achieved GFLOP/s from the measured mean; results are
-grouped by seq_len. Variants that cannot run these inputs (device, dtype, missing package, bad
-default for the length) are skipped with their reasons.
+grouped by length (self-attention: q_len = kv_len). Variants that cannot run these inputs
+(device, dtype, missing package, bad default for the length) are skipped with their reasons.
 """
 
 from __future__ import annotations
@@ -26,20 +26,19 @@ import torch
 
 import variants
 from harness.conformance import build
+from harness.measure.point import FLOP_FACTOR
 
 BATCH, HEADS, HEAD_DIM = 1, 8, 64
 PASSES = ("fwd", "fwd_bwd")
-#: Backward FLOPs as a multiple of forward FLOPs (DESIGN.md).
-BACKWARD_FACTOR = 2.5
 #: Points whose analytic forward memory exceeds this are skipped instead of risking an OOM.
 MEMORY_LIMIT_BYTES = 8 * 2**30
 
 
-def _rounds(seq_len: int) -> tuple[int, int]:
+def _rounds(length: int) -> tuple[int, int]:
     """(rounds, warmup_rounds): fewer rounds for longer sequences keep the suite short."""
-    if seq_len <= 512:
+    if length <= 512:
         return 20, 3
-    if seq_len <= 2048:
+    if length <= 2048:
         return 8, 2
     return 3, 1
 
@@ -60,9 +59,9 @@ def test_variant(
 ) -> None:
     n = bench_seq_len
     try:
-        module = build(name, seq_len=n, head_dim=HEAD_DIM).to(bench_device)
-    except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is skipped, named
-        pytest.skip(f"{name}: cannot be built for seq_len={n}: {type(exc).__name__}: {exc}")
+        module = build(name, kv_len=n, head_dim=HEAD_DIM).to(bench_device)
+    except Exception as exc:  # a variant that cannot be built is skipped, named
+        pytest.skip(f"{name}: cannot be built for kv_len={n}: {type(exc).__name__}: {exc}")
     gen = torch.Generator().manual_seed(n)
     q, k, v = (
         torch.randn(BATCH, HEADS, n, HEAD_DIM, generator=gen).to(bench_device, bench_dtype)
@@ -101,10 +100,10 @@ def test_variant(
             sync()
 
     fwd_flops = module.flops(BATCH, HEADS, n, n, HEAD_DIM, False)
-    flops = int(fwd_flops * (1 + BACKWARD_FACTOR)) if pass_name == "fwd_bwd" else fwd_flops
+    flops = int(fwd_flops * FLOP_FACTOR[pass_name])
     benchmark.group = f"seq_len={n}"
     benchmark.extra_info.update(
-        variant=name, seq_len=n, batch=BATCH, heads=HEADS, head_dim=HEAD_DIM,
+        variant=name, q_len=n, kv_len=n, batch=BATCH, heads=HEADS, head_dim=HEAD_DIM,
         dtype=str(bench_dtype).replace("torch.", ""), device=bench_device, causal=False,
         **{"pass": pass_name}, flops=flops,
     )  # fmt: skip

@@ -62,7 +62,7 @@ class CosFormerAttention(AttentionVariant):
             inputs. Inputs longer than ``max_len`` are reported unsupported. Default ``None``.
         eps: Floor of the normaliser ``sum_j s(i, j)`` (a query with all-negative entries has
             zero ReLU features and gets a zero output). Default ``1e-6``.
-        seq_len: Ignored (accepted for a uniform constructor).
+        kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Ignored.
         scale: Accepted for a uniform constructor; has no effect (see the module docstring).
     """
@@ -79,11 +79,11 @@ class CosFormerAttention(AttentionVariant):
         chunk_size: int = 64,
         max_len: int | None = None,
         eps: float = 1e-6,
-        seq_len: int | None = None,
+        kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
     ) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
         self.max_len = (
             None if max_len is None else check_positive_int(self.name, "max_len", max_len)
