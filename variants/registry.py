@@ -6,6 +6,7 @@ the package (``variants.mha``) can build variants by name without importing the 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from importlib import metadata
 from typing import Any
@@ -89,10 +90,9 @@ def plugin_errors() -> dict[str, str]:
     """Plugins that could not be used, with the reason."""
     _plugins()
     for name in list(_plugins()):
-        try:
+        # a failure is recorded in plugin_errors by get_class
+        with contextlib.suppress(Exception):
             get_class(name)
-        except Exception:  # recorded in plugin_errors by get_class
-            pass
     return dict(_plugin_errors)
 
 

@@ -9,6 +9,7 @@ metadata, so a broken or absent xformers never breaks a sweep.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import platform
@@ -43,13 +44,10 @@ def set_threads(n: int | None) -> int:
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (or ``platform``'s best guess)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
 
 

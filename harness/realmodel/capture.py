@@ -11,6 +11,7 @@ imported).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -67,10 +68,8 @@ def capture_qkv(batch: dict[str, Tensor], layer: int) -> tuple[Tensor, Tensor, T
         getattr(attn, name).register_forward_hook(hook(name)) for name in ("query", "key", "value")
     ]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.suppress(_StopForward):  # stops after the last hook
             model(**batch)
-    except _StopForward:
-        pass
     finally:
         for handle in handles:
             handle.remove()
