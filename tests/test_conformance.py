@@ -1,6 +1,7 @@
 """The conformance kit over every registered variant (built-ins and installed plugins), and the
 constructor interface they share: the abstract methods, ``kv_len`` and its old name ``seq_len``."""
 
+import functools
 import warnings
 
 import pytest
@@ -9,12 +10,36 @@ import torch
 import variants
 from harness.conformance import CHECKS
 from variants.base import AttentionVariant, VariantConfigError
+from variants.linformer import LinformerAttention
+from variants.longformer import LongformerAttention
+from variants.performer import PerformerAttention
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
 @pytest.mark.parametrize("name", variants.available())
 def test_conformance(name: str, check: str) -> None:
     CHECKS[check](name)
+
+
+#: Options the registry's defaults do not reach, each run through the whole kit.
+OPTIONS = {
+    "linformer_mean_pool": functools.partial(LinformerAttention, k=16, init="mean_pool"),
+    "linformer_learned": functools.partial(LinformerAttention, k=16, init="learned"),
+    "performer_eps": functools.partial(PerformerAttention, nb_features=32, eps=1e-4),
+    "performer_learnable_projection": functools.partial(
+        PerformerAttention, nb_features=32, learnable_projection=True
+    ),
+    "longformer_dense_mask": functools.partial(
+        LongformerAttention, window=8, backend="dense_mask"
+    ),
+    "longformer_chunked": functools.partial(LongformerAttention, window=8, backend="chunked"),
+}
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_conformance_of_options(option: str, check: str) -> None:
+    CHECKS[check](OPTIONS[option])
 
 
 @pytest.mark.parametrize("name", variants.builtin_names())

@@ -67,6 +67,51 @@ def test_learned_projections_are_trainable():
     assert module.proj_k.grad is not None and torch.isfinite(module.proj_k.grad).all()
 
 
+def effective_matrix(module, q, k):
+    """The ``(B, H, Nq, Nk)`` matrix the module applies to V (it is linear in V: feed V = I)."""
+    b, h, nk = k.shape[0], k.shape[1], k.shape[-2]
+    eye = torch.eye(nk, dtype=k.dtype).expand(b, h, nk, nk)
+    return module(q, k, eye)
+
+
+@pytest.mark.parametrize("share_kv", [False, True])
+@pytest.mark.parametrize("nk, built", [(64, 64), (50, 64), (37, 37)])
+def test_mean_pool_rows_are_distributions(nk, built, share_kv):
+    q, k, v = make_qkv((2, 2, 29, nk, 8), seed=6, dtype=torch.float64)
+    module = variants.create("linformer", kv_len=built, k=12, init="mean_pool", share_kv=share_kv)
+    assert not list(module.parameters()), "mean_pool is training-free (fixed buffers)"
+    attn = effective_matrix(module, q, k)  # (B, H, Nq, Nk)
+    assert (attn >= 0).all()
+    assert (attn.sum(-1) - 1).abs().max().item() < 1e-12
+    # each projected key is the mean of a contiguous segment (boundaries floor(i n / k))
+    bounds = [i * nk // 12 for i in range(13)]
+    means = torch.stack([k[..., a:b, :].mean(-2) for a, b in zip(bounds, bounds[1:])], -2)
+    scores = q @ means.transpose(-2, -1) / 8**0.5
+    vmeans = torch.stack([v[..., a:b, :].mean(-2) for a, b in zip(bounds, bounds[1:])], -2)
+    assert rel_err(module(q, k, v), torch.softmax(scores, -1) @ vmeans) < 1e-12
+
+
+def test_random_projection_rows_are_not_distributions():
+    # why mean_pool is the fair untrained Linformer: Gaussian E, F give rows summing anywhere
+    q, k, _ = make_qkv((1, 2, 32, 64, 8), seed=7, dtype=torch.float64)
+    attn = effective_matrix(variants.create("linformer", kv_len=64, k=8), q, k)
+    assert (attn.sum(-1) - 1).abs().mean().item() > 0.1
+    assert (attn < 0).any()
+
+
+@pytest.mark.parametrize("q_len", [48, 21])
+def test_mean_pool_at_full_k_is_exact(q_len):
+    q, k, v = make_qkv((2, 3, q_len, 48, 16), seed=8, dtype=torch.float64)
+    module = variants.create("linformer", kv_len=48, k=48, init="mean_pool")
+    assert rel_err(module(q, k, v), reference_attention(q, k, v)) < 1e-12
+
+
+def test_mean_pool_shorter_than_k_uses_one_key_per_segment():
+    q, k, v = make_qkv((1, 2, 10, 10, 8), seed=9, dtype=torch.float64)
+    module = variants.create("linformer", kv_len=64, k=32, init="mean_pool")
+    assert rel_err(module(q, k, v), reference_attention(q, k, v)) < 1e-12
+
+
 def test_default_k_fits_kv_len():
     assert variants.create("linformer", kv_len=4096).k == 256
     assert variants.create("linformer", kv_len=100).k == 100

@@ -70,6 +70,9 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
     #: Name of the parameter that trades accuracy for cost (window, k, nb_features, ...).
     knob: ClassVar[str | None] = None
+    #: True when the variant runs fused (FlashAttention-style) kernels whose backward recomputes
+    #: the scores: :meth:`backward_flops` is then 2.5x the forward instead of 2x.
+    recomputes_scores: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,6 +90,10 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         self.kv_len = kv_len
         self.head_dim = head_dim
         self.scale = None if scale is None else float(scale)
+        #: Whether the variant's parameters were fitted (set True by a fitting step such as
+        #: attention transfer); False for a freshly built variant, meaningful only for variants
+        #: with trainable parameters (rows record it as ``trained``).
+        self.trained = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give every subclass constructor both names of the length (see :func:`_kv_len_alias`)."""
@@ -112,7 +119,22 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        """Analytic forward FLOPs (a multiply-add counts 2). Backward is 2.5x this."""
+        """Analytic forward FLOPs (a multiply-add counts 2) of the work this kernel does."""
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        """Analytic backward FLOPs: by default twice :meth:`flops`.
+
+        The gradient of a matmul ``C = A @ B`` is two matmuls of the same size
+        (``dA = dC @ B^T``, ``dB = A^T @ dC``), so a variant built from matmuls that keeps its
+        intermediates costs 2x its forward. A fused kernel that recomputes the scores
+        (``recomputes_scores``) costs 2.5x (:func:`recomputing_backward_flops`). Variants
+        whose backward does other work override it (e.g. a matmul with a fixed operand needs
+        one gradient matmul, not two).
+        """
+        forward = self.flops(batch, heads, q_len, kv_len, head_dim, causal)
+        return recomputing_backward_flops(forward) if self.recomputes_scores else 2 * forward
 
     def analytic_mem_bytes(
         self,
@@ -232,6 +254,42 @@ def _kv_len_alias(init: Callable[..., None]) -> Callable[..., None]:
 
 
 AttentionVariant.__init__ = _kv_len_alias(AttentionVariant.__init__)
+
+
+# ------------------------------------------------------------------------------- cost helpers
+def visible_pairs(q_len: int, kv_len: int, causal: bool) -> int:
+    """Number of (query, key) pairs the bottom-right causal mask leaves visible (all if not).
+
+    Query ``i`` sees ``i + (kv_len - q_len) + 1`` keys (none when that is <= 0), so the count
+    is ``kv_len (kv_len + 1) / 2 - off (off + 1) / 2`` with ``off = max(kv_len - q_len, 0)``.
+    """
+    if not causal:
+        return q_len * kv_len
+    hidden = max(kv_len - q_len, 0)
+    return (kv_len * (kv_len + 1) - hidden * (hidden + 1)) // 2
+
+
+def exact_attention_flops(
+    batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, skip_masked: bool = False
+) -> int:
+    """Forward FLOPs of exact softmax attention: ``Q K^T`` and ``P V``, ``2 D`` each per pair.
+
+    The one formula of the exact variants (``full``, ``sdpa``, ``xformers``, Longformer's
+    ``dense_mask``). ``skip_masked=True`` counts only the causally visible pairs, for kernels
+    that skip the masked tiles (fused causal kernels do about half the work); a kernel that
+    applies the mask to a full score matrix does all of it (``skip_masked=False``).
+    """
+    return 4 * batch * heads * head_dim * visible_pairs(q_len, kv_len, skip_masked)
+
+
+def recomputing_backward_flops(forward_flops: int) -> int:
+    """Backward FLOPs of a fused (FlashAttention-style) kernel: 2.5x its forward.
+
+    It keeps no probability matrix, so its backward recomputes ``Q K^T`` and then computes
+    ``dV``, ``dP``, ``dQ`` and ``dK``: five matmuls of the forward's two (the count of
+    ``torch.utils.flop_counter`` for the fused SDPA kernels).
+    """
+    return forward_flops * 5 // 2
 
 
 # --------------------------------------------------------------------------------- validators

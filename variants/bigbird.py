@@ -66,6 +66,8 @@ class BigBirdAttention(AttentionVariant):
     supports_cross: ClassVar[bool] = False
     randomized: ClassVar[bool] = True
     knob: ClassVar[str | None] = "num_random_blocks"
+    #: fused SDPA kernels on the blocks and the global rows (backward 2.5x the forward)
+    recomputes_scores: ClassVar[bool] = True
 
     def __init__(
         self,

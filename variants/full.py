@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from variants.base import AttentionVariant, causal_mask
+from variants.base import AttentionVariant, causal_mask, exact_attention_flops
 
 
 class FullAttention(AttentionVariant):
@@ -42,8 +42,9 @@ class FullAttention(AttentionVariant):
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        # QK^T and PV, each 2 * Nq * Nk * D; the causal mask does not skip work here.
-        return 4 * batch * heads * q_len * kv_len * head_dim
+        # QK^T and PV over the whole score matrix: the causal mask is applied, nothing skipped.
+        # The backward (base default, 2x) is autograd's four matmuls: dP, dV, dQ, dK.
+        return exact_attention_flops(batch, heads, q_len, kv_len, head_dim, skip_masked=False)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

@@ -71,8 +71,10 @@ class LinearAttention(AttentionVariant):
         if causal:
             per_head = causal_linear_flops(q_len, kv_len, d, d + 1, self.chunk_size)
         else:
-            # phi_k^T v, key sum, phi_q @ kv, phi_q @ key sum
-            per_head = 2 * kv_len * d * d + kv_len * d + 2 * q_len * d * d + 2 * q_len * d
+            # phi_k^T v, phi_q @ kv, phi_q @ key sum (the key sum itself is elementwise work)
+            per_head = 2 * kv_len * d * d + 2 * q_len * d * d + 2 * q_len * d
+        # The backward (base default, 2x) is right here: every matmul has both operands on
+        # the gradient path (q, k, v need gradients, the feature map has no parameters).
         return batch * heads * per_head
 
     def analytic_mem_bytes(

@@ -9,12 +9,19 @@ are ``O(n * k * d)`` and ``O(n * k)``. It approximates softmax attention (exactl
 Projections (``init``): ``gaussian`` draws ``E, F`` once from ``seed`` with entries
 ``N(0, 1/k)`` (the Johnson-Lindenstrauss scaling of the paper's analysis; fixed buffers);
 ``learned`` draws the same initial values but as trainable ``nn.Parameter``s (the paper trains
-them); ``identity`` uses ``E = F = I`` and is allowed only with ``k == kv_len``: the exact
-limit, used by the tests. ``share_kv=True`` uses one matrix for both (``F = E``).
+them; a fitting step such as attention transfer sets ``trained``); ``mean_pool`` makes each
+projected key and value the mean of a contiguous segment of the keys (boundaries at
+``floor(i n / k)``, as Nystromformer's landmarks), ``E = F``, no training: the effective
+attention matrix ``softmax(Q (E K)^T) E`` is then non-negative with rows summing to one, a
+weighted average of the values like softmax attention, which random projections are not (their
+effective rows sum to anything). It is the fair untrained Linformer. ``identity`` uses
+``E = F = I`` and is allowed only with ``k == kv_len``: the exact limit, used by the tests.
+``share_kv=True`` uses one matrix for both (``F = E``).
 
 Lengths: the projections are built for ``kv_len`` keys. Fewer keys ``n`` use the first ``n``
 columns of the projections, as the paper's implementation does (for ``identity`` the result is
-then no longer exact); more keys are unsupported, with that reason. Only the key length is
+then no longer exact); ``mean_pool`` instead averages the ``n`` keys into ``min(k, n)`` segments,
+so its rows stay means. More keys are unsupported, with that reason. Only the key length is
 projected, so the query length is free (cross-attention). Causal attention is not defined for
 Linformer (projecting along the sequence mixes future keys into every projected key):
 unsupported.
@@ -35,9 +42,11 @@ from variants.base import (
     check_int,
     check_positive_int,
     check_qkv,
+    recomputing_backward_flops,
 )
+from variants.nystrom import segment_mean_matrix
 
-INITS = ("gaussian", "learned", "identity")
+INITS = ("gaussian", "learned", "mean_pool", "identity")
 DEFAULT_K = 256
 
 
@@ -55,7 +64,8 @@ class LinformerAttention(AttentionVariant):
         k: Projected length (1 <= k <= kv_len). ``None`` (the default) means
             ``min(256, kv_len)``; an explicit value above kv_len is an error.
         share_kv: Use one projection for keys and values. Default False.
-        init: "gaussian" (N(0, 1/k), fixed), "learned" (trainable, same init) or "identity"
+        init: "gaussian" (N(0, 1/k), fixed), "learned" (trainable, same init), "mean_pool"
+            (segment means, fixed; rows of the effective matrix sum to one) or "identity"
             (needs k == kv_len; the exact limit).
         seed: Seed of the random projections.
         kv_len: Longest key length (required: the projections are k x kv_len).
@@ -104,6 +114,8 @@ class LinformerAttention(AttentionVariant):
         n_proj = 1 if share_kv else 2
         if init == "identity":
             mats = [torch.eye(kv_len) for _ in range(n_proj)]
+        elif init == "mean_pool":  # kept to inspect; calls rebuild it for their length, dtype
+            mats = [segment_mean_matrix(kv_len, k, torch.float32, None) for _ in range(n_proj)]
         else:
             mats = [torch.randn(k, kv_len, generator=gen) * k**-0.5 for _ in range(n_proj)]
         for name, mat in zip(("proj_k", "proj_v"), mats):
@@ -115,8 +127,14 @@ class LinformerAttention(AttentionVariant):
     def _too_long(self, nk: int) -> str:
         return f"kv_len={nk} exceeds the kv_len={self.kv_len} the projections were built for"
 
-    def _projections(self) -> tuple[Tensor, Tensor]:
-        return self.proj_k, (self.proj_k if self.share_kv else self.proj_v)
+    def _projections(self, nk: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The ``(k', nk)`` projections used for ``nk`` keys (module docstring, "Lengths")."""
+        if self.init == "mean_pool":  # built in the inputs' dtype: rows sum to one exactly
+            mean = segment_mean_matrix(nk, min(self.k, nk), dtype, self.proj_k.device)
+            return mean, mean
+        # shorter sequences: the first nk columns, as in the paper's implementation
+        proj_k = self.proj_k[:, :nk]
+        return proj_k, (proj_k if self.share_kv else self.proj_v[:, :nk])
 
     def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
         reasons = super().not_supported_reasons(q, k, v, causal)
@@ -131,21 +149,32 @@ class LinformerAttention(AttentionVariant):
         nk = k.shape[-2]
         if nk > self.kv_len:
             raise ValueError(f"linformer: {self._too_long(nk)}")
-        proj_k, proj_v = self._projections()
-        # shorter sequences: the first nk columns, as in the paper's implementation
-        k_proj = project_sequence(proj_k[:, :nk].to(k.dtype), k)  # (B, H, k, D)
-        v_proj = project_sequence(proj_v[:, :nk].to(v.dtype), v)  # (B, H, k, Dv)
+        proj_k, proj_v = self._projections(nk, k.dtype)
+        k_proj = project_sequence(proj_k.to(k.dtype), k)  # (B, H, k, D)
+        v_proj = project_sequence(proj_v.to(v.dtype), v)  # (B, H, k, Dv)
         return F.scaled_dot_product_attention(
             q, k_proj, v_proj, scale=self.softmax_scale(q.shape[-1])
         )  # (B, H, Nq, Dv)
 
+    def _costs(self, q_len: int, kv_len: int, head_dim: int) -> tuple[int, int]:
+        """Per-head forward FLOPs of (the two projections, the fused attention over k keys)."""
+        kp = min(self.k, kv_len) if self.init == "mean_pool" else self.k
+        return 2 * 2 * kp * kv_len * head_dim, 4 * q_len * kp * head_dim
+
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        d, kp = head_dim, self.k
-        projections = 2 * 2 * kp * kv_len * d
-        attention = 4 * q_len * kp * d
+        projections, attention = self._costs(q_len, kv_len, head_dim)
         return batch * heads * (projections + attention)
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # Projections: only d(K) and d(V) unless E, F are trainable (then dE, dF too: 2x);
+        # attention: fused SDPA, whose backward recomputes the scores (2.5x).
+        projections, attention = self._costs(q_len, kv_len, head_dim)
+        factor = 2 if self.init == "learned" else 1
+        return batch * heads * (factor * projections + recomputing_backward_flops(attention))
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

@@ -17,13 +17,9 @@ key j); every backend computes softmax attention restricted to that mask:
 
 Backends (``backend``):
 
-* ``chunked`` (pure torch, runs everywhere, O(Nq * window) time and memory): queries are cut into
-  blocks of ``block`` rows; each block's keys are the contiguous span
-  ``[start - window, start + block + window)``, taken as an overlapping ``unfold`` view of one
-  padded key buffer (no copy), with the global keys in front of every span (band slots that hold
-  a global key are masked so it is not counted twice). The blocks then go through the fused SDPA
-  kernel of :mod:`variants._blocksparse` as if they were heads, and global query rows are
-  computed with full attention.
+* ``chunked`` (pure torch, runs everywhere, O(Nq * window) time and memory): query blocks with
+  their contiguous key spans through one fused SDPA call (:mod:`variants._band`), global query
+  rows with full attention.
 * ``flex``: ``torch.nn.attention.flex_attention`` with a block mask, compiled with
   ``torch.compile`` (CPU needs a C++ compiler). Compilation and the block mask are built in
   :meth:`LongformerAttention.setup` and cached per shape; dynamo's recompile limit is raised and
@@ -34,21 +30,34 @@ Backends (``backend``):
   O(n^2) baseline.
 * ``auto``: CPU -> chunked; CUDA -> flex when available, else xformers (no globals), else chunked.
   The choice is reported by :meth:`LongformerAttention.resolved_backend` and in ``config()``.
+
+Costs follow the backend (``flops``, ``backward_flops``, ``analytic_mem_bytes``): ``chunked``
+counts every slot of the blocks' key spans (masked ones included) and the global rows;
+``dense_mask`` the whole ``Nq x Nk`` matrix (the mask skips nothing); ``flex`` every 128 x 128
+tile of its block mask that holds a visible pair; ``xformers`` the band's pairs. Every backend is
+a fused kernel whose backward recomputes the scores: 2.5x the forward. ``auto`` is counted as the
+backend of the last call (``chunked``, its CPU choice, before any call).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants._blocksparse import block_sparse_attention, block_sparse_flops, keep_dropped_rows
-from variants.base import AttentionVariant, VariantConfigError, check_choice, check_nonneg_int
+from variants._band import block_size, chunked_attention, geometry
+from variants._blocksparse import block_sparse_flops
+from variants._flex import FLEX_BLOCK, block_mask_pairs, flex_attention_cached, flex_reasons
+from variants.base import (
+    AttentionVariant,
+    VariantConfigError,
+    check_choice,
+    check_nonneg_int,
+    exact_attention_flops,
+)
 from variants.xformers_attn import memory_efficient_attention, xformers_import_error
 
 BACKENDS = ("auto", "chunked", "flex", "xformers", "dense_mask")
@@ -64,130 +73,6 @@ def longformer_mask(
     right = 0 if causal else window
     allowed = ((j >= pos - window) & (j <= pos + right)) | (j < num_global) | (i < num_global)
     return allowed & (j <= pos) if causal else allowed
-
-
-def _block_size(window: int) -> int:
-    # Query rows per block: small blocks waste fewer masked slots (span = block + 2 * window);
-    # 32-64 rows suit the fused SDPA kernels' tiles (measured on CPU at window 256, n 8192:
-    # 32 -> 164 ms, 64 -> 171 ms, 128 -> 202 ms, 256 -> 219 ms).
-    return min(64, max(16, window // 4))
-
-
-def chunked_attention(
-    q: Tensor, k: Tensor, v: Tensor, window: int, num_global: int, causal: bool, scale: float,
-    masks: dict | None = None,
-) -> Tensor:  # fmt: skip
-    """Banded attention in O(Nq * window) with one fused SDPA call over blocks (module docstring).
-
-    Args:
-        q, k, v: ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, Dv)``.
-        window: One-sided radius; num_global: global tokens; causal: bottom-right causal mask.
-        scale: Softmax scale. masks: Optional dict used to cache the block masks per shape.
-    """
-    b, h, nq, _ = q.shape
-    nk = k.shape[-2]
-    bh = b * h
-    window = min(window, nq + nk)  # a wider window sees nothing more
-    block = _block_size(window)
-    gq, gk = min(num_global, nq), min(num_global, nk)
-    geo = _geometry(nq, nk, window, causal, gk, block)
-    nqb, nkb, lead, blocks, stride = geo  # stride = gk + block slots per stored key block
-    mask = _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, q.device, masks)
-
-    def windows(x: Tensor) -> Tensor:  # (B, H, Nk, E) -> overlapping view (BH, nqb, slots, E)
-        e = x.shape[-1]
-        xp = F.pad(x.reshape(bh, nk, e), (0, 0, lead, nkb * block - lead - nk))
-        if gk:  # every stored key block is preceded by the global keys (one copy of the keys)
-            glob = x[:, :, :gk].reshape(bh, 1, gk, e).expand(bh, nkb, gk, e)
-            xp = torch.cat([glob, xp.view(bh, nkb, block, e)], dim=2)
-        flat = F.pad(xp.reshape(bh * nkb * stride, e), (0, 0, 0, (blocks - 1) * stride))
-        win = flat.unfold(0, blocks * stride, stride).view(bh, nkb, e, blocks * stride)
-        return win.transpose(-1, -2)[:, :nqb]  # the spans of the query blocks, no copy
-
-    return block_sparse_attention(q, windows(k), windows(v), mask, k, v, gq, causal, scale)
-
-
-def _geometry(nq: int, nk: int, window: int, causal: bool, gk: int, block: int) -> tuple:
-    """Block layout of :func:`chunked_attention`: ``(nqb, nkb, lead, blocks, stride)``.
-
-    Keys are padded left by ``lead`` (a multiple of ``block``; negative crops) so that query
-    block ``n`` needs exactly the stored key blocks ``n .. n + blocks - 1``; ``nkb`` key blocks
-    are stored per head, each as ``stride = gk + block`` slots (global keys, then the block).
-    """
-    off = nk - nq  # query i sits at key position i + off (bottom right)
-    right = 0 if causal else window
-    nqb = math.ceil(nq / block)
-    lead = math.ceil((window - off) / block) * block
-    # first key of query block n: n*block + off - window, in stored block n (lead >= window-off)
-    blocks = 1 + (block - 1 + off + right + lead) // block
-    nkb = nqb + blocks - 1
-    return nqb, nkb, lead, blocks, gk + block
-
-
-def _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, cache) -> Tensor:
-    """Cached boolean ``(nqb, block, blocks * stride)`` mask of the blocks' key slots."""
-    key = (nq, nk, window, causal, gq, gk, block, str(device))
-    if cache is not None and key in cache:
-        return cache[key]
-    nqb, _, lead, blocks, stride = geo
-    i = torch.arange(nqb * block, device=device).view(nqb, block, 1)  # query row
-    pos = i + (nk - nq)
-    slot = torch.arange(blocks * stride, device=device)
-    t, r = slot // stride, slot % stride  # stored key block (relative), slot within it
-    n = torch.arange(nqb, device=device).view(nqb, 1, 1)
-    j = (n + t) * block + (r - gk) - lead  # key index of band slots, (nqb, 1, slots)
-    band = (r >= gk) & (j >= gk) & (j < nk) & (j >= pos - window)
-    band = band & (j <= pos + (0 if causal else window))
-    # global key r is counted once: in the first stored block of the span
-    glob = (r < gk) & (t == 0) & ((r <= pos) if causal else True)
-    mask = keep_dropped_rows(band | glob, i, nq, gq)
-    if cache is not None:
-        cache[key] = mask
-    return mask
-
-
-# ------------------------------------------------------------------------------- flex helpers
-_compiled_flex = None
-
-
-def _flex_fn():
-    """``flex_attention`` compiled once per process, with recompiles allowed and never silent."""
-    global _compiled_flex
-    if _compiled_flex is None:
-        import torch._dynamo
-        from torch.nn.attention.flex_attention import flex_attention
-
-        cfg = torch._dynamo.config
-        # A sweep compiles one graph per shape/window: allow many, and fail instead of
-        # silently running eager flex_attention when the limit is hit anyway.
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), 512))
-        for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), 8192))
-        for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
-            if hasattr(cfg, name):
-                setattr(cfg, name, True)
-        cfg.suppress_errors = False
-        _compiled_flex = torch.compile(flex_attention, dynamic=False, fullgraph=True)
-    return _compiled_flex
-
-
-def _flex_reasons(q: Tensor) -> list[str]:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except Exception as exc:  # any import failure means unusable
-        return [f"flex: torch.nn.attention.flex_attention unavailable ({exc})"]
-    if q.device.type == "cpu":
-        cxx = os.environ.get("CXX", "g++")
-        if shutil.which(cxx) is None and shutil.which("c++") is None:
-            return [
-                f"flex: compiling flex_attention on CPU needs a C++ compiler ({cxx} not found)"
-            ]
-    if q.dtype == torch.float64:
-        return ["flex: float64 is not supported by the compiled flex_attention kernels"]
-    return []
 
 
 def _xformers_reasons(q: Tensor, num_global: int) -> list[str]:
@@ -219,6 +104,8 @@ class LongformerAttention(AttentionVariant):
     name: ClassVar[str] = "longformer"
     exact: ClassVar[bool] = False  # exact only when window >= max(q_len, kv_len)
     knob: ClassVar[str | None] = "window"
+    #: every backend is a fused kernel (SDPA with a mask, flex, xformers): backward 2.5x
+    recomputes_scores: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -247,7 +134,7 @@ class LongformerAttention(AttentionVariant):
         if self.backend != "auto":
             return self.backend
         if q.device.type == "cuda":
-            if not _flex_reasons(q):
+            if not flex_reasons(q):
                 return "flex"
             if not _xformers_reasons(q, self.num_global):
                 return "xformers"
@@ -268,7 +155,7 @@ class LongformerAttention(AttentionVariant):
             )
         backend = self.resolved_backend(q, k, v, causal)
         if backend == "flex":
-            reasons += _flex_reasons(q)
+            reasons += flex_reasons(q)
         elif backend == "xformers":
             reasons += _xformers_reasons(q, self.num_global)
         return reasons
@@ -308,28 +195,19 @@ class LongformerAttention(AttentionVariant):
         return self._masks[key]  # (Nq, Nk)
 
     def _flex(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        from torch.nn.attention.flex_attention import create_block_mask
-
         nq, nk = q.shape[-2], k.shape[-2]
+        off, window, glob = nk - nq, self.window, self.num_global
+        right = 0 if causal else window
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            pos = q_idx + off
+            ok = (kv_idx >= pos - window) & (kv_idx <= pos + right)
+            ok = ok | (kv_idx < glob) | (q_idx < glob)
+            return ok & (kv_idx <= pos) if causal else ok
+
         key = ("flex", nq, nk, causal, str(q.device))
-        if key not in self._masks:
-            off, window, glob = nk - nq, self.window, self.num_global
-            right = 0 if causal else window
-
-            def mask_mod(b, h, q_idx, kv_idx):
-                pos = q_idx + off
-                ok = (kv_idx >= pos - window) & (kv_idx <= pos + right)
-                ok = ok | (kv_idx < glob) | (q_idx < glob)
-                return ok & (kv_idx <= pos) if causal else ok
-
-            self._masks[key] = create_block_mask(mask_mod, None, None, nq, nk, device=q.device)
-        try:
-            return _flex_fn()(q, k, v, block_mask=self._masks[key], scale=self.softmax_scale(
-                q.shape[-1]))  # fmt: skip
-        except Exception as exc:
-            raise RuntimeError(
-                f"{self.name}: backend flex failed to compile/run ({type(exc).__name__}: {exc})"
-            ) from exc
+        scale = self.softmax_scale(q.shape[-1])
+        return flex_attention_cached(q, k, v, mask_mod, scale, self._masks, key, self.name)
 
     def _xformers(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
         from xformers.ops import fmha
@@ -340,28 +218,76 @@ class LongformerAttention(AttentionVariant):
         return memory_efficient_attention(q, k, v, bias, self.softmax_scale(q.shape[-1]))
 
     # --------------------------------------------------------------------------- cost models
+    def _cost_backend(self) -> str:
+        """The backend the cost models count: the pinned one; for ``auto`` the last call's.
+
+        Before any call ``auto`` is counted as ``chunked``, its choice on the CPU (the only
+        device where the harness refuses points by the estimate before running them).
+        """
+        if self.backend != "auto":
+            return self.backend
+        return self._last_backend or "chunked"
+
     def _work(self, q_len: int, kv_len: int, causal: bool) -> tuple[int, int, int]:
         """(rows computed by the block algorithm, key slots per row, global query rows)."""
         window = min(self.window, q_len + kv_len)
-        block = _block_size(window)
+        block = block_size(window)
         gk = min(self.num_global, kv_len)
-        nqb, _, _, blocks, stride = _geometry(q_len, kv_len, window, causal, gk, block)
+        nqb, _, _, blocks, stride = geometry(q_len, kv_len, window, causal, gk, block)
         return nqb * block, blocks * stride, min(self.num_global, q_len)
+
+    def _band_pairs(self, q_len: int, kv_len: int, causal: bool) -> int:
+        """Visible (query, key) pairs of the band alone (no global tokens), per head."""
+        pos = torch.arange(q_len, dtype=torch.int64) + (kv_len - q_len)
+        lo = (pos - self.window).clamp(min=0)
+        hi = (pos + (0 if causal else self.window)).clamp(max=kv_len - 1)
+        return int((hi - lo + 1).clamp(min=0).sum())
+
+    def _key_spans(self, q_len: int, kv_len: int, causal: bool):
+        """``spans(first, last)``: key intervals visible to query rows first..last (flex cost)."""
+        off, window, glob = kv_len - q_len, self.window, self.num_global
+        right = 0 if causal else window
+
+        def spans(first: int, last: int) -> list[tuple[int, int]]:
+            top = last + off if causal else kv_len - 1  # last key any of these rows may see
+            if first < glob:  # a global query row sees every key
+                return [(0, top)]
+            return [(first + off - window, last + off + right), (0, min(glob - 1, top))]
+
+        return spans
 
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        # The work the chunked algorithm does: every query block scores its whole key span
-        # (band + global keys, masked slots included), plus full rows for the global queries.
+        # The work of the backend that runs (``_cost_backend``), 2 * 2 * D per scored slot.
+        backend, bh = self._cost_backend(), batch * heads
+        if backend == "dense_mask":  # the fused kernel scores every pair; the mask skips none
+            return exact_attention_flops(batch, heads, q_len, kv_len, head_dim)
+        if backend == "flex":  # every FLEX_BLOCK-square tile holding a visible pair, whole
+            pairs = block_mask_pairs(q_len, kv_len, self._key_spans(q_len, kv_len, causal))
+            return 4 * bh * head_dim * pairs
+        if backend == "xformers":  # the band's tiles, counted as its visible pairs
+            return 4 * bh * head_dim * self._band_pairs(q_len, kv_len, causal)
+        # chunked: every query block scores its whole key span (band + global keys, masked
+        # slots included), plus full rows for the global queries.
         rows, slots, gq = self._work(q_len, kv_len, causal)
         return block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
     ) -> int:
-        bh = batch * heads
-        if self.backend == "dense_mask":  # bool mask, float bias and the n x n scores
-            return q_len * kv_len * (1 + element_size) + bh * q_len * (kv_len + head_dim) * 4
+        backend, bh = self._cost_backend(), batch * heads
+        out_lse = bh * q_len * (head_dim * element_size + 4)  # output, one log-sum-exp per row
+        if backend == "dense_mask":
+            # the cached boolean (Nq, Nk) mask and the float bias SDPA makes of it; the fused
+            # kernel keeps no score matrix (measured on the CPU: 19.5 MB at n=2048, 4 heads,
+            # d 64 for the call, against 18.9 MB for the bias and the output)
+            return q_len * kv_len * (1 + element_size) + out_lse
+        if backend == "flex":  # plus the block mask's four int32 (q tiles, kv tiles) tables
+            tiles = math.ceil(q_len / FLEX_BLOCK) * math.ceil(kv_len / FLEX_BLOCK)
+            return out_lse + 16 * tiles
+        if backend == "xformers":
+            return out_lse
         rows, slots, _ = self._work(q_len, kv_len, causal)
         # padded q, k, v (with the interleaved global keys) and the output; the fused kernel
         # keeps no score matrix; the boolean block mask is shared by batch and heads

@@ -105,16 +105,28 @@ class NystromAttention(AttentionVariant):
         mixed = iterative_pinv(kernel_2, self.pinv_iterations) @ landmark_values  # (B,H,m,Dv)
         return kernel_1 @ mixed  # (B, H, Nq, Dv)
 
+    def _landmark_flops(self, q_len: int, kv_len: int, head_dim: int) -> int:
+        """Per-head FLOPs of the two segment means (fixed averaging matrices times q and k)."""
+        return 2 * min(self.num_landmarks, q_len, kv_len) * (q_len + kv_len) * head_dim
+
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
         m = min(self.num_landmarks, q_len, kv_len)
         d = head_dim
-        landmarks = 2 * m * (q_len + kv_len) * d
         kernels = 2 * q_len * m * d + 2 * m * m * d + 2 * m * kv_len * d
         pinv = self.pinv_iterations * 4 * 2 * m**3
         products = 2 * m * kv_len * d + 2 * m * m * d + 2 * q_len * m * d
+        landmarks = self._landmark_flops(q_len, kv_len, d)
         return batch * heads * (landmarks + kernels + pinv + products)
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # Every matmul's gradient is two matmuls of its size, except the segment means: the
+        # averaging matrix needs no gradient, so only d(q) and d(k) are computed (1x).
+        fwd = self.flops(batch, heads, q_len, kv_len, head_dim, causal)
+        return 2 * fwd - batch * heads * self._landmark_flops(q_len, kv_len, head_dim)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

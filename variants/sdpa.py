@@ -19,7 +19,13 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants.base import AttentionVariant, causal_mask, check_choice
+from variants.base import (
+    AttentionVariant,
+    causal_mask,
+    check_choice,
+    exact_attention_flops,
+    recomputing_backward_flops,
+)
 
 BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
 
@@ -99,9 +105,20 @@ class SDPAAttention(AttentionVariant):
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        # Report the work of the attention as defined (no causal discount), like `full`, so
-        # that achieved rates of exact kernels are comparable.
-        return 4 * batch * heads * q_len * kv_len * head_dim
+        # The work the kernel does. With equal lengths, causal runs with is_causal=True and the
+        # fused kernels skip the tiles above the diagonal (about half the work: counted as the
+        # visible pairs); `math` masks a full score matrix, and an explicit bottom-right mask
+        # (q_len != kv_len) is applied to every tile, so those do all the work.
+        skips = causal and q_len == kv_len and self.backend != "math"
+        return exact_attention_flops(batch, heads, q_len, kv_len, head_dim, skip_masked=skips)
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # `math` is autograd through two matmuls (2x); the fused kernels (and `auto`, which
+        # picks one on the CPU and, for fp16/bf16/fp32, on CUDA) recompute the scores (2.5x).
+        fwd = self.flops(batch, heads, q_len, kv_len, head_dim, causal)
+        return 2 * fwd if self.backend == "math" else recomputing_backward_flops(fwd)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from variants.base import AttentionVariant
+from variants.base import AttentionVariant, exact_attention_flops
 
 
 def xformers_import_error() -> str | None:
@@ -64,6 +64,7 @@ class XFormersAttention(AttentionVariant):
 
     name: ClassVar[str] = "xformers"
     exact: ClassVar[bool] = True
+    recomputes_scores: ClassVar[bool] = True  # fused kernel: backward 2.5x the forward
     supported_devices: ClassVar[tuple[str, ...]] = ("cuda",)
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
         torch.float16,
@@ -109,7 +110,8 @@ class XFormersAttention(AttentionVariant):
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        return 4 * batch * heads * q_len * kv_len * head_dim
+        # The causal masks (LowerTriangular, ...FromBottomRight) skip the masked tiles.
+        return exact_attention_flops(batch, heads, q_len, kv_len, head_dim, skip_masked=causal)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
