@@ -34,14 +34,51 @@ def cpu(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def data_lines(ax) -> dict[str, Any]:
-    """Lines drawn for series (not guides, not oom markers), by label."""
+    """Lines drawn for series (not guides, limit markers or baselines), by label."""
     return {
         ln.get_label(): ln
         for ln in ax.get_lines()
-        if ln.get_gid() not in ("guide", "oom")
+        if ln.get_gid() not in ("guide", "oom", "over_budget", *BASELINES)
         and not ln.get_label().startswith("_")
         and len(ln.get_xdata())
     }
+
+
+BASELINES = ("baseline_zeros", "baseline_uniform")
+
+
+def wave2(rows: list[dict]) -> list[dict]:
+    """The synthetic sweep as today's rows: full refused over a 16 GB budget instead of oom,
+    linformer untrained, performer with eps, the uniform baseline (growing with n) on every
+    forward row, and real-model inputs where the temperature is 1."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row["variant"] == "full" and row["status"] == "oom":
+            row.update(status="over_budget", memory_budget_bytes=16e9)
+        if row["variant"] == "linformer":
+            row["trained"] = False
+        if row["variant"] == "performer":
+            row["params"] = {**row["params"], "eps": 0.0}
+        if row["pass"] == "fwd" and row["status"] == "ok":
+            row.update(
+                baseline_zeros_rel_err=1.0, baseline_uniform_rel_err=0.8 + row["kv_len"] / 1e5
+            )
+        if row["inputs_params"] == {"temperature": 1.0}:
+            row.update(inputs="minilm", inputs_params={"layer": 0})
+        out.append(complete_row(row))
+    return out
+
+
+@pytest.fixture(scope="module")
+def today(sweep_rows) -> pd.DataFrame:
+    return prepare(pd.DataFrame(wave2(sweep_rows(devices=("cpu",)))))
+
+
+def baseline_lines(ax) -> dict[str, Any]:
+    lines = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid() in BASELINES}
+    assert list(lines["baseline_zeros"].get_ydata()) == [1.0, 1.0]  # outputting zeros
+    return lines
 
 
 def test_colors_are_stable_and_distinct() -> None:
@@ -112,7 +149,7 @@ def test_error_figures(cpu: pd.DataFrame, tmp_path: Path, check_png) -> None:
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_xlabel() for ax in visible] == ["k", "window", "nb_features"]
     for ax in visible:
-        (line,) = ax.get_lines()
+        (line,) = [ln for ln in ax.get_lines() if ln.get_gid() not in BASELINES]
         assert len(line.get_xdata()) == 4  # default knob and three others at n = 4096
 
 
@@ -314,4 +351,59 @@ def test_exactness_is_read_from_rows_not_names(cpu: pd.DataFrame, tmp_path: Path
     labels = {lb.split("(")[0] for lb in data_lines(fig.axes[0])}
     assert labels == {"linformer", "performer"}
     assert "exact variants (local, sdpa, unknown_exact" in fig.axes[0].get_title(loc="left")
+    plt.close(fig)
+
+
+def test_error_figure_draws_both_baselines_and_names_the_inputs(today, tmp_path: Path) -> None:
+    fig = figures_accuracy.plot_error(today, tmp_path / "err.png")
+    ax = fig.axes[0]
+    uniform = baseline_lines(ax)["baseline_uniform"]
+    ok = today[(today["pass"] == "fwd") & (today["status"] == "ok") & ~today["exact"]]
+    ok = ok[ok["inputs"] == "minilm"]
+    expected = ok.groupby("kv_len")["baseline_uniform_rel_err"].median()
+    np.testing.assert_allclose(uniform.get_xdata(), expected.index)  # per length: it varies
+    np.testing.assert_allclose(uniform.get_ydata(), expected.to_numpy())
+    assert ax.get_ylim()[1] > 1.0  # both baselines in view
+    title = ax.get_title(loc="left").replace("\n", " ")  # wrapped
+    assert "inputs MiniLM q,k,v (real text; layer=0)" in title
+    labels = set(data_lines(ax))
+    assert "linformer(k=256) untrained" in labels
+    assert "performer(eps=0, nb_features=256)" in labels
+    plt.close(fig)
+
+
+def test_tradeoff_and_knob_figures_draw_the_baselines(today, tmp_path: Path) -> None:
+    fig = figures_accuracy.plot_tradeoff(today, tmp_path / "t.png", kv_len=4096)
+    ax = fig.axes[0]
+    level = baseline_lines(ax)["baseline_uniform"].get_ydata()
+    np.testing.assert_allclose(level, 0.8 + 4096 / 1e5)  # one length: one level
+    assert "linformer(k=256) untrained" in {c.get_label() for c in ax.collections}
+    plt.close(fig)
+    fig = figures_accuracy.plot_error_vs_knob(today, tmp_path / "k.png")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in visible]
+    assert titles[0] == "linformer untrained (n = 4096)"  # the label without the knob
+    assert titles[2] == "performer(eps=0) (n = 4096)"
+    for ax in visible:
+        baseline_lines(ax)
+        low, high = ax.get_ylim()  # one shared axis: every panel's points and baselines in view
+        for line in ax.get_lines():
+            assert low < min(line.get_ydata()) and max(line.get_ydata()) < high
+    plt.close(fig)
+
+
+def test_over_budget_is_marked_apart_from_oom(today, tmp_path: Path) -> None:
+    rows = today.copy()
+    sdpa_long = (rows["variant"] == "sdpa") & (rows["kv_len"] == 16384)
+    rows.loc[sdpa_long, "status"] = "oom"  # a real allocation failure next to the refusals
+    fig = figures_scaling.plot_time(rows, tmp_path / "t.png", "fwd_bwd")
+    ax = fig.axes[0]
+    marks = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid() in ("oom", "over_budget")}
+    refused = rows[(rows["pass"] == "fwd_bwd") & (rows["status"] == "over_budget")]
+    assert sorted(marks["over_budget"].get_xdata()) == sorted(refused["kv_len"])
+    assert list(marks["oom"].get_xdata()) == [16384]
+    assert marks["oom"].get_marker() != marks["over_budget"].get_marker()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "over the memory budget (16 GB) (marked at top edge)" in legend
+    assert "out of memory (marked at top edge)" in legend
     plt.close(fig)

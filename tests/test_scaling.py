@@ -15,8 +15,10 @@ LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
 LONG = LENGTHS + [16384]  # so that 8192 is not the last length
 
 
-def rows_for(variant: str, fn, lengths=LENGTHS, params=None, oom_from=None, **extra) -> list:
-    """fwd rows with time_ms = peak_mem_bytes = fn(n); status oom from ``oom_from`` on."""
+def rows_for(
+    variant: str, fn, lengths=LENGTHS, params=None, oom_from=None, status="oom", **extra
+) -> list:
+    """fwd rows with time_ms = peak_mem_bytes = fn(n); ``status`` (oom) from ``oom_from`` on."""
     out = []
     for n in lengths:
         oom = oom_from is not None and n >= oom_from
@@ -34,7 +36,7 @@ def rows_for(variant: str, fn, lengths=LENGTHS, params=None, oom_from=None, **ex
             "heads": 8,
             "head_dim": 64,
             "point_id": f"{variant}{params}{n}",
-            "status": "oom" if oom else "ok",
+            "status": status if oom else "ok",
         }
         if not oom:
             row.update(
@@ -47,60 +49,6 @@ def rows_for(variant: str, fn, lengths=LENGTHS, params=None, oom_from=None, **ex
         row.update(extra)
         out.append(complete_row(row))
     return out
-
-
-@pytest.mark.parametrize(
-    "dof, expected",
-    [(1, 12.7062), (2, 4.3027), (5, 2.5706), (10, 2.2281), (30, 2.0423), (120, 1.9799)],
-)
-def test_t_quantile_matches_tables(dof: int, expected: float) -> None:
-    assert scaling.t_quantile(0.975, dof) == pytest.approx(expected, abs=1e-4)
-
-
-def test_t_quantile_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="p=0.3"):
-        scaling.t_quantile(0.3, 5)
-    with pytest.raises(ValueError, match="dof=0"):
-        scaling.t_quantile(0.975, 0)
-
-
-def test_fit_slope_ci_is_the_ols_t_interval() -> None:
-    # independent: scipy's linregress standard error times the 97.5% t quantile (table value)
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(5)
-    n = np.array(LENGTHS, dtype=float)
-    y = n**1.3 * rng.lognormal(0, 0.2, len(n))
-    slope, lo, hi = scaling.fit_slope(n, y)
-    fit = stats.linregress(np.log(n), np.log(y))
-    assert slope == pytest.approx(fit.slope)
-    half = 2.7764 * fit.stderr  # t_{0.975, 4}
-    assert lo == pytest.approx(fit.slope - half, rel=1e-4)
-    assert hi == pytest.approx(fit.slope + half, rel=1e-4)
-
-
-def test_fit_slope_exact_power_law_has_tight_ci() -> None:
-    n = np.array(LENGTHS, dtype=float)
-    slope, lo, hi = scaling.fit_slope(n, 3e-6 * n**2)
-    assert slope == pytest.approx(2.0, abs=1e-9)
-    assert hi - lo < 1e-6 and lo <= slope <= hi
-
-
-def test_fit_slope_ci_covers_noisy_slope_and_matches_ols() -> None:
-    rng = np.random.default_rng(2)
-    n = np.repeat(np.array(LENGTHS, dtype=float), 3)
-    y = n**1.5 * rng.lognormal(0, 0.1, len(n))
-    slope, lo, hi = scaling.fit_slope(n, y)
-    assert lo < 1.5 < hi and 0 < hi - lo < 0.3
-    ref = np.polyfit(np.log(n), np.log(y), 1)[0]
-    assert slope == pytest.approx(ref)
-
-
-def test_fit_slope_degenerate_inputs() -> None:
-    assert all(math.isnan(v) for v in scaling.fit_slope([256], [1.0]))
-    slope, lo, hi = scaling.fit_slope([256, 512], [1.0, 4.0])
-    assert slope == pytest.approx(2.0) and math.isnan(lo) and math.isnan(hi)
-    # zero memory (below the allocator's resolution) is dropped, not log(0)
-    assert scaling.fit_slope([256, 512, 1024, 2048], [0, 2, 4, 8])[0] == pytest.approx(1.0)
 
 
 def test_time_and_memory_slopes_per_series() -> None:
@@ -169,6 +117,9 @@ def test_crossover_of_crossing_lines_is_known() -> None:
 def test_crossover_edges() -> None:
     faster = pd.DataFrame(rows_for("full", lambda n: 10.0) + rows_for("a", lambda n: 1.0))
     assert scaling.crossover(faster, "a", "full") == 256  # faster from the start
+    # ... which says only that the crossover lies at or below 256
+    assert scaling.crossover_point(faster, "a", "full") == (256, True)
+    assert scaling.summary_table(faster).set_index("series").loc["a", "time_cross_full_at_start"]
     # faster, then slower again: does not "stay faster"
     wobble = pd.DataFrame(
         rows_for("full", lambda n: 10.0) + rows_for("a", lambda n: 1.0 if n < 4096 else 100.0)
@@ -195,15 +146,31 @@ def test_crossover_baseline_with_several_series_takes_the_best() -> None:
     assert scaling.crossover(df, "linear", "sdpa(backend=math)") == pytest.approx(4096)
 
 
-def test_max_kv_len_before_oom() -> None:
+def test_memory_limits_tell_oom_from_over_budget() -> None:
+    budget = {"memory_budget_bytes": 16e9}
     df = pd.DataFrame(
-        rows_for("full", lambda n: 1.0, oom_from=4096) + rows_for("linear", lambda n: 1.0)
+        rows_for("full", lambda n: 1.0, oom_from=4096)
+        + rows_for("sdpa", lambda n: 1.0, oom_from=2048, status="over_budget", **budget)
+        + rows_for("linear", lambda n: 1.0)
     )
-    out = scaling.max_kv_len_before_oom(df).set_index("series")
+    out = scaling.memory_limits(df).set_index("series")
     assert out.loc["full", "max_ok_kv_len"] == 2048
-    assert out.loc["full", "first_oom_kv_len"] == 4096
-    assert out.loc["linear", "max_ok_kv_len"] == 8192
+    assert out.loc["full", "first_oom_kv_len"] == 4096 and out.loc["full", "limit"] == "oom"
+    assert math.isnan(out.loc["full", "first_over_budget_kv_len"])
+    assert out.loc["sdpa", "limit"] == "over_budget" and out.loc["sdpa", "max_ok_kv_len"] == 1024
+    assert out.loc["sdpa", "first_over_budget_kv_len"] == 2048
+    assert out.loc["sdpa", "memory_budget_bytes"] == 16e9
+    assert math.isnan(out.loc["sdpa", "first_oom_kv_len"])
+    assert out.loc["linear", "max_ok_kv_len"] == 8192 and out.loc["linear", "limit"] == ""
     assert math.isnan(out.loc["linear", "first_oom_kv_len"])
+
+
+def test_over_budget_counts_as_slower_in_a_crossover() -> None:
+    df = pd.DataFrame(
+        rows_for("full", lambda n: 1.0, oom_from=4096, status="over_budget")
+        + rows_for("a", lambda n: 10.0)
+    )
+    assert scaling.crossover_point(df, "a", "full") == (4096, False)
 
 
 def test_summary_table_agrees_with_the_functions() -> None:
@@ -222,3 +189,55 @@ def test_summary_table_agrees_with_the_functions() -> None:
     assert table.loc["linear", "rate_frac"] == pytest.approx(0.25)
     assert table.loc["linear", "rel_err"] == pytest.approx(0.1)
     assert scaling.summary_table(df, reference_kv_len=4096).loc[0, "reference_kv_len"] == 4096
+
+
+def test_summary_reads_the_uniform_baseline_and_says_what_each_slope_covers() -> None:
+    df = pd.DataFrame(
+        rows_for("linear", lambda n: 5 + n / 400, LONG, baseline_uniform_rel_err=0.9)
+        + rows_for("full", lambda n: n**2 / 1024, LONG[:3])
+    )
+    table = scaling.summary_table(df).set_index("series")
+    assert table.loc["linear", "uniform_rel_err"] == pytest.approx(0.9)
+    assert math.isnan(table.loc["full", "uniform_rel_err"])  # absent in rows: NaN, no error
+    linear = table.loc["linear"]
+    assert linear["time_slope"] == pytest.approx(1.0, abs=1e-6)  # not 0.5: the constant is fitted
+    assert (linear["time_range_low"], linear["time_range_high"]) == (256, 16384)
+    assert linear["time_method"] == "a+b*n^p" and not linear["time_curved"]
+    full = table.loc["full"]  # three lengths: a slope, no interval
+    assert full["time_slope"] == pytest.approx(2.0) and math.isnan(full["time_ci_low"])
+    assert full["time_note"] == "3 lengths: too few for an interval"
+
+
+def test_series_labels_say_untrained_and_name_eps_always() -> None:
+    df = pd.DataFrame(
+        [
+            complete_row({"variant": "linformer", "params": {"k": 64}, "trained": False}),
+            complete_row({"variant": "linformer", "params": {"k": 64}, "trained": True}),
+            complete_row({"variant": "linformer", "params": {"k": 64}, "trained": "False"}),
+            complete_row({"variant": "performer", "params": {"nb_features": 8, "eps": 0.0}}),
+            complete_row({"variant": "performer", "params": {"nb_features": 16, "eps": 0.0}}),
+            complete_row({"variant": "local", "params": {"window": 8}}),  # trained null
+        ]
+    )
+    assert list(series.series_labels(df)) == [
+        "linformer untrained",  # k does not vary: not named, but untrained is
+        "linformer",
+        "linformer untrained",  # CSV text
+        "performer(eps=0, nb_features=8)",
+        "performer(eps=0, nb_features=16)",
+        "local",
+    ]
+    # the knob left out (error-vs-knob panels): the label still says eps and untrained
+    ignore = {"performer": ["nb_features"], "linformer": ["k"]}
+    assert list(series.series_labels(df, ignore))[::3] == [
+        "linformer untrained",
+        "performer(eps=0)",
+    ]
+
+
+def test_prepare_adds_the_optional_columns_older_rows_lack() -> None:
+    old = pd.DataFrame([{"variant": "full", "params": {}, "status": "ok", "q_len": 256}])
+    out = series.prepare(old)
+    for col in series.OPTIONAL_NUMERIC:
+        assert out[col].isna().all()
+    assert out.loc[0, "series"] == "full" and out.loc[0, "kv_len"] == 256

@@ -12,6 +12,11 @@
 * **context** is what must be equal for two numbers to be comparable: device, dtype, causal,
   batch, heads and head_dim.
 
+Two things are in every label where the rows say them, whether or not they vary: a variant
+whose trainable parameters were not fitted (``trained`` false, e.g. Linformer's random
+projections) is labelled ``untrained``, and the parameters of :data:`ALWAYS_NAMED` (Performer's
+``eps`` stabiliser, which biases the estimator toward uniform attention) are always named.
+
 Labels read the ``params`` mapping of each row (rows read with
 :func:`harness.analysis.rows.read_rows` carry dicts); no variant code is consulted.
 """
@@ -30,12 +35,27 @@ import pandas as pd
 CONTEXT_KEYS: list[str] = ["device_key", "dtype", "causal", "batch", "heads", "head_dim"]
 #: Grouping of one fitted line.
 SERIES_KEYS: list[str] = CONTEXT_KEYS + ["series", "variant"]
+#: Divergences of the effective attention matrix, headline (total variation) first.
+DIVERGENCES: tuple[str, ...] = (
+    "attn_tv", "attn_js", "attn_kl_support", "attn_missing_mass", "attn_row_sum_err",
+    "attn_negative_mass",
+)  # fmt: skip
+#: Numeric columns that older rows lack: :func:`prepare` adds them as NaN, so readers need no
+#: check (a table shows "–" and a figure leaves the line out where they are absent).
+OPTIONAL_NUMERIC: tuple[str, ...] = DIVERGENCES + (
+    "baseline_zeros_rel_err", "baseline_uniform_rel_err", "memory_budget_bytes", "ref_rows",
+    "backward_flops",
+)  # fmt: skip
 #: Columns converted to numbers (rows read back from CSV carry text and NaN).
 _NUMERIC = (
     "batch", "heads", "q_len", "kv_len", "head_dim", "seed", "time_ms", "time_iqr_ms", "setup_ms",
     "peak_mem_bytes", "analytic_mem_bytes", "flops", "tflops", "matmul_tflops", "rel_err",
-    "rel_err_std", "max_abs_err", "cosine", "grad_rel_err", "attn_kl", "attn_tv", "knob_value",
-)  # fmt: skip
+    "rel_err_std", "max_abs_err", "cosine", "grad_rel_err", "knob_value",
+) + OPTIONAL_NUMERIC  # fmt: skip
+#: Per variant, parameters named in every label where a row has them, because they change what
+#: is measured: Performer's ``eps`` (0: the unbiased FAVOR+ estimator; performer-pytorch's 1e-4
+#: shrinks toward uniform attention and lowers the error on diffuse inputs).
+ALWAYS_NAMED: dict[str, frozenset[str]] = {"performer": frozenset({"eps"})}
 
 
 def as_mapping(value: Any) -> dict[str, Any]:
@@ -77,8 +97,10 @@ def series_labels(
     A parameter is distinguishing when it takes more than one value among the rows of that
     variant in ``df`` (a missing key counts as a value), so ``sdpa(backend=math)`` and
     ``sdpa(backend=flash)`` are two series while a variant run with one configuration is just
-    its name. Shape parameters (:data:`SHAPE_PARAMS`) never count. Labels depend on the whole
-    frame, so compute them once on all rows (:func:`prepare` does) and keep them when slicing.
+    its name. Shape parameters (:data:`SHAPE_PARAMS`) never count; :data:`ALWAYS_NAMED` ones
+    always do, and rows whose ``trained`` is false end in `` untrained``. Labels depend on the
+    whole frame, so compute them once on all rows (:func:`prepare` does) and keep them when
+    slicing.
 
     Args:
         df: Rows with ``variant`` and ``params``.
@@ -87,18 +109,34 @@ def series_labels(
     """
     ignore = {k: set(v) for k, v in (ignore or {}).items()}
     params = df["params"].map(as_mapping)
+    untrained = df["trained"].map(is_false) if "trained" in df.columns else None
     labels = pd.Series(index=df.index, dtype=object)
     for variant, idx in df.groupby(df["variant"].astype(str), sort=False).groups.items():
         dicts = params.loc[idx]
         keys = sorted({k for d in dicts for k in d} - ignore.get(variant, set()) - SHAPE_PARAMS)
-        varying = [
-            k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1
+        always = ALWAYS_NAMED.get(variant, frozenset())
+        named = [
+            k
+            for k in keys
+            if k in always or len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1
         ]
         for i in idx:
             d = dicts.loc[i]
-            parts = [f"{k}={_fmt_value(d.get(k))}" for k in varying]
-            labels.loc[i] = f"{variant}({', '.join(parts)})" if parts else variant
+            parts = [f"{k}={_fmt_value(d.get(k))}" for k in named]
+            label = f"{variant}({', '.join(parts)})" if parts else variant
+            labels.loc[i] = label + (
+                " untrained" if untrained is not None and untrained[i] else ""
+            )
     return labels
+
+
+def is_false(value: Any) -> bool:
+    """Whether a flag cell says false explicitly (False, "false", 0); missing is not false."""
+    if isinstance(value, (bool, np.bool_)):
+        return not bool(value)
+    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+        return value == 0
+    return isinstance(value, str) and value.strip().lower() in ("false", "0")
 
 
 def device_keys(df: pd.DataFrame) -> pd.Series:
@@ -133,6 +171,9 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     if "series" in out.columns and "device_key" in out.columns:
         return out
+    for col in OPTIONAL_NUMERIC:
+        if col not in out.columns:
+            out[col] = np.nan
     for col in _NUMERIC:
         if col in out.columns:
             out[col] = pd.to_numeric(out[col], errors="coerce")
@@ -154,6 +195,22 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     out["device_key"] = device_keys(out)
     out["series"] = series_labels(out) if len(out) else pd.Series(dtype=object)
     return out
+
+
+def inputs_keys(df: pd.DataFrame) -> pd.Series:
+    """One text per row naming its inputs setting (``inputs`` and its params): errors depend on
+    the inputs, so rows with different keys are never pooled."""
+    params = df["inputs_params"].map(lambda p: json.dumps(as_mapping(p), sort_keys=True))
+    names = df["inputs"].map(lambda v: v if isinstance(v, str) else "")
+    return (names + " " + params).astype(object)
+
+
+def most_common_inputs(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the most frequent inputs setting of ``df`` (all of ``df`` when empty)."""
+    if not len(df):
+        return df
+    keys = inputs_keys(df)
+    return df[keys == keys.value_counts().index[0]]
 
 
 def per_kv_len(rows: pd.DataFrame, metric: str) -> pd.Series:

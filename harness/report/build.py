@@ -2,11 +2,14 @@
 
 Rows are read with :func:`harness.analysis.rows.read_rows`: every ``rows.jsonl`` below the
 folders (a corrupt line is named in a warning and skipped), or a ``results.csv`` given as a file
-or found at the top of a folder that holds no ``rows.jsonl``. The report has the environment, the
-summary table of :func:`harness.analysis.scaling.summary_table`, the figures of
-:func:`harness.report.figures.plot_all`, the counts of oom/unsupported/error/nan points with their
-reasons (one section per device when the rows come from several devices or hosts), and the
-attention heatmaps of every ``heatmap.json`` below the folders.
+or found at the top of a folder that holds no ``rows.jsonl``. The report opens with the inputs the
+accuracy numbers were measured on (and, for an input fitted to a real model, the statistics
+beside the model's); then per device the environment, the summary table of
+:func:`harness.analysis.scaling.summary_table`, the divergences of the effective attention
+matrix, the real-model table, the counts of points that did not run (oom, over_budget,
+unsupported, error, nan) with their reasons, and the figures of
+:func:`harness.report.figures.plot_all` (one section per device when the rows come from several
+devices or hosts); last the attention heatmaps of every ``heatmap.json`` below the folders.
 
 The report reads files only: it imports no variant and runs no model, so a machine without the
 plugins or the real-model extra draws the same report from the same rows.
@@ -33,13 +36,15 @@ from harness.analysis.series import prepare
 from harness.report.figures import FigureResult, attention_rows, plot_all
 from harness.report.figures_realmodel import draw_heatmaps
 from harness.report.markdown import (
+    divergence_markdown,
     environment_markdown,
     failures_markdown,
+    fitted_inputs_markdown,
     fmt,
     realmodel_markdown,
     summary_markdown,
 )
-from harness.report.style import CONTEXT_COLUMNS, SkipFigure
+from harness.report.style import CONTEXT_COLUMNS, SkipFigure, inputs_label
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +75,17 @@ def load_rows(folders: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 
 INTRO = (
-    "Slopes are log-log least-squares fits of the median per length with 95% confidence "
-    "intervals (t distribution); a slope of 1 is linear, 2 quadratic. Crossovers are "
-    "interpolated in log space (an oom counts as slower); – means never, or not measured. The "
-    "reference length n_ref is the largest at which the most series ran."
+    "Slopes describe the asymptote: the exponent p of a + b·nᵖ fitted to the median per "
+    "length over every length measured (the constant a takes the fixed cost per call, which "
+    "flattens short lengths), with its 95% profile-likelihood interval; a slope of 1 is "
+    "linear, 2 quadratic. Where the residuals of that fit still curve, the series is marked "
+    "'curved' and the slope is the log-log least-squares slope of the top four lengths (the "
+    "range is named). With fewer than five lengths there is no interval. Crossovers are "
+    "interpolated in log space (a point that did not fit in memory counts as slower); "
+    "≤ n means smaller already at the first length both ran; – means never, or not measured. "
+    "The reference length n_ref is the largest at which the most series ran. Errors compare "
+    "with two baselines on the same inputs: outputting zeros (error 1) and uniform attention "
+    "(the mean of V)."
 )
 REALMODEL_INTRO = (
     "Each variant swapped into every attention layer of the pretrained model, on the same pydoc "
@@ -82,7 +94,15 @@ REALMODEL_INTRO = (
 )
 
 
-def _summary_sections(table: pd.DataFrame) -> list[str]:
+def inputs_of_errors(rows: pd.DataFrame) -> str:
+    """The inputs the errors of ``rows`` were measured on, labelled (several joined by '; ')."""
+    err = rows[(rows["pass"] == "fwd") & (rows["status"] == "ok") & rows["rel_err"].notna()]
+    pairs = err[["inputs", "inputs_params"]].astype(str).drop_duplicates().index
+    labels = {inputs_label(err.loc[i, "inputs"], err.loc[i, "inputs_params"]) for i in pairs}
+    return "; ".join(sorted(labels))
+
+
+def _summary_sections(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     """One summary table per context (dtype, causal, shape) of one device."""
     if not len(table):
         return ["No attention points here (only real-model rows): no scaling summary.", ""]
@@ -97,6 +117,12 @@ def _summary_sections(table: pd.DataFrame) -> list[str]:
             summary_markdown(ctx_table),
             "",
         ]
+        name, params = ctx_table[["error_inputs", "error_inputs_params"]].iloc[0]
+        if isinstance(name, str):
+            md += [f"rel_err at n_ref on inputs {inputs_label(name, params)}.", ""]
+    divergence = divergence_markdown(attention_rows(rows))
+    if divergence:
+        md += ["### Divergence of the effective attention matrix", "", divergence, ""]
     return md
 
 
@@ -120,7 +146,7 @@ def _device_section(
 ) -> list[str]:
     """Environment, summary, real-model table, failures and figures of one device."""
     md = ["### Environment", "", environment_markdown(rows), ""]
-    md += _summary_sections(table[table["device_key"] == device] if len(table) else table)
+    md += _summary_sections(table[table["device_key"] == device] if len(table) else table, rows)
     real = realmodel_markdown(rows)
     if real:
         md += ["### Real-model fidelity (all-MiniLM-L6-v2)", "", REALMODEL_INTRO, "", real, ""]
@@ -187,6 +213,12 @@ def build_report(
         f"Rows from {', '.join(f'`{f}`' for f in folders)}: {len(df)} rows, "
         f"{df['series'].nunique()} series, {len(devices)} device(s)."
     )
+    inputs = inputs_of_errors(attention_rows(df))
+    if inputs:
+        md += ["", f"Accuracy measured on inputs: {inputs}."]
+    fitted = fitted_inputs_markdown(attention_rows(df))
+    if fitted:
+        md += ["", fitted]
     md += ["", INTRO]
     for device in devices:
         md += ["", f"## {device}" if len(devices) > 1 else "## Results", ""]

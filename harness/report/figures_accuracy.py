@@ -9,7 +9,6 @@ figure uses the most common inputs setting and never pools several.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,14 +30,42 @@ def _ok_fwd_errors(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["pass"] == "fwd") & (df["status"] == "ok") & (df["rel_err"] > 0)]
 
 
-def _most_common_inputs(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Rows of the most frequent inputs configuration (error depends on inputs; do not pool)."""
-    if not len(df):
-        return df, ""
-    params = df["inputs_params"].map(lambda p: json.dumps(as_mapping(p), sort_keys=True))
-    keys = df["inputs"].astype(str) + " " + params
-    top = keys.value_counts().index[0]
-    return df[keys == top], top.replace(" {}", "")
+#: How the two trivial baselines are drawn (grey: references, not variants).
+BASELINE_STYLE = {"color": "#7f7f7f", "linewidth": 1.1, "zorder": 1}
+
+
+def draw_baselines(ax, rows: pd.DataFrame, x: str | None = None) -> None:
+    """The two trivial baselines on the same inputs, so "worse than uniform attention" shows.
+
+    Outputting zeros has relative error 1 by definition (a dashed line, ``gid="baseline_zeros"``);
+    uniform attention (the mean of V over the keys each query may see) has the rows'
+    ``baseline_uniform_rel_err`` (dotted, ``gid="baseline_uniform"``): one line at its median,
+    or its median per ``x`` where it varies with ``x``. Rows without the column draw no
+    uniform line.
+    """
+    ax.axhline(1.0, linestyle=(0, (6, 3)), gid="baseline_zeros",
+               label="baseline: output zeros (error 1)", **BASELINE_STYLE)  # fmt: skip
+    uniform = rows[rows["baseline_uniform_rel_err"] > 0]
+    if not len(uniform):
+        return
+    label = "baseline: uniform attention (mean of V)"
+    curve = uniform.groupby(x)["baseline_uniform_rel_err"].median() if x else None
+    if curve is None or len(curve) < 2 or curve.max() / curve.min() < 1.02:
+        level = float(uniform["baseline_uniform_rel_err"].median())
+        ax.axhline(level, linestyle=":", gid="baseline_uniform", label=f"{label}: {level:.2g}",
+                   **BASELINE_STYLE)  # fmt: skip
+    else:
+        ax.plot(curve.index, curve.to_numpy(), linestyle=":", marker=".", gid="baseline_uniform",
+                label=label, **BASELINE_STYLE)  # fmt: skip
+
+
+def _keep_baselines_in_view(ax, rows: pd.DataFrame) -> None:
+    """Extend a log y axis so that both baselines (1 and uniform attention) are visible."""
+    low, high = ax.get_ylim()
+    uniform = rows["baseline_uniform_rel_err"].dropna()
+    top = max([1.0] + [float(uniform.max())] * bool(len(uniform)))
+    bottom = min([1.0] + [float(uniform.min())] * bool(len(uniform)))
+    ax.set_ylim(min(low, bottom / 1.5), max(high, top * 1.5))
 
 
 def _drop_exact(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -71,11 +98,13 @@ def plot_error(
     rows = _ok_fwd_errors(df)
     if not len(rows):
         raise SkipFigure(f"no ok fwd rows with rel_err on {device}")
-    rows, inputs = _most_common_inputs(rows)
+    rows, inputs = style.most_common_inputs(rows)
     rows, exact_note = _drop_exact(rows)
     styles = styles or style.style_map(df)
     fig, ax, omitted = style.series_vs_length(rows, "rel_err", styles, device)
     ax.set_yscale("log")
+    draw_baselines(ax, rows, "kv_len")
+    _keep_baselines_in_view(ax, rows)
     style.length_ticks(ax, rows["kv_len"].unique())
     return style.label_and_save(
         fig,
@@ -103,6 +132,7 @@ def plot_error_vs_temperature(
         raise SkipFigure(f"fewer than two input temperatures among ok fwd rows on {device}")
     rows, kv_len = _densest(rows, "temperature")
     rows, exact_note = _drop_exact(rows)
+    inputs = ", ".join(sorted({v if isinstance(v, str) else "unknown" for v in rows["inputs"]}))
     styles = styles or style.style_map(df)
     lines = [ln for ln in style.line_groups(rows) if ln[2]["temperature"].nunique() >= 2]
     omitted = len(style.line_groups(rows)) - len(lines)
@@ -110,11 +140,13 @@ def plot_error_vs_temperature(
     style.draw_series(
         ax, lines, lambda g: g.groupby("temperature")["rel_err"].median().sort_index(), styles
     )
+    draw_baselines(ax, rows, "temperature")
     temps = rows["temperature"]
     if temps.min() > 0 and temps.max() / temps.min() >= 8:
         ax.set_xscale("log")
         style.plain_ticks(ax, temps.unique())
     ax.set_yscale("log")
+    _keep_baselines_in_view(ax, rows)
     note = f"{omitted} series run at one temperature not drawn" if omitted else ""
     return style.label_and_save(
         fig,
@@ -125,24 +157,26 @@ def plot_error_vs_temperature(
         "Error vs input temperature",
         rows,
         device,
-        style.join(f"n = {int(kv_len)}", exact_note, note),
+        style.join(f"n = {int(kv_len)}; inputs {inputs}", exact_note, note),
     )  # fmt: skip
 
 
-def _knob_panels(ok: pd.DataFrame) -> list[tuple[str, str, float, pd.DataFrame]]:
-    """(variant, knob, kv_len, rows) per variant whose rows name a knob with two or more values.
+def _knob_panels(ok: pd.DataFrame) -> list[tuple[str, str, float, pd.DataFrame, str]]:
+    """(variant, knob, kv_len, rows, inputs) per variant whose rows name a knob with two or more
+    values.
 
-    Each panel uses the most common inputs setting and the kv_len with the most knob values.
+    Each panel uses the most common inputs setting (``inputs``, its label) and the kv_len with
+    the most knob values.
     """
     panels = []
     rows_with_knob = ok[ok["knob"].notna() & ok["knob_value"].notna()]
     for (variant, knob), rows in rows_with_knob.groupby(["variant", "knob"], sort=True):
         if rows["knob_value"].nunique() < 2:
             continue
-        rows, _ = _most_common_inputs(rows)
+        rows, inputs = style.most_common_inputs(rows)
         rows, kv_len = _densest(rows, "knob_value")
         if rows["knob_value"].nunique() >= 2:
-            panels.append((str(variant), str(knob), kv_len, rows))
+            panels.append((str(variant), str(knob), kv_len, rows, inputs))
     return panels
 
 
@@ -162,8 +196,8 @@ def plot_error_vs_knob(
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False, sharey=True
     )
-    for ax, (variant, knob, kv_len, rows) in zip(axes.flat, panels):
-        # one line per configuration other than the knob
+    for ax, (variant, knob, kv_len, rows, _) in zip(axes.flat, panels):
+        # one line per configuration other than the knob (untrained, eps stay in the label)
         labels = series_labels(rows, ignore={variant: [knob]})
         for i, (label, group) in enumerate(rows.groupby(labels, sort=True)):
             curve = group.groupby("knob_value")["rel_err"].median().sort_index()
@@ -173,16 +207,29 @@ def plot_error_vs_knob(
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_yscale("log")
-        ax.set_title(f"{variant} (n = {int(kv_len)})", fontsize=9)
+        draw_baselines(ax, rows)
+        name = labels.iloc[0] if labels.nunique() == 1 else variant
+        ax.set_title(f"{name} (n = {int(kv_len)})", fontsize=9)
         ax.set_xlabel(knob)
         ax.grid(True, alpha=0.25)
         if labels.nunique() > 1:
             ax.legend(fontsize=7, frameon=False)
+    # one shared y axis: the range of every panel's errors and both baselines
+    shown = pd.concat([p[3] for p in panels])
+    values = pd.concat([shown["rel_err"], shown["baseline_uniform_rel_err"].dropna()])
+    axes.flat[0].set_ylim(min(values.min(), 1.0) / 1.5, max(values.max(), 1.0) * 1.5)
     for ax in axes[:, 0]:
         ax.set_ylabel("relative error vs exact")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Error vs each approximation's knob — {device}", fontsize=10, x=0.01, ha="left")
+    inputs = "; ".join(sorted({p[4] for p in panels}))
+    fig.suptitle(
+        f"Error vs each approximation's knob — {device}\ninputs {inputs}; grey dashed: output "
+        "zeros (error 1), grey dotted: uniform attention (mean of V)",
+        fontsize=9,
+        x=0.01,
+        ha="left",
+    )
     fig.tight_layout()
     return style.finish(fig, axes.flat[0], path, legend=False)
 
@@ -238,7 +285,7 @@ def plot_tradeoff(
     """
     df, device = style.one_device(df, "trade-off")
     ok = _ok_fwd_errors(df)
-    ok, inputs = _most_common_inputs(ok[ok["time_ms"] > 0])
+    ok, inputs = style.most_common_inputs(ok[ok["time_ms"] > 0])
     if kv_len is None:
         kv_len = scaling.default_reference_kv_len(ok) if len(ok) else None
     rows = ok[ok["kv_len"] == kv_len] if kv_len is not None else ok.iloc[:0]
@@ -246,11 +293,16 @@ def plot_tradeoff(
         raise SkipFigure(f"fewer than two series with time and rel_err at one length on {device}")
     styles = styles or style.style_map(df)
     points = rows.groupby(["variant", "series"], sort=True).agg(
-        time_ms=("time_ms", "median"), rel_err=("rel_err", "median"), exact=("exact", "any")
+        time_ms=("time_ms", "median"),
+        rel_err=("rel_err", "median"),
+        exact=("exact", "any"),
+        knob_value=("knob_value", "first"),
     )
     approx = points[~points["exact"]]
     fig, ax = plt.subplots(figsize=style.FIGSIZE)
-    for (variant, series), pt in approx.iterrows():
+    for (variant, series), pt in sorted(
+        approx.iterrows(), key=lambda t: style.natural_key(t[0][1])
+    ):
         st = style.style_for(styles, series, str(variant))
         ax.scatter(
             [pt["time_ms"]],
@@ -263,10 +315,9 @@ def plot_tradeoff(
             edgecolors="white",
             linewidths=0.5,
         )
-        short = series[len(str(variant)) + 1 : -1] if series != variant else ""
-        if short and "," not in short:  # one param: its value only ("k=16" crowded clusters)
-            short = short.split("=", 1)[-1]
-        if short:  # the knob value beside the point: the legend alone makes the eye hop
+        # the knob value beside the point ("k=16" crowds clusters; the legend has the rest)
+        short = f"{pt['knob_value']:g}" if np.isfinite(pt["knob_value"]) else ""
+        if short:  # the legend alone makes the eye hop
             ax.annotate(
                 short,
                 (pt["time_ms"], pt["rel_err"]),
@@ -291,6 +342,8 @@ def plot_tradeoff(
     _draw_front(ax, points, approx)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    draw_baselines(ax, rows)
+    _keep_baselines_in_view(ax, rows)
     ax.set_xlim(points["time_ms"].min() / 1.4, points["time_ms"].max() * 2.0)  # room for labels
     return style.label_and_save(
         fig,

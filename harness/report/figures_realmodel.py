@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from harness.analysis.series import series_labels
 from harness.report.style import SkipFigure, Style, color_for, finish, natural_key, one_device
 
 HEATMAP_FILE = "heatmap.json"
@@ -53,7 +54,10 @@ def plot_realmodel(
     if not len(rows):
         raise SkipFigure(f"no realmodel rows with embed_cosine and knob_value on {device}")
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    for (variant, knob), group in rows.groupby(["variant", "knob"], sort=True):
+    # the label without the knob keeps "untrained" and eps (series_labels)
+    ignore = {v: [k] for v, k in zip(rows["variant"], rows["knob"])}
+    rows = rows.assign(label=series_labels(rows, ignore))
+    for (label, variant, knob), group in rows.groupby(["label", "variant", "knob"], sort=True):
         curve = group.groupby("knob_value")["embed_cosine"].median().sort_index()
         ax.plot(
             curve.index,
@@ -61,7 +65,7 @@ def plot_realmodel(
             color=color_for(str(variant)),
             marker="o",
             markersize=5,
-            label=f"{variant} ({knob})",
+            label=f"{label} ({knob})",
         )
     kv = rows["knob_value"]
     if kv.min() > 0 and kv.max() / kv.min() >= 8:

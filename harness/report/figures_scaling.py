@@ -31,10 +31,16 @@ def _slope_labels(lines: list[Line], slopes: pd.DataFrame) -> list[Line]:
         key = tuple(rows[SERIES_KEYS].iloc[0])
         s = slopes.loc[key] if key in slopes.index else None
         if s is not None and np.isfinite(s["slope"]):
-            ci = f" [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if np.isfinite(s["ci_low"]) else ""
-            label = f"{label}: slope {s['slope']:.2f}{ci}"
+            label = f"{label}: slope {style.slope_text(s.to_dict(), with_range=False)}"
         out.append((series, label, rows))
     return out
+
+
+#: The legend's explanation of the slopes (see harness.analysis.fits).
+SLOPE_LEGEND = (
+    "legend: slope = exponent p of a + b·nᵖ over all lengths [95% CI]; "
+    "'curved': log-log slope of the top lengths"
+)
 
 
 def _guides(ax: Any, ok: pd.DataFrame, metric: str, scale: float, x0: float, x1: float) -> None:
@@ -91,56 +97,43 @@ def _plot_vs_kv_len(
     _mark_oom(ax, rows, styles)
     style.length_ticks(ax, all_lengths)
     labels = (style.LENGTH_LABEL, ylabel)
-    return style.label_and_save(fig, ax, path, labels, title_text, rows, device, omitted)
+    note = style.join(SLOPE_LEGEND, omitted)
+    return style.label_and_save(fig, ax, path, labels, title_text, rows, device, note)
+
+
+#: How points that did not fit are marked at the top edge: (marker, text, legend label).
+DID_NOT_FIT = {
+    "oom": ("x", "oom", "out of memory (marked at top edge)"),
+    "over_budget": ("D", "over budget", "over the memory budget{budget} (marked at top edge)"),
+}
 
 
 def _mark_oom(ax: Any, rows: pd.DataFrame, styles: Mapping[str, Style]) -> None:
-    """An 'x' at the top edge of the axes at each length where a series ran out of memory.
+    """A marker at the top edge of the axes at each length where a series did not fit.
 
-    Series are staggered vertically so that two series out of memory at the same length stay
-    distinguishable; each marker line has ``gid="oom"`` for tests and readers of the figure.
+    Out of memory (``oom``, an allocation failed) is an 'x' (``gid="oom"``); refused by the
+    memory estimate (``over_budget``) a hollow diamond (``gid="over_budget"``). Series are
+    staggered vertically so that two series at the same length stay distinguishable.
     """
-    oom = rows[rows["status"] == "oom"]
-    if not len(oom):
-        return
     trans = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
-    for i, (series, group) in enumerate(oom.groupby("series", sort=True)):
+    failed = rows[rows["status"].isin(list(DID_NOT_FIT))]
+    for i, ((series, status), group) in enumerate(failed.groupby(["series", "status"])):
+        marker, text, _ = DID_NOT_FIT[status]
         st = style.style_for(styles, series)
         xs = sorted(group["kv_len"].unique())
         y = 0.95 - 0.045 * (i % 5)
-        ax.plot(
-            xs,
-            [y] * len(xs),
-            transform=trans,
-            linestyle="none",
-            marker="x",
-            markersize=8,
-            markeredgewidth=2,
-            color=st.color,
-            label=f"_oom {series}",
-            gid="oom",
-            clip_on=False,
-        )
-        ax.annotate(
-            "oom",
-            (xs[0], y),
-            xycoords=trans,
-            xytext=(-7, 0),
-            textcoords="offset points",
-            ha="right",
-            va="center",
-            fontsize=7,
-            color=st.color,
-        )
-    ax.plot(
-        [],
-        [],
-        linestyle="none",
-        marker="x",
-        color="#444444",
-        markeredgewidth=2,
-        label="out of memory (marked at top edge)",
-    )
+        size = 8 if marker == "x" else 6
+        ax.plot(xs, [y] * len(xs), transform=trans, linestyle="none", marker=marker,
+                markersize=size, markeredgewidth=2, markerfacecolor="none", color=st.color,
+                label=f"_{status} {series}", gid=status, clip_on=False)  # fmt: skip
+        ax.annotate(text, (xs[0], y), xycoords=trans, xytext=(-7, 0), textcoords="offset points",
+                    ha="right", va="center", fontsize=7, color=st.color)  # fmt: skip
+    for status in sorted(set(failed["status"])):
+        marker, _, label = DID_NOT_FIT[status]
+        budget = failed.loc[failed["status"] == status, "memory_budget_bytes"].dropna()
+        gb = f" ({budget.median() / 1e9:g} GB)" if len(budget) else ""
+        ax.plot([], [], linestyle="none", marker=marker, color="#444444", markeredgewidth=2,
+                markerfacecolor="none", label=label.format(budget=gb))  # fmt: skip
 
 
 def plot_time(
@@ -166,8 +159,7 @@ def plot_time(
         "time_ms",
         pass_,
         "median time per call (ms, log scale)",
-        f"Time vs sequence length ({PASS_NAMES.get(pass_, pass_)}); "
-        "legend: log-log slope [95% CI]",
+        f"Time vs sequence length ({PASS_NAMES.get(pass_, pass_)})",
         slope_fn=scaling.time_slopes,
         styles=styles,
     )
@@ -186,8 +178,7 @@ def plot_memory(
         "peak_mem_bytes",
         pass_,
         "peak memory above baseline (MiB, log scale)",
-        f"Peak memory vs sequence length ({PASS_NAMES.get(pass_, pass_)}); "
-        "legend: log-log slope [95% CI]",
+        f"Peak memory vs sequence length ({PASS_NAMES.get(pass_, pass_)})",
         slope_fn=scaling.memory_slopes,
         scale=1.0 / 2**20,
         styles=styles,

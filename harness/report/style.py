@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.analysis.series import per_kv_len, prepare
+from harness.analysis.series import as_mapping, per_kv_len, prepare
+from harness.analysis.series import most_common_inputs as rows_of_common_inputs
 
 #: Colour of each built-in variant. The exact baselines are neutral (black, greys, brown) so
 #: that the approximations stand out against them.
@@ -281,6 +282,89 @@ def multi_length(lines: list[Line], metric: str) -> tuple[list[Line], str]:
 def join(*parts: str) -> str:
     """The non-empty parts joined by '; ' (subtitle notes)."""
     return "; ".join(p for p in parts if p)
+
+
+#: Readable names of input generators; any other name is shown as it is.
+INPUT_NAMES: dict[str, str] = {"minilm": "MiniLM q,k,v (real text)"}
+#: Input parameters that say what the input was fitted to (a structured input's statistics).
+FIT_KEYS: tuple[str, ...] = ("fit", "fitted_to", "fit_to")
+
+
+def _fit_source(fit: Any) -> str:
+    """What a fitted input was fitted to: the model its ``fit`` entry names (up to the first
+    comma: "all-MiniLM-L6-v2 layers 0-5 x 12 heads, 16 pydoc passages" is too long for a
+    title), or "a real model"."""
+    if isinstance(fit, Mapping):
+        for key in ("model", "source", "name", "to"):
+            if isinstance(fit.get(key), str) and fit[key]:
+                return fit[key].split(",")[0]
+        return "a real model"
+    return str(fit).split(",")[0]
+
+
+def inputs_label(name: Any, params: Any) -> str:
+    """A reader's label of an inputs setting: its name and key (scalar) parameters.
+
+    ``minilm`` reads "MiniLM q,k,v (real text)"; an input whose parameters say what it was
+    fitted to (:data:`FIT_KEYS`) reads "<name> (fitted to <model>, ...)". Per-head lists and
+    free text are left out (the row keeps them); ``gaussian`` with temperature 1 reads
+    "gaussian (temperature=1)".
+    """
+    base = INPUT_NAMES.get(str(name), str(name)) if isinstance(name, str) and name else "unknown"
+    params = as_mapping(params)
+    parts = [
+        f"fitted to {_fit_source(params[k])}" for k in FIT_KEYS if params.get(k) not in (None, "")
+    ]
+    for key, value in sorted(params.items()):
+        if key in FIT_KEYS or key == "text" or value is None or isinstance(value, (list, dict)):
+            continue
+        parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    if not parts:
+        return base
+    if base.endswith(")"):
+        return f"{base[:-1]}; {', '.join(parts)})"
+    return f"{base} ({', '.join(parts)})"
+
+
+def most_common_inputs(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Rows of the most frequent inputs setting and its :func:`inputs_label` (errors depend on
+    the inputs, so a figure or table never pools several)."""
+    rows = rows_of_common_inputs(df)
+    if not len(rows):
+        return rows, ""
+    return rows, inputs_label(rows["inputs"].iloc[0], rows["inputs_params"].iloc[0])
+
+
+def _interval(low: float, high: float) -> str:
+    """``[0.94, 1.07]``; an open end reads ∞."""
+    lo = "−∞" if low == -np.inf else f"{low:.2f}"
+    hi = "∞" if high == np.inf else f"{high:.2f}"
+    return f"[{lo}, {hi}]"
+
+
+def slope_text(fit: Mapping[str, Any], with_range: bool = True) -> str:
+    """A fitted slope for a table or legend (fields of
+    :class:`harness.analysis.fits.ScalingFit`); ``with_range=False`` names the range only
+    where it is not every length (curved series).
+
+    ``1.00 [0.94, 1.07] over 256–16384`` (the asymptotic exponent over every length);
+    ``1.12 [1.10, 1.13] over 2048–16384, curved`` (the local slope at the top, residuals
+    curved); ``2.26 (3 lengths: too few for an interval)``; ``–`` when nothing was fitted.
+    """
+    slope = fit.get("slope")
+    if slope is None or not np.isfinite(slope):
+        return "–"
+    text = f"{slope:.2f}"
+    low, high = fit.get("ci_low"), fit.get("ci_high")
+    if low is not None and high is not None and not (np.isnan(low) or np.isnan(high)):
+        text += f" {_interval(low, high)}"
+    elif fit.get("note"):
+        return f"{text} ({fit['note']})"
+    span = f" over {int(fit['range_low'])}–{int(fit['range_high'])}"
+    curved = fit.get("curved")
+    if isinstance(curved, (bool, np.bool_)) and curved:  # the range is the point: the top
+        return f"{text}{span}, curved"
+    return text + span if with_range else text
 
 
 def title(ax: Any, text: str, df: pd.DataFrame, device: str, extra: str = "") -> None:
