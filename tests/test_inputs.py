@@ -113,6 +113,12 @@ def test_unknown_param_names_field_and_allowed(name):
         ("local", {"noise": -0.5}, "noise"),
         ("lowrank", {"rank": 17}, "rank"),
         ("lowrank", {"rank": 2.5}, "rank"),
+        ("structured", {"bandwidth": 0}, "bandwidth"),
+        ("structured", {"shift": 0.5}, "shift"),
+        ("structured", {"gain": [1.0, -1.0]}, "gain"),
+        ("structured", {"sink": []}, "sink"),
+        ("structured", {"v_mean": 1.0}, "v_mean"),
+        ("structured", {"temperature": "hot"}, "temperature"),
     ],
 )
 def test_bad_values_name_the_field(name, params, field):
@@ -137,3 +143,55 @@ def test_minilm_is_dispatched_lazily(monkeypatch):
     q, _, _ = make_inputs("minilm", 1, 2, 8, 8, 16, torch.float32, "cpu", 5, layer=2)
     assert q.shape == (1, 2, 8, 16)
     assert seen == {"layer": 2, "head": None, "text": None, "seed": 5}
+
+
+#: ``structured`` with every term switched off: tests switch on the one they check.
+_OFF = {"bandwidth": 2.0, "shift": 0, "gain": 0.0, "sink": 0.0, "temperature": 0.0}
+
+
+def _structured_qk(nq: int, nk: int, heads: int = 2, batch: int = 1, seed: int = 0, **params):
+    """q, k (float64, head_dim 32) of ``structured`` with every term off but ``params``."""
+    shape = (batch, heads, nq, nk, 32)
+    q, k, _ = make_inputs("structured", *shape, torch.float64, "cpu", seed, **{**_OFF, **params})
+    return q, k
+
+
+def _structured(n: int = 64, heads: int = 2, **params) -> torch.Tensor:
+    """Attention probabilities (B=1, H, n, n) of ``structured`` with the given parameters."""
+    return _probs(*_structured_qk(n, n, heads, **params))
+
+
+def test_structured_terms_do_what_they_say():
+    n = 64
+    # gain alone, shift 1: every query (but the first) attends to the token before it
+    p = _structured(n, gain=40.0, shift=1, bandwidth=0.5)
+    assert torch.equal(p[0, :, 1:].argmax(-1), torch.arange(n - 1).expand(2, -1))
+    # nothing switched on: exactly uniform attention
+    assert torch.allclose(_structured(n), torch.full((1, 2, n, n), 1 / n, dtype=torch.float64))
+    # sink alone: key 0 gets e^s / (e^s + n - 1) of every row
+    p = _structured(n, sink=3.0)
+    expected = math.exp(3.0) / (math.exp(3.0) + n - 1)
+    assert torch.allclose(p[..., 0], torch.full_like(p[..., 0], expected))
+    # temperature alone: logits of standard deviation ~ temperature, no positional structure
+    q, k = _structured_qk(128, 128, heads=4, batch=2, seed=1, temperature=2.0)
+    assert abs(float((q @ k.transpose(-2, -1) / math.sqrt(32)).std()) - 2.0) < 0.15
+
+
+def test_structured_lists_give_one_value_per_head_type():
+    # head h takes element h mod 2: heads 0 and 2 sharp and local, heads 1 and 3 uniform
+    p = _structured(48, heads=4, gain=[40.0, 0.0], bandwidth=0.5)
+    diag = p[0].diagonal(dim1=-2, dim2=-1).mean(-1)  # (H,)
+    assert float(diag[0]) > 0.9 and float(diag[2]) > 0.9
+    assert torch.allclose(diag[1::2], torch.full((2,), 1 / 48, dtype=torch.float64))
+
+
+def test_structured_cross_attention_is_bottom_right_aligned():
+    q, k = _structured_qk(16, 80, heads=1, gain=40.0, bandwidth=0.5)
+    assert torch.equal(_probs(q, k)[0, 0].argmax(-1), torch.arange(16) + 64)
+
+
+def test_structured_values_share_a_mean():
+    _, _, v = make_inputs("structured", 1, 2, 8, 4096, 32, torch.float64, "cpu", 0, v_mean=0.3)
+    fraction = v.mean(-2).pow(2).sum(-1) / v.pow(2).sum(-1).mean(-1)  # (B, H)
+    assert torch.allclose(fraction, torch.full_like(fraction, 0.3), atol=0.12)
+    assert abs(float(v.std()) - 1.0) < 0.1  # still unit variance entries
