@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,16 +25,22 @@ if _missing:
 import variants  # noqa: E402
 from harness.analysis.rows import COLUMNS, complete_row  # noqa: E402
 from harness.measure.accuracy import effective_attention  # noqa: E402
+from harness.realmodel import embed as embed_module  # noqa: E402
 from harness.realmodel import experiment as realmodel  # noqa: E402
 from harness.realmodel.adapter import VariantUnsupported  # noqa: E402
 from harness.realmodel.capture import minilm_qkv, sentence_qkv  # noqa: E402
-from harness.realmodel.embed import Embeddings, embed  # noqa: E402
+from harness.realmodel.embed import Embeddings, embed, paired_timed_embed  # noqa: E402
 from harness.realmodel.heatmap import (  # noqa: E402
     HEATMAP_FILE,
     attention_heatmap_data,
     variant_heatmap,
 )
-from harness.realmodel.retrieval import retrieval_check  # noqa: E402
+from harness.realmodel.retrieval import (  # noqa: E402
+    mcnemar_p,
+    retrieval_check,
+    retrieval_pairs,
+    wilson_interval,
+)
 from harness.realmodel.texts import pydoc_texts  # noqa: E402
 from variants.full import FullAttention  # noqa: E402
 
@@ -57,6 +65,17 @@ def test_texts_are_real_english_and_deterministic(texts) -> None:
     assert texts == pydoc_texts(3, min_tokens=max(LENGTHS), seed=0)
     assert all(len(t.split()) >= 8 and t.endswith(".") for t in texts)
     assert pydoc_texts(2, min_tokens=512)  # enough material for 512-token points
+
+
+def test_one_cached_model_per_device_and_unpadded_batches_run(texts) -> None:
+    # load_model() and load_model("cpu") were two models: checks on one missed the other
+    assert (
+        minilm.load_model() is minilm.load_model("cpu") is minilm.load_model(torch.device("cpu"))
+    )
+    # an unpadded batch hands the variant the model's transposed q, k, v views as they are;
+    # a block-sparse kernel's .view() needs contiguous inputs (16 tokens: whole blocks)
+    local = embed(texts[:2], variants.create("local", window=4), lengths=16, batch_size=2)
+    assert local.lengths == [16, 16] and bool(torch.isfinite(local.embeddings).all())
 
 
 def test_sdpa_adapter_reproduces_stock_embeddings(texts, stock) -> None:
@@ -116,7 +135,7 @@ def test_unsupported_variant_is_reported_not_crashed(texts, factory, words) -> N
     with pytest.raises(VariantUnsupported, match=words):
         embed(texts, factory(0), lengths=LENGTHS, batch_size=3)
     point = {"variant": "x", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
-             "realmodel": {"lengths": [32], "texts_per_length": 1, "repeats": 1}}  # fmt: skip
+             "realmodel": {"lengths": [32], "texts_per_length": 1}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(point, factory)
     assert row["status"] == "unsupported" and words in row["reason"]
     assert "retrieval_top1" not in row
@@ -126,7 +145,7 @@ def test_unsupported_variant_is_reported_not_crashed(texts, factory, words) -> N
 def test_measure_realmodel_point_row() -> None:
     point = {"variant": "sdpa", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
              "realmodel": {"lengths": [16, 32], "texts_per_length": 2, "batch_size": 2,
-                           "repeats": 1, "retrieval_pairs": 8}}  # fmt: skip
+                           "retrieval_pairs": 200}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(point, lambda seed: variants.create("sdpa"))
     assert row["status"] == "ok", row["reason"]
     # the row says what the variant is without its code
@@ -140,9 +159,19 @@ def test_measure_realmodel_point_row() -> None:
     assert len(errs) == minilm.NUM_LAYERS and max(errs) < 1e-4
     assert set(json.loads(row["embed_cosine_by_length"])) == {"16", "32"}
     assert row["time_ms"] > 0 and row["exact_time_ms"] > 0
-    # exact attention retrieves exactly what the stock model retrieves
-    assert row["retrieval_pairs"] == 8 and row["retrieval_agree_top1"] == 1.0
+    # exact and variant timed in the same loop, >= 10 rounds, each with its spread
+    assert row["repeats"] >= 10 and row["exact_time_iqr_ms"] >= 0 and row["time_iqr_ms"] >= 0
+    assert row["time_ratio"] > 0
+    # attention FLOPs over the whole model's time is no rate: no tflops on whole-model rows
+    assert row.get("tflops") is None and row["flops"] == row["exact_flops"] > 0
+    assert row["work_exceeds_exact"] is None  # an exact variant is no approximation
+    # exact attention retrieves exactly what the stock model retrieves, over 200 pairs
+    assert row["retrieval_pairs"] == 200 and row["retrieval_agree_top1"] == 1.0
     assert row["retrieval_top1"] == row["retrieval_exact_top1"] > 0
+    assert row["retrieval_top1_lo"] < row["retrieval_top1"] < row["retrieval_top1_hi"]
+    assert row["retrieval_top1_hi"] - row["retrieval_top1_lo"] < 0.15  # 32 pairs: ~0.3 wide
+    assert row["retrieval_better"] == row["retrieval_worse"] == 0
+    assert row["retrieval_mcnemar_p"] == 1.0
     assert row["retrieval_mean_rank"] >= 1
     full = complete_row(row)
     assert list(full)[: len(COLUMNS)] == COLUMNS and full["torch"]
@@ -188,6 +217,110 @@ def test_retrieval_check_separates_a_poor_approximation() -> None:
     exact, local = table.iloc[0], table.iloc[1]
     assert local["status"] == "ok" and local["embed_cosine"] < 0.99
     assert local["agree_top1"] < 1.0 and local["mean_rank"] >= exact["mean_rank"]
+    # the paired comparison: the discordant queries account for the whole top-1 difference
+    n = 16
+    assert local["better"] - local["worse"] == round((local["top1"] - exact["top1"]) * n)
+    assert local["better"] + local["worse"] > 0
+    assert local["mcnemar_p"] == mcnemar_p(int(local["better"]), int(local["worse"]))
+    assert exact["better"] == exact["worse"] == 0 and exact["mcnemar_p"] == 1.0
+    for r in (exact, local):
+        assert (r["top1_lo"], r["top1_hi"]) == wilson_interval(round(r["top1"] * n), n)
+
+
+def test_retrieval_pairs_are_200_plus_seeded_and_nested() -> None:
+    pairs = retrieval_pairs(200, seed=0)
+    assert len(pairs) == 200 and pairs == retrieval_pairs(200, seed=0)
+    assert retrieval_pairs(200, seed=1) != pairs
+    assert retrieval_pairs(300, seed=0)[:200] == pairs  # more pairs extend, never reshuffle
+    # every query and every candidate once: no query has two true answers
+    assert len({q for q, _ in pairs}) == len({d for _, d in pairs}) == 200
+    assert all(q.endswith(".") and d.endswith(".") for q, d in pairs)
+    with pytest.raises(ValueError, match="n_pairs"):
+        retrieval_pairs(0)
+
+
+def test_wilson_interval_and_mcnemar() -> None:
+    # issue 13: longformer 3 discordant queries in its favour and 0 against over 32 pairs
+    assert mcnemar_p(3, 0) == pytest.approx(0.25) and mcnemar_p(0, 3) == pytest.approx(0.25)
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(5, 15) == pytest.approx(2 * sum(math.comb(20, i) for i in range(6)) / 2**20)
+    z = 1.959963984540054  # the 97.5% normal quantile: a two-sided 95% interval
+    for hits, n in [(26, 32), (90, 200), (0, 200), (200, 200)]:
+        p = hits / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        low, high = wilson_interval(hits, n)
+        assert low == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert high == pytest.approx(min(1.0, centre + half), abs=1e-12)
+
+
+def test_realmodel_config_and_preset_need_200_pairs_and_10_rounds() -> None:
+    for override, field in [({"retrieval_pairs": 32}, "retrieval_pairs"),
+                            ({"repeats": 3}, "repeats")]:  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            realmodel.realmodel_config({"realmodel": override})
+    assert realmodel.realmodel_config({"realmodel": {"retrieval_pairs": 0}})
+    defaults = realmodel.realmodel_config({})
+    assert defaults["retrieval_pairs"] >= 200 and defaults["repeats"] >= 10
+    from omegaconf import OmegaConf
+
+    preset = Path(realmodel.__file__).parents[1] / "conf" / "experiment" / "realmodel.yaml"
+    block = OmegaConf.load(preset).realmodel
+    assert block.retrieval_pairs >= 200 and block.repeats >= 10
+
+
+def test_paired_timing_interleaves_exact_and_variant(texts, stock, monkeypatch) -> None:
+    seen: list[str] = []
+    model = minilm.load_model()
+
+    def fake_time_once_ms(fn, device):  # each pass's time is its position in the loop
+        seen.append(model.config._attn_implementation)
+        fn()
+        return float(len(seen))
+
+    monkeypatch.setattr(embed_module, "time_once_ms", fake_time_once_ms)
+    local = variants.create("local", window=4)
+    exact, approx, exact_time, timing = paired_timed_embed(
+        texts, local, lengths=LENGTHS, batch_size=3, device="cpu", repeats=10
+    )
+    # warm-up round, then exact, variant, exact, variant, ...: one loop, same moments
+    assert seen[0::2] == ["sdpa"] * 11 and all(s.startswith("attnbench_local") for s in seen[1::2])
+    assert exact_time["times_ms"] == [float(i) for i in range(3, 23, 2)]
+    assert timing["times_ms"] == [float(i) for i in range(4, 24, 2)]
+    assert exact_time["repeats"] == timing["repeats"] == 10 and exact_time["time_ms"] == 12.0
+    assert _cos_distance(stock, exact) < 1e-6  # the exact side is the stock model
+    assert _cos_distance(stock, approx) > 1e-4  # the variant side ran the 4-token window
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="repeats"):
+        paired_timed_embed(texts, local, lengths=LENGTHS, batch_size=3, device="cpu", repeats=3)
+
+
+def _tiny_row(name: str, **params) -> dict:
+    point = {"variant": name, "params": params, "device": "cpu", "dtype": "float32", "seed": 0,
+             "realmodel": {"lengths": [16, 32], "texts_per_length": 1, "retrieval_pairs": 0,
+                           "heatmap": False}}  # fmt: skip
+    (row,) = realmodel.measure_realmodel_point(
+        point, lambda seed: variants.create(name, kv_len=32, head_dim=32, **params)
+    )
+    assert row["status"] == "ok", row["reason"]
+    return row
+
+
+def test_work_exceeds_exact_flags_nystrom_with_many_landmarks() -> None:
+    # 16 landmarks for texts of 16 and 32 tokens: at least half the tokens, more work than exact
+    row = _tiny_row("nystrom", num_landmarks=16)
+    assert row["work_exceeds_exact"] is True and row["flops"] >= row["exact_flops"]
+    assert "work_exceeds_exact" in row["notes"] and row.get("tflops") is None
+    few = realmodel._work_columns(variants.create("nystrom", num_landmarks=4), [64, 64])
+    assert few["work_exceeds_exact"] is False and few["flops"] < few["exact_flops"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("variants.longformer") is None, reason="variants.longformer absent"
+)
+def test_longformer_row_records_the_backend_that_ran() -> None:
+    row = _tiny_row("longformer", window=4)
+    assert row["params"]["resolved_backend"] == "chunked"  # CPU: auto resolves to chunked
 
 
 def test_attention_heatmap_data() -> None:
@@ -233,7 +366,7 @@ def test_variant_heatmap_panels_name_their_settings() -> None:
 
 def test_realmodel_job_writes_heatmap_json(tmp_path) -> None:
     point = {"variant": "local", "params": {"window": 8}, "device": "cpu", "dtype": "float32",
-             "seed": 0, "realmodel": {"lengths": [16], "texts_per_length": 1, "repeats": 1,
+             "seed": 0, "realmodel": {"lengths": [16], "texts_per_length": 1,
                                       "retrieval_pairs": 0}}  # fmt: skip
     (row,) = realmodel.measure_realmodel_point(
         point, lambda seed: variants.create("local", window=8), out_dir=tmp_path

@@ -126,6 +126,9 @@ def _run_variant(
     reasons = variant.not_supported_reasons(q, k, v, causal)
     if reasons:
         raise VariantUnsupported(reasons)
+    # The model hands transposed views; variants are written (and tested) for contiguous inputs
+    # as the harness makes them, and some reshape with .view.
+    q, k, v = (t.contiguous() for t in (q, k, v))
     return variant(q, k, v, causal=causal)  # (B, H, Nq, Dv)
 
 

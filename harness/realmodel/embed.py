@@ -2,24 +2,32 @@
 
 Texts are tokenized (truncated to their lengths), right-padded in batches, run through the
 model, mean-pooled over the attention mask and L2-normalised (the model's sentence-transformers
-pooling). Timing goes through ``harness.measure.timing.time_callable`` and covers the model's
-forward passes only: tokenizing happens before, pooling after.
+pooling). :func:`paired_timed_embed` times the model with exact attention and with a variant
+*interleaved* (exact, variant, exact, variant, ...), so that both medians come from the same
+minutes of the machine's life; each forward is timed by ``harness.measure.timing`` and covers
+the model's forward passes only: tokenizing happens before, pooling after.
 
-Public: :class:`Embeddings`, :func:`embed`, :func:`timed_embed`.
+Public: :class:`Embeddings`, :data:`MIN_PAIRED_REPEATS`, :func:`embed`,
+:func:`paired_timed_embed`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from harness.measure.timing import time_callable
+from harness.measure.timing import summarize, time_once_ms
 from harness.realmodel.adapter import use_variant
 from harness.realmodel.model import encode, load_model, text_lengths
 from variants.base import AttentionVariant, check_int
+
+#: Fewest timed (exact, variant) pairs of :func:`paired_timed_embed`: with fewer the IQR of a
+#: whole-model time on a shared machine says little (3 repeats gave IQRs up to 76% of the median).
+MIN_PAIRED_REPEATS = 10
 
 
 @dataclass
@@ -59,22 +67,15 @@ def _pool(batches: list[dict[str, Tensor]], outputs: list[Any], hidden_states: b
     return Embeddings(torch.cat(pooled), layers, true_lengths)
 
 
-def _run(
-    texts: list[str],
-    variant: AttentionVariant | None,
-    lengths: int | list[int] | None,
-    batch_size: int,
-    device: str,
-    hidden_states: bool,
-    repeats: int | None,
-) -> tuple[Embeddings, dict[str, float] | None]:
-    """Embeddings of ``texts``; with ``repeats``, also the timing of the forward passes."""
+def _batches(
+    texts: list[str], lengths: int | list[int] | None, batch_size: int, device: str
+) -> list[dict[str, Tensor]]:
+    """The texts tokenized (each truncated to its length) in right-padded batches on ``device``."""
     if not texts:
         raise ValueError("embed: texts is empty")
     check_int("embed", "batch_size", batch_size, low=1, error=ValueError)
     per_text = text_lengths(len(texts), lengths, "embed")
-    model = load_model(device)
-    batches = [
+    return [
         {
             name: t.to(device)
             for name, t in encode(
@@ -83,21 +84,19 @@ def _run(
         }
         for start in range(0, len(texts), batch_size)
     ]
-    outputs: list[Any] = []
+
+
+def _forward(
+    model: Any, batches: list[dict[str, Tensor]], hidden_states: bool, outputs: list[Any]
+) -> Callable[[], None]:
+    """A zero-argument forward over all batches that leaves its results in ``outputs``."""
 
     def forward() -> None:
         outputs.clear()  # free the previous call's outputs before computing new ones
         with torch.no_grad():
             outputs.extend(model(**b, output_hidden_states=hidden_states) for b in batches)
 
-    timing = None
-    with use_variant(model, variant):
-        if repeats is None:
-            forward()
-        else:
-            # the timer's first call is its warm-up; outputs keep the last call's results
-            timing = time_callable(forward, device, min_run_time=0.0, min_repeats=repeats)
-    return _pool(batches, outputs, hidden_states), timing
+    return forward
 
 
 def embed(
@@ -122,11 +121,15 @@ def embed(
     Raises:
         VariantUnsupported: The variant cannot run some of the inputs.
     """
-    result, _ = _run(texts, variant, lengths, batch_size, device, hidden_states, None)
-    return result
+    batches = _batches(texts, lengths, batch_size, device)
+    model = load_model(device)
+    outputs: list[Any] = []
+    with use_variant(model, variant):
+        _forward(model, batches, hidden_states, outputs)()
+    return _pool(batches, outputs, hidden_states)
 
 
-def timed_embed(
+def paired_timed_embed(
     texts: list[str],
     variant: AttentionVariant | None,
     *,
@@ -134,17 +137,45 @@ def timed_embed(
     batch_size: int,
     device: str,
     repeats: int,
-) -> tuple[Embeddings, dict[str, float]]:
-    """:func:`embed` (with hidden states), and the wall time of its forward passes.
+) -> tuple[Embeddings, Embeddings, dict[str, Any], dict[str, Any]]:
+    """:func:`embed` (with hidden states) with exact attention and with ``variant``, timed.
 
-    One warm-up pass over all the texts, then ``repeats`` timed passes
-    (``harness.measure.timing.time_callable``).
+    One untimed warm-up pass of each, then ``repeats`` rounds of one exact pass and one variant
+    pass, each pass over all the texts timed on its own
+    (:func:`harness.measure.timing.time_once_ms`), so that both sides see the same machine
+    load. Switching the model's attention implementation between passes is not timed.
+
+    Args:
+        texts: The texts.
+        variant: The attention to compare with the stock model (``None``: the stock model twice).
+        lengths: Maximum tokens per text (one int or one per text).
+        batch_size: Texts per forward pass.
+        device: Device of the model.
+        repeats: Timed rounds, at least :data:`MIN_PAIRED_REPEATS`.
 
     Returns:
-        ``(embeddings, {"time_ms", "time_iqr_ms", "repeats"})``; ``time_ms`` is the median time
-        of one pass over all the texts.
+        ``(exact embeddings, variant embeddings, exact timing, variant timing)``; a timing is
+        ``{"time_ms", "time_iqr_ms", "repeats"}`` (:func:`harness.measure.timing.summarize`:
+        the median and IQR of one pass over all the texts) plus ``times_ms``, the passes' times
+        in order.
+
+    Raises:
+        VariantUnsupported: The variant cannot run some of the inputs.
     """
-    check_int("embed", "repeats", repeats, low=1, error=ValueError)
-    result, timing = _run(texts, variant, lengths, batch_size, device, True, repeats)
-    assert timing is not None  # repeats was given
-    return result, timing
+    check_int("embed", "repeats", repeats, low=MIN_PAIRED_REPEATS, error=ValueError)
+    batches = _batches(texts, lengths, batch_size, device)
+    model = load_model(device)
+    stock = model.config._attn_implementation
+    outputs: dict[str, list[Any]] = {"exact": [], "variant": []}
+    times: dict[str, list[float]] = {"exact": [], "variant": []}
+    with use_variant(model, variant):
+        sides = {"exact": stock, "variant": model.config._attn_implementation}
+        for round_ in range(repeats + 1):  # round 0 is the warm-up
+            for side, implementation in sides.items():
+                model.set_attn_implementation(implementation)
+                took = time_once_ms(_forward(model, batches, True, outputs[side]), device)
+                if round_:
+                    times[side].append(took)
+    exact, approx = (_pool(batches, outputs[side], True) for side in ("exact", "variant"))
+    timing = {side: summarize(times[side]) | {"times_ms": times[side]} for side in times}
+    return exact, approx, timing["exact"], timing["variant"]

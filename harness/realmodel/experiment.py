@@ -3,8 +3,13 @@
 One point of the ``realmodel`` task runs the same real English texts (pydoc passages of several
 lengths, batched with padding) through MiniLM with exact attention and with the point's variant
 in every layer (:mod:`harness.realmodel.adapter`), and compares: sentence-embedding cosine,
-per-layer hidden-state error, the retrieval check (:mod:`harness.realmodel.retrieval`) and the
-forward time. With ``realmodel.heatmap`` on, it also writes the job's ``heatmap.json``
+per-layer hidden-state error, the retrieval check (:mod:`harness.realmodel.retrieval`: top-1
+with its 95% interval and the paired comparison with exact attention) and the forward time.
+The exact and the variant model are timed interleaved in one loop
+(:func:`harness.realmodel.embed.paired_timed_embed`), so each row's ``exact_time_ms`` was
+measured beside its ``time_ms``. Whole-model rows carry the attention FLOPs (``flops``) but no
+``tflops``: attention FLOPs over the whole model's time is no rate of anything. With
+``realmodel.heatmap`` on, it also writes the job's ``heatmap.json``
 (:mod:`harness.realmodel.heatmap`) beside its rows.
 
 Public: :data:`REALMODEL_DEFAULTS`, :func:`measure_realmodel_point`.
@@ -13,6 +18,7 @@ Public: :data:`REALMODEL_DEFAULTS`, :func:`measure_realmodel_point`.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,29 +28,25 @@ import torch
 from harness.measure.env import environment
 from harness.measure.factory import describe
 from harness.realmodel.adapter import VariantUnsupported
-from harness.realmodel.embed import Embeddings, timed_embed
+from harness.realmodel.embed import MIN_PAIRED_REPEATS, Embeddings, paired_timed_embed
 from harness.realmodel.heatmap import HEATMAP_SENTENCE, variant_heatmap, write_heatmap
 from harness.realmodel.model import HEAD_DIM, MAX_TOKENS, NUM_HEADS, NUM_LAYERS
-from harness.realmodel.retrieval import retrieval_check
+from harness.realmodel.retrieval import MIN_PAIRS, retrieval_check
 from harness.realmodel.texts import realmodel_texts
-from variants.base import AttentionVariant, check_int
+from variants.base import AttentionVariant, check_int, exact_attention_flops
 
 #: Defaults of the ``realmodel:`` config block (conf/experiment/realmodel.yaml documents them).
 REALMODEL_DEFAULTS: dict[str, Any] = {
     "lengths": [64, 128, 256, 512],  # token lengths of the texts ([CLS] and [SEP] included)
     "texts_per_length": 4,  # distinct pydoc passages per length
     "batch_size": 4,  # texts per forward pass (mixed lengths, right-padded)
-    "repeats": 3,  # timed passes over all texts after the warm-up pass; time_ms is the median
-    "retrieval_pairs": 32,  # pydoc pairs of the retrieval check per point; 0 turns it off
+    "repeats": MIN_PAIRED_REPEATS,  # timed (exact, variant) rounds after one warm-up round
+    "retrieval_pairs": MIN_PAIRS,  # pydoc pairs of the retrieval check (>= 200); 0 turns it off
     "heatmap": True,  # write heatmap.json (exact and the variant's matrix) beside the rows
     "heatmap_sentence": HEATMAP_SENTENCE,  # the heatmap's text
     "heatmap_layer": 0,  # MiniLM layer of the heatmap, 0..5
     "heatmap_head": 0,  # MiniLM head of the heatmap, 0..11
 }
-
-#: The exact model's embeddings and timing per (device, texts, lengths, batch_size, repeats):
-#: every point of a sweep job compares with the same run.
-_exact_cache: dict[tuple, tuple[Embeddings, dict[str, float]]] = {}
 
 
 def realmodel_config(point: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,9 +68,16 @@ def realmodel_config(point: Mapping[str, Any]) -> dict[str, Any]:
     if not lengths or any(not 2 <= n <= MAX_TOKENS for n in lengths):
         raise ValueError(f"realmodel: lengths={lengths} must be in [2, {MAX_TOKENS}]")
     cfg["lengths"] = sorted(set(lengths))
-    for field in ("texts_per_length", "batch_size", "repeats"):
+    for field in ("texts_per_length", "batch_size"):
         check_int("realmodel", field, cfg[field], low=1, error=ValueError)
+    check_int("realmodel", "repeats", cfg["repeats"], low=MIN_PAIRED_REPEATS, error=ValueError)
     check_int("realmodel", "retrieval_pairs", cfg["retrieval_pairs"], low=0, error=ValueError)
+    if 0 < cfg["retrieval_pairs"] < MIN_PAIRS:
+        # fewer pairs cannot separate variants: at 32, three discordant queries are p = 0.25
+        raise ValueError(
+            f"realmodel: retrieval_pairs={cfg['retrieval_pairs']} must be 0 (off) or >= "
+            f"{MIN_PAIRS}"
+        )
     check_int("realmodel", "heatmap_layer", cfg["heatmap_layer"], 0, NUM_LAYERS - 1, ValueError)
     check_int("realmodel", "heatmap_head", cfg["heatmap_head"], 0, NUM_HEADS - 1, ValueError)
     if not isinstance(cfg["heatmap"], bool):
@@ -120,27 +129,73 @@ def _fidelity(
     }
 
 
-def _retrieval_columns(variant: AttentionVariant, label: str, n_pairs: int, device: str) -> dict:
-    """The retrieval check's columns for one variant (:func:`retrieval_check`)."""
-    found = retrieval_check({label: variant}, n_pairs, device)
+def _retrieval_columns(
+    variant: AttentionVariant, label: str, n_pairs: int, device: str, seed: int
+) -> dict[str, Any]:
+    """The retrieval check's columns for one variant (:func:`retrieval_check`).
+
+    ``retrieval_top1`` with its 95% Wilson interval (``_lo``, ``_hi``), the same for exact
+    attention, and the paired comparison on the same queries: ``retrieval_better`` (the variant
+    right, exact wrong), ``retrieval_worse`` (the opposite) and ``retrieval_mcnemar_p``.
+    """
+    found = retrieval_check({label: variant}, n_pairs, device, seed=seed)
     exact_r, approx_r = found.iloc[0], found.iloc[1]
-    return {
+    out: dict[str, Any] = {
         "retrieval_pairs": n_pairs,
         "retrieval_exact_top1": float(exact_r["top1"]),
-        "retrieval_top1": approx_r.get("top1"),
-        "retrieval_mean_rank": approx_r.get("mean_rank"),
-        "retrieval_agree_top1": approx_r.get("agree_top1"),
+        "retrieval_exact_top1_lo": float(exact_r["top1_lo"]),
+        "retrieval_exact_top1_hi": float(exact_r["top1_hi"]),
     }
+    if approx_r["status"] != "ok":  # e.g. too short for Linformer's projections
+        raise RuntimeError(approx_r["reason"])
+    for column in ("top1", "top1_lo", "top1_hi", "mean_rank", "agree_top1", "mcnemar_p"):
+        out[f"retrieval_{column}"] = float(approx_r[column])
+    for column in ("better", "worse"):
+        out[f"retrieval_{column}"] = int(approx_r[column])
+    return out
 
 
-def _flops(variant: AttentionVariant, lengths: list[int]) -> int | None:
-    """Attention FLOPs of one pass over the texts (every layer), or None if not declared."""
+def _flops(variant: AttentionVariant | None, lengths: list[int]) -> int | None:
+    """Attention FLOPs of one pass over the texts (every layer, each text at its length), or
+    None if not declared; ``None`` for the variant is exact softmax attention."""
     try:
         return sum(
-            NUM_LAYERS * variant.flops(1, NUM_HEADS, n, n, HEAD_DIM, False) for n in lengths
+            NUM_LAYERS
+            * (
+                exact_attention_flops(1, NUM_HEADS, n, n, HEAD_DIM)
+                if variant is None
+                else variant.flops(1, NUM_HEADS, n, n, HEAD_DIM, False)
+            )
+            for n in lengths
         )
     except NotImplementedError:
         return None
+
+
+def _work_columns(variant: AttentionVariant, lengths: list[int]) -> dict[str, Any]:
+    """``flops`` and ``work_exceeds_exact``: does the approximation do at least exact's work?
+
+    Counted after the call, so the backend that ran decides (Longformer's ``auto``). Exact
+    variants get ``None``: the flag is about approximations that save nothing (Nystrom with
+    landmarks >= half the tokens costs more than the exact attention it approximates).
+    """
+    flops, exact_flops = _flops(variant, lengths), _flops(None, lengths)
+    exceeds = None if flops is None or variant.exact else flops >= exact_flops
+    return {"flops": flops, "exact_flops": exact_flops, "work_exceeds_exact": exceeds}
+
+
+def _timing_columns(exact_time: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+    """The variant's time, exact attention's time from the same loop, and their paired ratio."""
+    ratios = [t / e for t, e in zip(timing["times_ms"], exact_time["times_ms"])]
+    return {
+        "time_ms": timing["time_ms"],
+        "time_iqr_ms": timing["time_iqr_ms"],
+        "repeats": timing["repeats"],
+        "exact_time_ms": exact_time["time_ms"],
+        "exact_time_iqr_ms": exact_time["time_iqr_ms"],
+        # median of each round's variant/exact: the slowdown with the machine's drift paired out
+        "time_ratio": statistics.median(ratios),
+    }
 
 
 def _base_row(point: Mapping[str, Any], device: str, seed: int) -> dict[str, Any]:
@@ -193,8 +248,14 @@ def measure_realmodel_point(
         model's forward time over all texts) plus ``task`` = "realmodel", ``embed_cosine``
         (mean cosine of each text's embedding to the exact model's), ``embed_cosine_min``,
         ``embed_cosine_by_length`` (JSON ``{length: cosine}``), ``hidden_rel_err`` (JSON list,
-        layers 1..6), ``exact_time_ms`` and ``texts``; with ``realmodel.retrieval_pairs > 0``
-        also the retrieval check: ``retrieval_exact_top1``, ``retrieval_top1``,
+        layers 1..6), ``texts``, the timing of the exact model interleaved with the variant's
+        (``exact_time_ms``, ``exact_time_iqr_ms``, ``time_ratio`` = median per-round
+        variant/exact; ``repeats`` rounds), ``flops`` (attention only; no ``tflops``),
+        ``exact_flops`` and ``work_exceeds_exact`` (with a note when true); ``params`` is read
+        after the call (Longformer's ``resolved_backend``). With ``realmodel.retrieval_pairs``
+        > 0 also the retrieval check: ``retrieval_exact_top1`` (with ``_lo``/``_hi``),
+        ``retrieval_top1``, ``retrieval_top1_lo``, ``retrieval_top1_hi`` (95% Wilson),
+        ``retrieval_better``, ``retrieval_worse``, ``retrieval_mcnemar_p``,
         ``retrieval_mean_rank``, ``retrieval_agree_top1``. Failures are rows with status
         unsupported, nan or error and the reason; this function does not raise for them.
     """
@@ -233,25 +294,30 @@ def measure_realmodel_point(
     run = {"batch_size": cfg["batch_size"], "device": device, "repeats": cfg["repeats"]}
     try:
         texts, lengths = realmodel_texts(cfg["lengths"], cfg["texts_per_length"], seed)
-        row.update(texts=len(texts), flops=_flops(variant, lengths))
-        key = (device, tuple(texts), tuple(lengths), cfg["batch_size"], cfg["repeats"])
-        if key not in _exact_cache:
-            _exact_cache[key] = timed_embed(texts, None, lengths=lengths, **run)
-        exact, exact_time = _exact_cache[key]
-        approx, timing = timed_embed(texts, variant, lengths=lengths, **run)
+        row.update(texts=len(texts))
+        exact, approx, exact_time, timing = paired_timed_embed(
+            texts, variant, lengths=lengths, **run
+        )
     except VariantUnsupported as exc:
         return [row | {"status": "unsupported", "reason": str(exc)}]
     except Exception as exc:  # noqa: BLE001 - any failure is a row with its reason
         return [row | {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}]
-    row.update(timing, exact_time_ms=exact_time["time_ms"])
-    if row["flops"]:
-        row["tflops"] = row["flops"] / (timing["time_ms"] * 1e-3) / 1e12
+    # after the call: what ran (Longformer's resolved_backend) and the work it did
+    row["params"] = variant.config()
+    row.update(_timing_columns(exact_time, timing), **_work_columns(variant, lengths))
+    if row["work_exceeds_exact"]:
+        _note(
+            row,
+            f"work_exceeds_exact: the variant's attention FLOPs {row['flops']:.3g} are "
+            f"{row['flops'] / row['exact_flops']:.2f}x exact attention's at these lengths",
+        )
     if not bool(torch.isfinite(approx.embeddings).all()):
         return [row | {"status": "nan", "reason": "variant model's embeddings contain NaN/Inf"}]
     row.update(status="ok", **_fidelity(exact, approx, lengths, cfg["lengths"]))
     if cfg["retrieval_pairs"]:
         try:
-            row.update(_retrieval_columns(variant, row["variant"], cfg["retrieval_pairs"], device))
+            n_pairs = cfg["retrieval_pairs"]
+            row.update(_retrieval_columns(variant, row["variant"], n_pairs, device, seed))
         except Exception as exc:  # noqa: BLE001 - the embedding figures above still stand
             _note(row, f"retrieval check failed: {type(exc).__name__}: {exc}")
     return [row]

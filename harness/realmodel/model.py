@@ -82,14 +82,19 @@ def load_tokenizer() -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-@functools.cache
 def load_model(device: str = "cpu") -> Any:
     """all-MiniLM-L6-v2 as a ``transformers`` ``BertModel`` in eval mode, cached per device.
 
     The cached model is shared: code that switches its attention implementation
     (:func:`harness.realmodel.adapter.use_variant`) restores it afterwards. Loaded with
-    ``sdpa``, the stock exact attention.
+    ``sdpa``, the stock exact attention. ``load_model()``, ``load_model("cpu")`` and
+    ``load_model(torch.device("cpu"))`` are the same model.
     """
+    return _load_model(str(torch.device(device)))
+
+
+@functools.cache
+def _load_model(device: str) -> Any:
     path = model_dir()
     transformers = require_transformers()
     transformers.utils.logging.disable_progress_bar()  # it would clutter every sweep log
