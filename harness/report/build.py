@@ -9,7 +9,10 @@ beside the model's); then per device the environment, the summary table of
 matrix, the real-model table, the counts of points that did not run (oom, over_budget,
 unsupported, error, nan) with their reasons, and the figures of
 :func:`harness.report.figures.plot_all` (one section per device when the rows come from several
-devices or hosts); last the attention heatmaps of every ``heatmap.json`` below the folders.
+devices or hosts); then, where there are training rows (``task == "train"``), the "Quality
+after training" section of :mod:`harness.report.markdown_train` with the figures of
+:func:`harness.report.figures_train.plot_train`; last the attention heatmaps of every
+``heatmap.json`` below the folders.
 
 The report reads files only: it imports no variant and runs no model, so a machine without the
 plugins or the real-model extra draws the same report from the same rows.
@@ -35,6 +38,7 @@ from harness.analysis.rows import read_rows
 from harness.analysis.series import prepare
 from harness.report.figures import FigureResult, attention_rows, plot_all
 from harness.report.figures_realmodel import draw_heatmaps
+from harness.report.figures_train import plot_train
 from harness.report.markdown import (
     divergence_markdown,
     environment_markdown,
@@ -44,7 +48,9 @@ from harness.report.markdown import (
     realmodel_markdown,
     summary_markdown,
 )
+from harness.report.markdown_train import train_markdown
 from harness.report.style import CONTEXT_COLUMNS, SkipFigure, inputs_label
+from harness.report.train_data import is_train
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +150,42 @@ def _figure_lines(drawn: list[FigureResult], device: str, out: Path) -> list[str
 def _device_section(
     rows: pd.DataFrame, table: pd.DataFrame, drawn: list[FigureResult], device: str, out: Path
 ) -> list[str]:
-    """Environment, summary, real-model table, failures and figures of one device."""
+    """Environment, summary, real-model table, failures and figures of one device (training
+    rows are the "Quality after training" section's)."""
     md = ["### Environment", "", environment_markdown(rows), ""]
+    rows = rows[~is_train(rows)]
+    if not len(rows):
+        return md + ["Only training rows from this device: see Quality after training.", ""]
     md += _summary_sections(table[table["device_key"] == device] if len(table) else table, rows)
     real = realmodel_markdown(rows)
     if real:
         md += ["### Real-model fidelity (all-MiniLM-L6-v2)", "", REALMODEL_INTRO, "", real, ""]
     md += ["### Points that did not run", "", failures_markdown(rows), ""]
     return md + ["### Figures", ""] + _figure_lines(drawn, device, out)
+
+
+def _train_section(
+    df: pd.DataFrame, drawn: list[FigureResult], devices: list[str], out: Path
+) -> list[str]:
+    """ "Quality after training" per device with training rows (nothing when there are none)."""
+    md = []
+    for device in devices:
+        rows = df[df["device_key"] == device]
+        text = train_markdown(rows, attention_rows(rows))
+        if not text:
+            continue
+        md += [f"### {device}", ""] if len(devices) > 1 else []
+        md += text + ["### Training figures", ""] + _figure_lines(drawn, device, out)
+    return ["## Quality after training", ""] + md if md else []
+
+
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`prepare` with training rows labelled apart, so that their parameters never
+    split the series names of the attention figures (and the reverse)."""
+    train = is_train(df)
+    if not train.any() or train.all():
+        return prepare(df)
+    return pd.concat([prepare(df[~train]), prepare(df[train])]).sort_index()
 
 
 def _heatmap_section(folders: Sequence[str | os.PathLike], out: Path, heatmap: bool) -> list[str]:
@@ -196,7 +230,7 @@ def build_report(
     folders = list(folders)
     if not folders:
         raise ReportError("no folders given")
-    df = prepare(load_rows(folders))
+    df = _prepare(load_rows(folders))
     first = Path(folders[0])
     out = (
         Path(out_dir)
@@ -206,6 +240,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
 
     drawn = plot_all(df, out, only=figures)
+    drawn_train = plot_train(df, out, only=figures)
     table = scaling.summary_table(attention_rows(df), reference_kv_len)
     devices = sorted(df["device_key"].unique())
     md = ["# attnbench report", ""]
@@ -224,6 +259,7 @@ def build_report(
         md += ["", f"## {device}" if len(devices) > 1 else "## Results", ""]
         rows = df[df["device_key"] == device]
         md += _device_section(rows, table, drawn, device, out)
+    md += _train_section(df, drawn_train, devices, out)
     md += _heatmap_section(folders, out, heatmap)
     path = out / "report.md"
     path.write_text("\n".join(md))

@@ -4,10 +4,12 @@ The figures live by family: :mod:`harness.report.figures_scaling` (time, memory,
 length), :mod:`harness.report.figures_accuracy` (error, trade-off) and
 :mod:`harness.report.figures_realmodel` (real-model fidelity; the heatmaps, which are not per
 device, are drawn by the report itself); :mod:`harness.report.style` keeps their look
-consistent. Each ``plot_*`` function takes the rows of one device, draws one figure, saves it as
-PNG and returns the :class:`~matplotlib.figure.Figure` (so tests can inspect its lines and
+consistent. Each ``plot_*`` function takes the rows of one device, draws one figure, saves it
+as PNG and returns the :class:`~matplotlib.figure.Figure` (so tests can inspect its lines and
 collections); when the figure's data is absent it raises
 :class:`~harness.report.style.SkipFigure` with the reason instead of drawing an empty picture.
+Training rows (``task == "train"``) are left out of every figure here: their figures are
+:func:`harness.report.figures_train.plot_train`'s.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,6 +34,7 @@ from harness.report.figures_accuracy import (
 from harness.report.figures_realmodel import plot_realmodel
 from harness.report.figures_scaling import plot_memory, plot_rate, plot_time
 from harness.report.style import SkipFigure, slug, style_map
+from harness.report.train_data import is_train
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +63,26 @@ class FigureResult:
     skipped: str | None = None
 
 
+#: Row families that are not attention points: whole-model rows and training rows.
+NOT_ATTENTION: tuple[str, ...] = ("realmodel", "train")
+
+
 def attention_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of attention points: without those of ``task == "realmodel"``."""
+    """Rows of attention points: without those of ``task`` realmodel or train."""
     if "task" not in df.columns:
         return df
-    return df[df["task"].astype(str) != "realmodel"]
+    return df[~df["task"].astype(str).isin(NOT_ATTENTION)]
+
+
+def draw_one(name: str, device: str, path: Path, make: Callable[[], Figure]) -> FigureResult:
+    """Draw one figure with ``make()`` (closed once saved), or record why it was skipped."""
+    try:
+        fig = make()
+    except SkipFigure as exc:
+        log.info("figure %s skipped: %s", name, exc)
+        return FigureResult(name, device, skipped=str(exc))
+    plt.close(fig)
+    return FigureResult(name, device, path=path)
 
 
 def plot_all(
@@ -103,16 +122,12 @@ def plot_all(
             if only is not None and name not in only:
                 continue
             path = out_dir / f"{name}{suffix}.png"
-            # real-model rows (whole-model time at fixed lengths) are not attention points
-            subset = rows if name == "realmodel" else attention_rows(rows)
-            try:
-                if not len(subset):
-                    raise SkipFigure("no attention points (only real-model rows)")
-                fig = makers[name](subset, path)
-            except SkipFigure as exc:
-                log.info("figure %s skipped: %s", name, exc)
-                results.append(FigureResult(name, device, skipped=str(exc)))
+            # real-model rows (whole-model time at fixed lengths) are not attention points;
+            # training rows have their own figures (harness.report.figures_train)
+            subset = rows[~is_train(rows)] if name == "realmodel" else attention_rows(rows)
+            if not len(subset):
+                why = "no attention points (only real-model or training rows)"
+                results.append(FigureResult(name, device, skipped=why))
                 continue
-            plt.close(fig)
-            results.append(FigureResult(name, device, path=path))
+            results.append(draw_one(name, device, path, partial(makers[name], subset, path)))
     return results
