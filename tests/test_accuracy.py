@@ -11,7 +11,7 @@ import torch
 import variants
 from harness.measure import accuracy
 from harness.measure.inputs import make_inputs
-from harness.measure.reference import reference_grads, reference_probs
+from harness.measure.reference import reference_probs
 from variants.base import AttentionVariant
 
 # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
@@ -62,19 +62,32 @@ def test_rel_err_matches_numpy(causal, eps):
     assert got["max_abs_err"] == pytest.approx(np.abs(out - ref).max(), rel=1e-9, abs=1e-12)
     cos = (out * ref).sum(-1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert got["cosine"] == pytest.approx(cos.mean(), rel=1e-9)
-    assert "attn_kl" not in got  # max_n = 0: no matrix
+    assert "attn_tv" not in got and "attn_js" not in got  # max_n = 0: no matrix
 
 
-def test_blocked_reference_equals_unblocked(monkeypatch):
-    monkeypatch.setattr(accuracy, "REF_BLOCK_ELEMENTS", 2 * 3 * 45 * 7)  # 7 rows per block
-    q, k, v = make_inputs("gaussian", 2, 3, 30, 45, 16, torch.float32, "cpu", 1)
-    out = accuracy.reference_output(q, k, v, True, 0.25)
-    np.testing.assert_allclose(out.numpy(), _numpy_attention(q, k, v, True), rtol=1e-10)
-    grad_out = accuracy.upstream_grad(out.shape, torch.float64, "cpu", 0)
-    mine = accuracy.reference_gradients(q, k, v, grad_out, True, 0.25)
-    autograd = reference_grads(q, k, v, grad_out, causal=True)
-    for a, b in zip(mine, autograd):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+def _numpy_uniform(v, nq, causal):
+    """Uniform attention by hand: each query averages V over the keys it may see."""
+    v = v.double().numpy()
+    nk = v.shape[-2]
+    out = np.zeros((*v.shape[:2], nq, v.shape[-1]))
+    for i in range(nq):
+        last = i + nk - nq if causal else nk - 1
+        out[:, :, i] = v[:, :, : last + 1].mean(-2)
+    return out
+
+
+@pytest.mark.parametrize(("nq", "nk", "causal"), [(30, 45, True), (30, 45, False), (20, 20, True)])
+def test_baselines_match_numpy(nq, nk, causal):
+    # Every accuracy row carries the error of outputting zeros (1 by definition) and of
+    # uniform attention (causal-aware, bottom-right aligned), on the same inputs.
+    q, k, v = make_inputs("gaussian", 2, 3, nq, nk, 16, torch.float32, "cpu", 4)
+    got = accuracy.accuracy_once(variants.create("full"), q, k, v, causal, 0.25, 0, False, 0)
+    ref = _numpy_attention(q, k, v, causal)
+    uniform = _numpy_uniform(v, nq, causal)
+    assert got["baseline_zeros_rel_err"] == 1.0
+    expected = np.linalg.norm(uniform - ref) / np.linalg.norm(ref)
+    assert got["baseline_uniform_rel_err"] == pytest.approx(expected, rel=1e-9)
+    assert 0 < got["baseline_uniform_rel_err"] < 1
 
 
 def test_grad_rel_err_combines_the_three_gradients():
@@ -87,7 +100,10 @@ def test_exact_variant_grad_error_is_tiny():
     q, k, v = make_inputs("gaussian", 1, 2, 33, 33, 16, torch.float32, "cpu", 2)
     got = accuracy.accuracy_once(variants.create("full"), q, k, v, True, 0.25, 0, True, 64)
     assert got["rel_err"] < 1e-5 and got["grad_rel_err"] < 1e-4
-    assert got["attn_kl"] < 1e-9 and got["attn_tv"] < 1e-5
+    # was: attn_kl < 1e-9 (a KL of the exact rows); now the floor-free divergences
+    assert got["attn_kl_support"] < 1e-9 and got["attn_js"] < 1e-9
+    assert got["attn_missing_mass"] < 1e-9 and got["attn_tv"] < 1e-5
+    assert got["attn_row_sum_err"] < 1e-5 and got["attn_negative_mass"] == 0
 
 
 @pytest.mark.parametrize(("nq", "nk", "causal"), [(33, 50, True), (40, 40, False)])
@@ -99,25 +115,16 @@ def test_effective_attention_of_exact_variant_is_softmax(nq, nk, causal):
     torch.testing.assert_close(got, reference_probs(q[:1], k[:1], causal=causal))
 
 
-def test_divergence_by_hand_with_negative_entries():
-    exact = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], dtype=torch.float64)
-    approx = torch.tensor([[0.6, 0.6, -0.2], [0.2, 0.3, 0.5]], dtype=torch.float64)
-    got = accuracy.attention_divergence(exact, approx)
-    # Row 1: TV = 0.5 * (0.1 + 0.1 + 0.2) = 0.2; clamped row [0.6, 0.6, 0] renormalises to
-    # [0.5, 0.5, 0], so KL = 0. Row 2 is exact.
-    assert got["attn_tv"] == pytest.approx(0.1)
-    assert got["attn_kl"] == pytest.approx(0.0, abs=1e-12)
-    # A zero where the exact row has mass costs log(p / 1e-12), finite.
-    got = accuracy.attention_divergence(exact[:1], torch.tensor([[1.0, 0.0, 0.0]]))
-    assert got["attn_kl"] == pytest.approx(0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-12))
-
-
 def test_summarize_mean_and_population_std():
     out = accuracy.summarize(
         [{"rel_err": 1.0, "grad_rel_err": 2.0}, {"rel_err": 3.0, "grad_rel_err": 2.0}]
     )
     assert out["rel_err"] == 2.0 and out["rel_err_std"] == 1.0
     assert out["grad_rel_err"] == 2.0 and out["grad_rel_err_std"] == 0.0
+    # a metric one seed could not compute is left out of the mean, never a crash
+    out = accuracy.summarize([{"attn_kl_support": None}, {"attn_kl_support": 0.5}])
+    assert out["attn_kl_support"] == 0.5
+    assert accuracy.summarize([{"attn_kl_support": None}])["attn_kl_support"] is None
 
 
 def test_upstream_grad_is_seeded_and_nonzero():

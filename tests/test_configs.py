@@ -61,6 +61,8 @@ def test_experiment_composes_and_sweeps(experiment: str) -> None:
         ("device=tpu", "device"),
         ("passes=[fwd,sideways]", "passes"),
         ("kv_len=0", "kv_len"),
+        ("measure.reference_max_work=0", "measure.reference_max_work"),
+        ("measure.reference_max_work=many", "measure.reference_max_work"),
     ],
 )
 def test_bad_values_name_the_field(override: str, field: str) -> None:
@@ -105,3 +107,11 @@ def test_launchers_compose(launcher: str) -> None:
     if launcher == "attnbench_slurm":
         assert launcher_cfg["gpus_per_node"] == 1
         assert "partition" in launcher_cfg and launcher_cfg["timeout_min"] == 60
+
+
+def test_reference_work_limit_defaults_and_may_be_lifted() -> None:
+    assert Point.from_cfg(_compose([])).measure["reference_max_work"] == 1e12
+    assert (
+        Point.from_cfg(_compose(["measure.reference_max_work=null"])).measure["reference_max_work"]
+        is None
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -11,8 +13,10 @@ from harness.measure import env
 from harness.measure.factory import describe, make_factory, shape_kwargs
 from harness.measure.point import measure_point
 
-#: Columns the caller (the app) or the environment may leave empty on an ok CPU row.
-MAY_BE_EMPTY = {"run_id", "experiment", "point_id", "reason", "cuda", "xformers", "git_commit"}
+#: Columns the caller (the app) or the environment may leave empty on an ok CPU row; ``trained``
+#: is null for a variant without trainable parameters, ``ref_rows`` when every row was covered.
+MAY_BE_EMPTY = {"run_id", "experiment", "point_id", "reason", "cuda", "xformers", "git_commit",
+                "trained", "ref_rows"}  # fmt: skip
 
 
 def _point(variant="full", **measure):
@@ -81,8 +85,14 @@ def test_ok_rows_fill_every_column(name):
         empty = [c for c in COLUMNS if row.get(c) is None and c not in MAY_BE_EMPTY | no_knob]
         assert not empty, f"{row['pass']}: {empty}"
         assert row["rel_err"] < 1e-5 and row["grad_rel_err"] < 1e-4
+        assert row["baseline_zeros_rel_err"] == 1.0 and 0 < row["baseline_uniform_rel_err"] < 1
+    # was: bwd 2.5x and fwd_bwd 3.5x the forward for every variant; now the variant's counts
+    variant = _factory(name)(0)
+    shape = (1, 2, 48, 48, 16)
     fwd_flops = rows[0]["flops"]
-    assert rows[1]["flops"] == 2.5 * fwd_flops and rows[2]["flops"] == 3.5 * fwd_flops
+    assert fwd_flops == variant.flops(*shape, False)
+    assert rows[1]["flops"] == variant.backward_flops(*shape, False)
+    assert rows[2]["flops"] == fwd_flops + rows[1]["flops"]
     assert rows[0]["threads"] == 1
 
 
@@ -133,9 +143,10 @@ def test_unsupported_xformers_on_cpu():
     assert "device cpu not supported" in rows[0]["reason"]
 
 
-def test_oom_by_budget_before_allocating():
+def test_over_budget_before_allocating():
+    # was status "oom": a refusal by the estimate is now its own status (real failures: oom)
     rows = measure_point(_point(memory_budget_gb=1e-6), _factory("full"))
-    assert {r["status"] for r in rows} == {"oom"}
+    assert {r["status"] for r in rows} == {"over_budget"}
     assert "memory_budget_gb=1e-06" in rows[0]["reason"]
 
 
@@ -174,7 +185,8 @@ def test_randomised_variant_repeats_over_seeds():
 def test_environment_and_device():
     info = env.environment("cpu")
     assert {"torch", "cuda", "xformers", "device_name", "cpu_model", "threads", "git_commit",
-            "host", "time"} <= set(info)  # fmt: skip
+            "host", "time", "python", "platform"} <= set(info)  # fmt: skip
+    assert info["python"] == platform.python_version() and info["platform"]
     assert info["time"].endswith("+00:00")
     assert env.resolve_device("auto") in ("cpu", "cuda") and env.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="measure.threads"):
@@ -202,3 +214,20 @@ def test_row_rel_err_matches_an_independent_computation():
     expected = np.linalg.norm(out - ref) / np.linalg.norm(ref)
     assert row["status"] == "ok" and expected > 1e-3  # a real approximation error
     assert row["rel_err"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_trained_column_follows_trainable_parameters():
+    # null where a variant has nothing to train (gaussian linformer: fixed buffers), the
+    # variant's flag where it has (learned projections: False until fitted)
+    point = {**_point("linformer", timing=False, memory=False), "passes": ["fwd"]}
+    (fixed,) = measure_point(point, _factory("linformer", k=8))
+    (learned,) = measure_point(point, _factory("linformer", k=8, init="learned"))
+    assert fixed["trained"] is None and learned["trained"] is False
+
+    def fitted(seed):
+        variant = _factory("linformer", k=8, init="learned")(seed)
+        variant.trained = True
+        return variant
+
+    (row,) = measure_point(point, fitted)
+    assert row["trained"] is True

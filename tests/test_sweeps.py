@@ -204,6 +204,40 @@ def test_submitit_local_launcher(tmp_path: Path) -> None:
     assert sorted(df["variant"]) == ["full", "sdpa"] and set(df["status"]) == {"ok"}
 
 
+@pytest.mark.parametrize(
+    "args,quick",
+    [
+        ([], True),
+        (["hydra.sweep.dir=/tmp/s"], True),  # resume a quick sweep by its folder
+        (["-m", "hydra.sweep.dir=/tmp/s", "hydra/launcher=joblib"], True),
+        (["hydra.sweep.dir=/tmp/s", "variant=sdpa"], False),  # names a point
+        (["--help"], False),
+        (["--cfg", "job", "hydra.run.dir=/tmp/r"], False),
+    ],
+)
+def test_only_hydra_overrides_run_the_quick_sweep(args: list[str], quick: bool) -> None:
+    from harness.app.main import default_args
+
+    got = default_args(args)
+    assert got == ([*args, "+experiment=quick"] if quick else args)
+
+
+def test_sweep_dir_alone_runs_and_resumes_the_quick_sweep(tmp_path: Path) -> None:
+    # Nothing but hydra.* overrides: the quick preset (its experiment name, heads, passes),
+    # shrunk to one point through its own sweeper parameters.
+    sweep = tmp_path / "quick"
+    args = [f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.variant=sdpa",
+            "hydra.sweeper.params.seq_len=32"]  # fmt: skip
+    res = attnbench(args, tmp_path)
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(sweep / "results.csv")
+    assert list(df["experiment"]) == ["quick"] and list(df["pass"]) == ["fwd"]
+    assert list(df["heads"]) == [4] and set(df["status"]) == {"ok"}
+    res = attnbench(args, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("already measured") == 1
+
+
 def test_rows_are_valid_json_lines(tmp_path: Path) -> None:
     res = attnbench(["variant=full", "seq_len=16", "passes=[fwd]", *TINY], tmp_path)
     assert res.returncode == 0, res.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -82,6 +84,32 @@ def test_bwd_runs_backward_only_and_fwd_bwd_both():
     assert out.shape == q.shape and not out.requires_grad
     with pytest.raises(ValueError, match="pass='sideways'"):
         timing.pass_callable("sideways", variant, q, k, v, False, grad_out)
+
+
+def test_slow_call_warms_up_once():
+    # A call slower than a block's minimum: one warm-up call, then the timed blocks of one call
+    # each (the old timer warmed up twice before every block past the first: 14 calls for 5).
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+
+    got = timing.time_callable(slow, "cpu", min_run_time=0.0, min_repeats=5)
+    assert got["repeats"] == 5 and len(calls) == 1 + 5
+    calls.clear()
+    got = timing.time_callable(slow, "cpu", min_run_time=0.15, min_repeats=5)
+    assert len(calls) == 1 + got["repeats"] and got["repeats"] >= 5
+
+
+def test_fast_call_blocks_and_warm_up():
+    # Fast calls are timed in blocks of 10^k calls, each at least MIN_BLOCK_S long; the calls
+    # made while growing the block are the warm-up and are not counted.
+    calls = []
+    got = timing.time_callable(lambda: calls.append(1), "cpu", min_run_time=0.05)
+    # block size 10^i: warm-up 1 + 10 + ... + 10^i calls, then repeats blocks of 10^i
+    expected = [sum(10**j for j in range(i + 1)) + got["repeats"] * 10**i for i in range(9)]
+    assert len(calls) in expected, (len(calls), got)
 
 
 def test_summarize_median_iqr_repeats():

@@ -60,6 +60,7 @@ COLUMNS: list[str] = [
     "setup_ms",
     "peak_mem_bytes",
     "analytic_mem_bytes",
+    "memory_budget_bytes",
     "flops",
     "tflops",
     "matmul_tflops",
@@ -67,11 +68,21 @@ COLUMNS: list[str] = [
     "rel_err_std",
     "max_abs_err",
     "cosine",
+    "baseline_zeros_rel_err",
+    "baseline_uniform_rel_err",
+    "ref_rows",
+    "trained",
     "seeds",
     "grad_rel_err",
     "grad_rel_err_std",
-    "attn_kl",
     "attn_tv",
+    "attn_js",
+    "attn_kl_support",
+    "attn_missing_mass",
+    "attn_row_sum_err",
+    "attn_negative_mass",
+    "python",
+    "platform",
     "torch",
     "cuda",
     "xformers",
@@ -80,7 +91,9 @@ COLUMNS: list[str] = [
     "time",
 ]
 
-STATUSES = ("ok", "oom", "unsupported", "nan", "error", "skipped")
+#: ``over_budget``: refused by the pass's memory estimate before allocating (the reason names
+#: the estimate and the budget); ``oom``: a real allocation failure.
+STATUSES = ("ok", "over_budget", "oom", "unsupported", "nan", "error", "skipped")
 PASSES = ("fwd", "bwd", "fwd_bwd")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 ROWS_FILE = "rows.jsonl"

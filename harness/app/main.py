@@ -2,7 +2,8 @@
 
 ``attnbench`` with no arguments runs the ``quick`` experiment (a small multirun on this
 machine's default device) and leaves results, plots and a report in
-``results/quick/<timestamp>/``. Any other invocation is plain Hydra:
+``results/quick/<timestamp>/``; so does ``attnbench hydra.sweep.dir=DIR`` (only ``hydra.*``
+overrides), which resumes the quick sweep in ``DIR``. Any other invocation is plain Hydra:
 ``attnbench variant=sdpa seq_len=1024`` (one point), ``attnbench +experiment=scaling``,
 ``attnbench -m variant=full,sdpa seq_len=512,1024``.
 
@@ -173,10 +174,28 @@ def main(cfg: DictConfig) -> int:
     return 0
 
 
+def default_args(args: list[str]) -> list[str]:
+    """The command line the app runs: ``args``, plus ``+experiment=quick`` when they name no
+    point.
+
+    No arguments, or nothing but ``hydra.*`` overrides (and ``-m``/``--multirun``), is the
+    quick sweep: ``attnbench hydra.sweep.dir=DIR`` runs, and so resumes, the quick sweep in
+    ``DIR`` as plain ``attnbench`` does. Any other flag (``--help``, ``--cfg job``) is left to
+    Hydra as given.
+    """
+    multirun = ("-m", "--multirun")
+    overrides = [a for a in args if a not in multirun]
+    if any(a.startswith("-") for a in overrides):
+        return list(args)
+    if all(a.startswith(("hydra.", "hydra/", "+hydra.", "++hydra.")) for a in overrides):
+        return [*args, "+experiment=quick"]
+    return list(args)
+
+
 def cli() -> None:
-    """Console script ``attnbench``: no arguments runs the quick experiment."""
-    if len(sys.argv) == 1:
-        sys.argv.append("+experiment=quick")
+    """Console script ``attnbench``: no arguments (or only ``hydra.*`` ones) runs the quick
+    experiment (:func:`default_args`)."""
+    sys.argv[1:] = default_args(sys.argv[1:])
     register_plugin_configs()  # installed plugins get a variant config: variant=NAME, no YAML
     main()
     if callbacks.LAST_SWEEP is not None and callbacks.LAST_SWEEP.get("failed_all"):

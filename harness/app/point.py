@@ -65,6 +65,16 @@ def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
     return check_choice(None, field, value, allowed, error=ConfigError)
 
 
+def _measure(cfg: DictConfig) -> dict[str, Any]:
+    """The ``measure`` block as a dict; ``reference_max_work`` a positive number or null."""
+    measure = OmegaConf.to_container(cfg.measure, resolve=True)
+    work = measure.get("reference_max_work")
+    number = isinstance(work, (int, float)) and not isinstance(work, bool)
+    if work is not None and not (number and work > 0):
+        raise ConfigError(f"measure.reference_max_work={work!r} must be a number > 0 or null")
+    return measure
+
+
 @dataclasses.dataclass
 class Point:
     """Everything that defines one measurement (see the module docstring)."""
@@ -129,7 +139,7 @@ class Point:
             seed=cfg.seed,
             seeds=list(cfg.get("seeds") or [cfg.seed]) if variant_cls.randomized else [cfg.seed],
             passes=passes,
-            measure=OmegaConf.to_container(cfg.measure, resolve=True),
+            measure=_measure(cfg),
             realmodel=realmodel,
         )
         point.check_builds()

@@ -87,13 +87,17 @@ def environment(device: str) -> dict[str, Any]:
         device: The resolved device (``cpu``, ``cuda`` or ``cuda:N``).
 
     Returns:
-        ``torch``, ``cuda`` (CUDA runtime version torch was built with, or ``None``),
+        ``python`` (version; the real-model texts depend on it), ``platform`` (OS, kernel,
+        machine and C library as :func:`platform.platform` reads them), ``torch``, ``cuda``
+        (CUDA runtime version torch was built with, or ``None``),
         ``xformers`` (``None`` when not installed), ``device_name`` (GPU name or CPU model),
         ``cpu_model``, ``threads``, ``git_commit``, ``host`` and ``time`` (ISO 8601, UTC).
     """
     dev = torch.device(device)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "xformers": _package_version("xformers"),

@@ -3,23 +3,29 @@
 :func:`measure_point` delegates the work to :mod:`~harness.measure.inputs`,
 :mod:`~harness.measure.accuracy`, :mod:`~harness.measure.timing`, :mod:`~harness.measure.memory`
 and :mod:`~harness.measure.env`. It never raises for a failing point: the failure becomes the
-rows' ``status`` (``unsupported``, ``oom``, ``nan``, ``error``) with a ``reason``, memory is
-released, and the sweep goes on. Decisions recorded here:
+rows' ``status`` (``unsupported``, ``over_budget``, ``oom``, ``nan``, ``error``) with a
+``reason``, memory is released, and the sweep goes on. Decisions recorded here:
 
 * Rows explain themselves: ``params`` is the built variant's ``config()`` (a dict), and
   ``exact``, ``randomized``, ``knob``, ``knob_value`` come from its class
-  (:func:`harness.measure.factory.describe`).
-* FLOPs: ``fwd`` is the variant's analytic forward count, ``bwd`` 2.5x and ``fwd_bwd`` 3.5x it;
-  ``tflops = flops / time``. ``analytic_mem_bytes`` is the variant's forward model on every row.
-* Accuracy describes the point, so its columns (``rel_err``... on the forward output,
-  ``grad_rel_err`` on the gradients, ``attn_kl``/``attn_tv``) are repeated on each of its rows.
-  Randomised variants are rebuilt for every seed in ``seeds`` and reported as mean and std;
-  deterministic ones run once (``seeds = [seed]``, std 0).
+  (:func:`harness.measure.factory.describe`); ``trained`` is the variant's ``trained`` flag when
+  it has trainable parameters, else null.
+* FLOPs follow the variant's own counts: ``fwd`` its ``flops``, ``bwd`` its ``backward_flops``
+  (twice the forward where a variant predates that method), ``fwd_bwd`` their sum;
+  ``tflops = flops / time``.
+* Accuracy describes the point, so its columns (``rel_err``, ``cosine`` and the baselines on the
+  forward output, ``grad_rel_err`` on the gradients, the effective-matrix divergences,
+  ``ref_rows``) are repeated on each of its rows. Randomised variants are rebuilt for every seed
+  in ``seeds`` and reported as mean and std; deterministic ones run once (``seeds = [seed]``,
+  std 0).
 * ``setup_ms`` is the variant's ``setup()`` plus its first (cold) forward call, timed once before
   anything else; it is the same on the point's rows. The cold excess is ``setup_ms - time_ms``.
-* CPU memory budget: before any large allocation the point is refused as ``oom`` when
-  ``analytic + inputs and gradients + reference`` (a rough model, see :func:`estimate_bytes`)
-  exceeds ``measure.memory_budget_gb``.
+* CPU memory budget, pass by pass (:mod:`harness.measure.budget`): a pass whose estimate (the
+  variant's model of that pass, ``analytic_mem_bytes`` in its row, plus inputs, gradients and
+  the reference) exceeds ``measure.memory_budget_gb`` is not run and reads ``over_budget``, its
+  reason naming the estimate and the budget (``memory_budget_bytes``). ``oom`` is kept for a
+  real allocation failure. The gradient accuracy check runs only when the backward estimate
+  fits (``notes`` says so otherwise).
 * Progress: the seeds of the accuracy loop and the passes of the timing loop show a ``tqdm`` bar
   on stderr when it is a terminal (:func:`progress`); in logs and under launchers they print
   nothing (each point's one summary line comes from :mod:`harness.app.main`).
@@ -39,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from harness.analysis.rows import DTYPES, PASSES
-from harness.measure import accuracy, env, memory, timing
+from harness.measure import accuracy, budget, env, memory, timing
 from harness.measure.factory import Factory, describe
 from harness.measure.inputs import check_params, make_inputs
 from variants.base import AttentionVariant, check_choice
@@ -48,7 +54,6 @@ from variants.base import AttentionVariant, check_choice
 SHAPE = ("batch", "heads", "q_len", "kv_len", "head_dim")
 #: Point fields copied into every row as they are.
 POINT_COLUMNS = ("variant", "device", *SHAPE, "causal", "inputs", "seed")
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
 DEFAULT_MEASURE: dict[str, Any] = {
     "accuracy": True,
     "timing": True,
@@ -56,6 +61,7 @@ DEFAULT_MEASURE: dict[str, Any] = {
     "attn_matrix_max_n": 2048,
     "min_run_time": 0.2,
     "memory_budget_gb": 16.0,
+    "reference_max_work": 1e12,
     "threads": None,
 }
 
@@ -65,10 +71,6 @@ def progress(items: list, desc: str) -> Any:
     if len(items) < 2 or not sys.stderr.isatty():
         return items
     return tqdm(items, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-
-class PointOOM(Exception):
-    """The point was refused before allocating: its estimate exceeds the memory budget."""
 
 
 class NonFinite(Exception):
@@ -83,12 +85,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
     cuda_oom = getattr(torch.cuda, "OutOfMemoryError", ())
     lowered = msg.lower()
     if (
-        isinstance(exc, (PointOOM, MemoryError))
+        isinstance(exc, MemoryError)
         or (cuda_oom and isinstance(exc, cuda_oom))
         or "defaultcpuallocator: can't allocate" in lowered
         or "out of memory" in lowered
     ):
-        return "oom", f"{type(exc).__name__}: {msg}" if not isinstance(exc, PointOOM) else msg
+        return "oom", f"{type(exc).__name__}: {msg}"
     return "error", f"{type(exc).__name__}: {msg}"
 
 
@@ -98,25 +100,16 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
     return getattr(torch, check_choice(None, "dtype", name, DTYPES, error=ValueError))
 
 
-def estimate_bytes(variant: AttentionVariant, point: dict[str, Any], m: dict[str, Any]) -> int:
-    """Rough peak model of a point: the variant's forward estimate plus what the harness adds.
+def pass_flops(variant: AttentionVariant, shape: tuple[int, ...], causal: bool) -> dict:
+    """FLOPs of each pass: the variant's forward and backward counts, and their sum.
 
-    ``inputs x 3`` (q, k, v; their grad leaves; their gradients), ``analytic x 3`` when a
-    backward pass runs (saved forward intermediates and their gradients), and with accuracy on:
-    float64 copies of the inputs, four float64 reference blocks (:mod:`harness.measure.accuracy`),
-    and the float64 effective attention matrix of one batch element (x 3) where it is computed.
+    A variant class without ``backward_flops`` (a plugin written before it) counts its backward
+    as twice its forward, the base class's default.
     """
-    b, h, nq, nk, d = (point[f] for f in SHAPE)
-    size = _dtype(point["dtype"]).itemsize
-    analytic = variant.analytic_mem_bytes(b, h, nq, nk, d, point["causal"], element_size=size)
-    inputs = b * h * (nq + 2 * nk) * d * size
-    backward = any(p in point.get("passes", PASSES) for p in ("bwd", "fwd_bwd"))
-    total = inputs * 3 + analytic * (3 if backward else 1)
-    if m["accuracy"]:
-        total += inputs * 8 // size + 4 * 8 * min(accuracy.REF_BLOCK_ELEMENTS, b * h * nq * nk)
-        if max(nq, nk) <= m["attn_matrix_max_n"]:
-            total += 3 * 8 * h * nq * nk
-    return int(total)
+    fwd = int(variant.flops(*shape, causal))
+    backward = getattr(variant, "backward_flops", None)
+    bwd = int(backward(*shape, causal)) if callable(backward) else 2 * fwd
+    return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}
 
 
 def _base_row(point: dict[str, Any], pass_name: str) -> dict[str, Any]:
@@ -140,9 +133,12 @@ def _base_row(point: dict[str, Any], pass_name: str) -> dict[str, Any]:
 
 
 def _variant_columns(variant: AttentionVariant) -> dict[str, Any]:
-    """``params`` (the built variant's config) and the columns its class decides."""
+    """``params`` (the built variant's config), the columns its class decides and ``trained``
+    (whether its trainable parameters were fitted; null for a variant without any)."""
     params = variant.config()
-    return {"params": params, **describe(type(variant), params)}
+    trainable = any(p.requires_grad for p in variant.parameters())
+    trained = getattr(variant, "trained", None) if trainable else None
+    return {"params": params, **describe(type(variant), params), "trained": trained}
 
 
 def _finite(value: Any) -> bool:
@@ -150,8 +146,17 @@ def _finite(value: Any) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
 
 
-def _accuracy(variant, factory, point, m, q, k, v) -> dict[str, Any]:
+def _ref_rows(point: dict[str, Any], m: dict[str, Any], backward: bool) -> int | None:
+    """Query rows the float64 reference may cover at this point (``None``: all)."""
+    shape = tuple(point[f] for f in SHAPE)
+    work = accuracy.reference_flops(*shape, backward=backward)
+    return accuracy.reference_rows(work, point["q_len"], m["reference_max_work"])
+
+
+def _accuracy(variant, factory, point, m, q, k, v, backward: bool) -> dict[str, Any]:
     seeds = list(point.get("seeds") or [point["seed"]]) if variant.randomized else [point["seed"]]
+    ref_rows = _ref_rows(point, m, backward)
+    rows = None if ref_rows is None else accuracy.sample_rows(q.shape[-2], ref_rows, point["seed"])
     runs = []
     for seed in progress(seeds, f"{variant.name} accuracy seeds"):
         model = variant if seed == point["seed"] else factory(seed).to(point["device"])
@@ -166,12 +171,13 @@ def _accuracy(variant, factory, point, m, q, k, v) -> dict[str, Any]:
                 point["causal"],
                 model.softmax_scale(q.shape[-1]),
                 seed,
-                variant.supports_backward,
+                backward,
                 m["attn_matrix_max_n"],
+                rows,
             )
         )
     out: dict[str, Any] = accuracy.summarize(runs)
-    out["seeds"] = json.dumps(seeds)
+    out.update(seeds=json.dumps(seeds), ref_rows=ref_rows)
     return out
 
 
@@ -185,7 +191,8 @@ def _measure_pass(name: str, fn: Callable[[], Any], row: dict, point: dict, m: d
     if m["memory"]:
         mem = memory.peak_memory(fn, device)
         row["peak_mem_bytes"] = mem["peak_mem_bytes"]
-        row["notes"] = f"peak memory method: {mem['method']}"
+        note = f"peak memory method: {mem['method']}"
+        row["notes"] = f"{row['notes']}; {note}" if row.get("notes") else note
         if mem["method"] == "profiler" and memory.rss_available():
             # The RSS figure is a side note: a kernel that races the high-water-mark reset
             # (seen on this CI machine) loses the note, never the row.
@@ -197,17 +204,43 @@ def _measure_pass(name: str, fn: Callable[[], Any], row: dict, point: dict, m: d
     row["status"] = "ok"
 
 
+def _apply_budget(variant, point: dict, m: dict, rows: dict, size: int) -> bool:
+    """Mark the passes whose estimate exceeds the CPU memory budget ``over_budget``.
+
+    Returns whether a backward pass fits (the gradient accuracy check runs only then).
+    """
+    limit = m["memory_budget_gb"]
+    if torch.device(point["device"]).type != "cpu" or limit is None:
+        return True
+    shape, causal = tuple(point[f] for f in SHAPE), point["causal"]
+
+    def estimate(name: str) -> int:
+        ref_rows = _ref_rows(point, m, backward=name != "fwd") if m["accuracy"] else None
+        return budget.estimate_bytes(variant, shape, causal, size, name, m, ref_rows)
+
+    for name, row in rows.items():
+        row["memory_budget_bytes"] = int(limit * 1e9)
+        if row["status"] is None and (needed := estimate(name)) > limit * 1e9:
+            model = row["analytic_mem_bytes"]
+            row.update(
+                status="over_budget",
+                reason=budget.over_budget_reason(name, needed, model, limit),
+            )
+    return estimate("fwd_bwd") <= limit * 1e9
+
+
 def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict) -> None:
     device, causal, dtype = point["device"], point["causal"], _dtype(point["dtype"])
     shape = tuple(point[f] for f in SHAPE)
     variant = factory(point["seed"]).to(device)
-    fwd_flops = variant.flops(*shape, causal)
-    analytic = variant.analytic_mem_bytes(*shape, causal, element_size=dtype.itemsize)
+    flops = pass_flops(variant, shape, causal)
     for name, row in rows.items():
         row.update(
             _variant_columns(variant),
-            analytic_mem_bytes=analytic,
-            flops=int(fwd_flops * FLOP_FACTOR[name]),
+            analytic_mem_bytes=budget.pass_model_bytes(
+                variant, shape, causal, dtype.itemsize, name
+            ),
+            flops=flops[name],
             matmul_tflops=env.matmul_tflops(device, dtype) if m["timing"] else None,
         )
     q, k, v = make_inputs(
@@ -225,15 +258,9 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
             row.update(status="unsupported", reason="; ".join(reasons))
     if all(row["status"] for row in rows.values()):
         return
-    budget = m["memory_budget_gb"]
-    if torch.device(device).type == "cpu" and budget is not None:
-        estimate = estimate_bytes(variant, point, m)
-        if estimate > budget * 1e9:
-            raise PointOOM(
-                f"refused before allocating: estimated {estimate / 1e9:.2f} GB "
-                f"(variant {analytic / 1e9:.2f} GB + inputs, gradients, reference) "
-                f"exceeds measure.memory_budget_gb={budget}"
-            )
+    backward_fits = _apply_budget(variant, point, m, rows, dtype.itemsize)
+    if all(row["status"] for row in rows.values()):
+        return
     setup_ms = timing.time_once_ms(lambda: variant.setup(q, k, v, causal), device)
     with torch.no_grad():
         first: dict[str, Any] = {}
@@ -243,7 +270,10 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
     # re-read the parameters: some are resolved by setup() (longformer's backend for `auto`)
     common: dict[str, Any] = {"setup_ms": setup_ms, **_variant_columns(variant)}
     if m["accuracy"]:
-        common.update(_accuracy(variant, factory, point, m, q, k, v))
+        grad_check = variant.supports_backward and backward_fits
+        common.update(_accuracy(variant, factory, point, m, q, k, v, grad_check))
+        if variant.supports_backward and not backward_fits:
+            common["notes"] = "gradient accuracy not measured: backward estimate over budget"
     pending = {name: row for name, row in rows.items() if row["status"] is None}
     for row in pending.values():
         row.update(common)
@@ -282,7 +312,7 @@ def measure_point(point: dict[str, Any], factory: Factory) -> list[dict[str, Any
         env.set_threads(m["threads"])
         for row in rows.values():
             row.update(env.environment(point["device"]))
-        if any(name not in FLOP_FACTOR for name in passes):
+        if any(name not in PASSES for name in passes):
             raise ValueError(f"passes={passes!r}: each must be one of {', '.join(PASSES)}")
         _run(point, factory, m, rows)
     except Exception as exc:  # every failure becomes a row

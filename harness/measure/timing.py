@@ -1,14 +1,16 @@
 """Wall time of forward, backward and forward+backward passes, with warm-up excluded.
 
-All timing goes through ``torch.utils.benchmark.Timer``: on the CPU it runs with the process's
-thread count, and on an accelerator its clock synchronises the device before every reading, so
-CUDA time is never a host clock read mid-kernel. ``blocked_autorange`` first grows its block size
-(that loop is the warm-up, never counted), then repeats blocks until ``min_run_time`` seconds
-have been measured; when that gives fewer than ``min_repeats`` blocks (slow calls), more blocks
-of the same size are timed. ``time_ms`` is the median time per call over the blocks,
-``time_iqr_ms`` their interquartile range and ``repeats`` the number of blocks
-(:func:`summarize`). This module is the suite's one timer: the harness, ``speedcheck`` and the
-real-model experiment all time through it.
+Every reading is taken with ``torch.utils.benchmark.timer``, the clock of its ``Timer``,
+which synchronises the accelerator before it reads the time, so CUDA time is never a host clock
+read mid-kernel. The loop is ``blocked_autorange``'s, with one difference: the warm-up happens
+once. The block size grows (1, 10, 100, ... calls) until a block takes at least
+``min_run_time / 1000`` seconds (and 10 ms); those calls are the warm-up and are never counted.
+Then blocks of that size are timed until ``min_run_time`` seconds have been measured and at least
+``min_repeats`` blocks were timed. (The earlier timer called ``Timer.timeit`` for each block
+short of ``min_repeats``, which warms up twice before every block: 14 calls for 5 timed blocks
+of a slow call.) ``time_ms`` is the median time per call over the blocks, ``time_iqr_ms`` their
+interquartile range and ``repeats`` the number of blocks (:func:`summarize`). This module is the
+suite's one timer: the harness, ``speedcheck`` and the real-model experiment all time through it.
 
 The passes (see :func:`pass_callable`):
 
@@ -23,6 +25,7 @@ Gradients are taken with respect to q, k, v and the variant's trainable paramete
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +33,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.benchmark import Timer
+from torch.utils.benchmark import timer as clock
 
 MIN_REPEATS = 5
+#: Shortest timed block in seconds: ``blocked_autorange`` asks for timer overhead <= 1e-4 of a
+#: block, and a clock reading (with an accelerator sync) costs about a microsecond.
+MIN_BLOCK_S = 0.01
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -47,25 +53,60 @@ def time_callable(
     min_run_time: float = 0.2,
     min_repeats: int = MIN_REPEATS,
 ) -> dict[str, float | int]:
-    """Median wall time per call of ``fn`` with warm-up excluded.
+    """Median wall time per call of ``fn`` with warm-up excluded (module docstring).
 
     Args:
         fn: Zero-argument callable to time.
-        device: Device the work runs on; CUDA is synchronised by the timer's clock.
-        min_run_time: Seconds of measured time to collect (``blocked_autorange``).
+        device: Device the work runs on; the clock synchronises the accelerator.
+        min_run_time: Seconds of measured time to collect.
         min_repeats: At least this many timed blocks, however long a call takes.
 
     Returns:
         ``time_ms`` (median per call), ``time_iqr_ms`` and ``repeats`` (timed blocks).
     """
     synchronize(device)
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    number = measurement.number_per_run
-    times = list(measurement.times)  # seconds per call, one entry per block
-    while len(times) < min_repeats:
-        times.extend(timer.timeit(number).times)
+    number = _block_size(fn, min_run_time)
+    times: list[float] = []  # seconds per call, one entry per block
+    total = 0.0
+    while total < min_run_time or len(times) < min_repeats:
+        block = _time_block(fn, number)
+        times.append(block / number)
+        total += block
     return summarize([t * 1e3 for t in times])
+
+
+def _time_block(fn: Callable[[], Any], number: int) -> float:
+    """Seconds taken by ``number`` back-to-back calls of ``fn``.
+
+    The garbage collector is paused while the block runs, as ``timeit`` (and so ``Timer``) does.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = clock()
+        for _ in range(number):
+            fn()
+        return clock() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _block_size(fn: Callable[[], Any], min_run_time: float) -> int:
+    """Calls per timed block; the calls made to find it are the (only) warm-up.
+
+    As ``blocked_autorange``: grow 1, 10, 100, ... until a block takes ``min_run_time / 1000``
+    and :data:`MIN_BLOCK_S` (the clock's own cost is then negligible), or longer than
+    ``min_run_time``.
+    """
+    number = 1
+    while True:
+        taken = _time_block(fn, number)
+        if taken >= max(min_run_time / 1000, MIN_BLOCK_S) or taken > min_run_time:
+            return number
+        if number * 10 > 2**31 - 1:
+            return number
+        number *= 10
 
 
 def summarize(times_ms: Sequence[float]) -> dict[str, float | int]:
