@@ -74,6 +74,8 @@ def progress_line(index: str, point: Point, rows: list[dict[str, Any]]) -> str:
                 figure += f" rel_err {row['rel_err']:.2e}"
             if row.get("embed_cosine") is not None:
                 figure += f" cos {row['embed_cosine']:.5f}"
+            if row.get("final_eval") is not None:  # a trained model: accuracy or bits/char
+                figure += f" {row.get('metric', 'eval')} {row['final_eval']:.4g}"
         else:
             figure = f" ({(row.get('reason') or '')[:80]})"
         parts.append(f"{row.get('pass', '?')} {row.get('status')}{figure}")
@@ -123,6 +125,14 @@ def _measure(point: Point, out_dir: Path) -> list[dict[str, Any]]:
         from harness.realmodel.experiment import measure_realmodel_point
 
         return measure_realmodel_point(point.as_dict(), point.factory(), out_dir=out_dir)
+    if point.task == "transfer":  # the real model too; saves the fit beside the rows
+        from harness.realmodel.transfer import measure_transfer_point
+
+        return measure_transfer_point(point.as_dict(), point.factory(), out_dir=out_dir)
+    if point.task == "train":
+        from harness.train.experiment import measure_train_point
+
+        return measure_train_point(point.as_dict(), point.factory())
     return measure_point(point.as_dict(), point.factory())
 
 

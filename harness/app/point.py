@@ -23,7 +23,9 @@ from harness.measure.env import resolve_device
 from harness.measure.factory import Factory, describe, make_factory
 from variants.base import AttentionVariant, VariantConfigError, check_choice, check_int
 
-TASKS = ("attention", "realmodel")
+#: Tasks a point can run; each but ``attention`` reads its own config block of the same name.
+TASKS = ("attention", "realmodel", "train", "transfer")
+TASK_BLOCKS = ("realmodel", "train", "transfer")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -98,6 +100,8 @@ class Point:
     passes: list[str]
     measure: dict[str, Any]
     realmodel: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Point:
@@ -117,10 +121,10 @@ class Point:
         inputs = inputs_params.pop("name", None)
         if not inputs:
             raise ConfigError("inputs must be a config group choice with a name (inputs=gaussian)")
-        realmodel = None
-        if task == "realmodel":
-            block = cfg.get("realmodel")
-            realmodel = {} if block is None else OmegaConf.to_container(block, resolve=True)
+        blocks: dict[str, Any] = {}
+        if task in TASK_BLOCKS:  # the task's own settings, part of the point (and its id)
+            block = cfg.get(task)
+            blocks[task] = {} if block is None else OmegaConf.to_container(block, resolve=True)
         point = cls(
             variant_cls=variant_cls,
             task=task,
@@ -140,7 +144,7 @@ class Point:
             seeds=list(cfg.get("seeds") or [cfg.seed]) if variant_cls.randomized else [cfg.seed],
             passes=passes,
             measure=_measure(cfg),
-            realmodel=realmodel,
+            **blocks,
         )
         point.check_builds()
         return point
@@ -170,10 +174,11 @@ class Point:
         """Stable hash of the point's defining fields (the resolved device included).
 
         The class facts are left out (they follow from the variant), and so is an attention
-        point's empty ``realmodel``, so ids stay those of earlier versions of the harness.
+        point's empty task blocks, so ids stay those of earlier versions of the harness.
         """
         keyed = self._fields()
-        if keyed["realmodel"] is None:
-            del keyed["realmodel"]
+        for block in TASK_BLOCKS:
+            if keyed[block] is None:
+                del keyed[block]
         blob = json.dumps(keyed, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

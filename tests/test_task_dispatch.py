@@ -1,0 +1,52 @@
+"""The app runs every task end to end: a training point through ``attnbench`` lands as rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.analysis.rows import read_rows
+from harness.app.point import TASK_BLOCKS, TASKS
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_task_but_attention_has_its_config_block() -> None:
+    assert set(TASKS) == {"attention", *TASK_BLOCKS}
+
+
+def test_a_training_point_runs_through_the_app(tmp_path: Path) -> None:
+    args = [
+        "+experiment=train",
+        "variant=sdpa,local",
+        "knob=8",
+        "train_setting=mqar_64",
+        "train.lr=3e-3",
+        "train.steps=6",
+        "train.eval_every=3",
+        "train.batch=8",
+        "measure.threads=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.app.main", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_rows([tmp_path / "sweep"])
+    assert sorted(rows["variant"]) == ["local", "sdpa"]
+    assert set(rows["task"]) == {"train"} and set(rows["status"]) == {"ok"}
+    assert rows["steps_run"].eq(6).all()
+    assert rows["final_eval"].between(0, 1).all()
+    sdpa = rows[rows["variant"] == "sdpa"].iloc[0]
+    assert bool(sdpa["exact"]) and not bool(rows[rows["variant"] == "local"].iloc[0]["exact"])
+    assert "Quality after training" in (tmp_path / "sweep" / "report.md").read_text()
