@@ -33,6 +33,9 @@ SLOW_FILES = {
     "test_timing.py",
     "test_memory.py",
     "test_cosformer.py",
+    "test_transfer.py",
+    "test_ray.py",
+    "test_task_dispatch.py",
 }
 
 

@@ -27,6 +27,7 @@ BUILTINS: dict[str, str] = {
     "nystrom": "variants.nystrom:NystromAttention",
     "bigbird": "variants.bigbird:BigBirdAttention",
     "linear": "variants.linear:LinearAttention",
+    "hedgehog": "variants.hedgehog:HedgehogAttention",
 }
 
 

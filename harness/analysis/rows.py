@@ -101,7 +101,9 @@ RESULTS_CSV = "results.csv"
 #: Columns that hold a mapping: JSON objects in rows.jsonl, JSON text in results.csv.
 MAPPING_COLUMNS: tuple[str, ...] = ("params", "inputs_params")
 #: A point measured twice (a resumed or repeated sweep) is the same row: the newest is kept.
-DEDUP_KEY: tuple[str, ...] = ("point_id", "pass", "host", "device")
+#: A point measured again keeps its newest row per key; ``stage`` separates a transfer point's
+#: before and after rows.
+DEDUP_KEY: tuple[str, ...] = ("point_id", "pass", "stage", "host", "device")
 
 
 def _clean(value: Any) -> Any:

@@ -1,0 +1,169 @@
+"""Hedgehog attention (Zhang et al. 2024): linear attention with a learnable softmax feature map.
+
+"The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax Mimicry" (ICLR 2024)
+replaces ``exp(q . k)`` by ``phi(q) . phi(k)`` with a trainable feature map per head,
+``phi(x) = [softmax(W x), softmax(-W x)]`` (softmax over the feature dimension; ``2 * D``
+features for a ``D x D`` matrix ``W``), fitted so that the linear attention mimics a pretrained
+model's softmax attention ("attention transfer", :mod:`harness.realmodel.transfer`). Both halves
+are positive, so the normalised attention ``phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T
+sum_j phi(k_j)`` is a proper weighted mean of the values. Bidirectional attention costs
+``O(n * D^2)``; causal attention uses chunked prefix sums (:mod:`variants._prefix`) with the
+suite's bottom-right alignment for ``q_len < kv_len``.
+
+``W`` starts as the identity (the paper's initialisation): an untrained Hedgehog is the fixed
+kernel ``softmax(q) . softmax(k) + softmax(-q) . softmax(-k)``, a poor approximation of softmax
+attention until fitted. Like linear attention the feature map has no temperature, so there is
+no ``scale`` parameter (the fit absorbs any temperature into ``W``).
+
+Heads. ``W`` is one ``(D, D)`` matrix per head, an ``(H, D, D)`` ``nn.Parameter``. The number
+of heads is not part of the variant interface, so ``heads`` is optional: given with
+``head_dim``, ``W`` is built in the constructor; left ``None``, ``W`` is built (identity) at the
+first forward for that call's heads and head dimension, and later calls must match them
+(``not_supported_reasons`` says so otherwise). A fitting step must therefore run one forward
+before collecting the parameters; loading a saved ``state_dict`` into an unbuilt instance builds
+``W`` from the saved shape. ``trained`` (from the base class) is False until a fitting step sets
+it.
+
+:meth:`HedgehogAttention.attention_weights` returns the normalised feature products, the
+``(Nq, Nk)`` weights the variant applies to V, which the transfer step's optional cross-entropy
+loss compares with the softmax weights (the paper's loss).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from variants._prefix import causal_linear_attention, causal_linear_flops
+from variants.base import AttentionVariant, causal_mask, check_positive_int, check_qkv
+
+
+class HedgehogAttention(AttentionVariant):
+    """Linear attention with the learnable feature map ``[softmax(W x), softmax(-W x)]``.
+
+    Args:
+        heads: Number of heads (one ``W`` each); ``None`` builds ``W`` at the first forward.
+        chunk_size: Tokens per chunk of the causal prefix sum (default 128).
+        kv_len: Ignored (accepted for a uniform constructor).
+        head_dim: Head dimension ``D`` (``W`` is ``D x D``); ``None``: taken at the first call.
+    """
+
+    name: ClassVar[str] = "hedgehog"
+    exact: ClassVar[bool] = False
+    supports_causal: ClassVar[bool] = True
+    supports_cross: ClassVar[bool] = True
+    randomized: ClassVar[bool] = False
+    knob: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        heads: int | None = None,
+        chunk_size: int = 128,
+        kv_len: int | None = None,
+        head_dim: int | None = None,
+    ) -> None:
+        super().__init__(kv_len=kv_len, head_dim=head_dim)
+        self.heads = None if heads is None else check_positive_int(self.name, "heads", heads)
+        self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
+        self.register_parameter("weight", None)
+        if heads is not None and head_dim is not None:
+            self._build(heads, head_dim, torch.device("cpu"))
+
+    # ------------------------------------------------------------------------ the feature map
+    def _build(self, heads: int, head_dim: int, device: torch.device) -> None:
+        """``W`` as ``heads`` identities of size ``head_dim`` (float32, trainable)."""
+        eye = torch.eye(head_dim, device=device).expand(heads, head_dim, head_dim)
+        self.weight = torch.nn.Parameter(eye.clone())  # (H, D, D)
+        self.heads, self.head_dim = heads, head_dim
+
+    def _mismatch(self, heads: int, head_dim: int) -> str | None:
+        if self.weight is None:
+            return None
+        built = tuple(self.weight.shape[:2])
+        if built != (heads, head_dim):
+            return (
+                f"hedgehog: feature maps built for heads={built[0]}, head_dim={built[1]}; "
+                f"got heads={heads}, head_dim={head_dim}"
+            )
+        return None
+
+    def features(self, x: Tensor) -> Tensor:
+        """``phi(x) = [softmax(W x), softmax(-W x)]`` of ``x (B, H, N, D)`` -> ``(B, H, N, 2D)``.
+
+        Builds ``W`` (identity) on the first call when the constructor could not.
+        """
+        heads, head_dim = x.shape[1], x.shape[-1]
+        if self.weight is None:
+            self._build(heads, head_dim, x.device)
+        problem = self._mismatch(heads, head_dim)
+        if problem:
+            raise ValueError(problem)
+        w = self.weight.to(device=x.device, dtype=x.dtype)  # (H, D, D)
+        proj = x @ w.transpose(-2, -1)  # (B, H, N, D): W x for every token, per head
+        return torch.cat([proj.softmax(dim=-1), (-proj).softmax(dim=-1)], dim=-1)
+
+    # ------------------------------------------------------------------------------ attention
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        check_qkv(q, k, v)
+        phi_q, phi_k = self.features(q), self.features(k)  # (B, H, Nq, 2D), (B, H, Nk, 2D)
+        tiny = torch.finfo(q.dtype).tiny
+        # The denominator rides along as an extra column of ones in V.
+        v_ones = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, Nk, Dv + 1)
+        if causal:
+            out = causal_linear_attention(phi_q, phi_k, v_ones, self.chunk_size)
+        else:
+            out = phi_q @ (phi_k.transpose(-2, -1) @ v_ones)  # (B, H, Nq, Dv + 1)
+        # features are positive, so the denominator is too; the clamp only guards underflow
+        return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
+
+    def attention_weights(self, q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
+        """The ``(B, H, Nq, Nk)`` weights the variant applies to V (rows sum to 1).
+
+        ``phi(q_i) . phi(k_j)`` normalised over the keys query ``i`` may see (bottom-right
+        causal alignment). Quadratic in length: for fitting and inspection, not for speed.
+        """
+        scores = self.features(q) @ self.features(k).transpose(-2, -1)  # (B, H, Nq, Nk)
+        if causal:
+            scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), 0.0)
+        return scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+
+    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        reasons = super().not_supported_reasons(q, k, v, causal)
+        problem = self._mismatch(q.shape[1], q.shape[-1])
+        if problem:
+            reasons.append(problem)
+        return reasons
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Build ``W`` from a saved fit's shape first, so an unbuilt instance can load it."""
+        saved = state_dict.get(prefix + "weight")
+        if self.weight is None and saved is not None:
+            self._build(saved.shape[0], saved.shape[-1], saved.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # ---------------------------------------------------------------------------- cost models
+    def flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        d, m = head_dim, 2 * head_dim
+        # W x for queries and keys, and two softmaxes over D (exp, sum, divide: ~3 per element)
+        feats = (q_len + kv_len) * (2 * d * d + 2 * 3 * d)
+        if causal:
+            attend = causal_linear_flops(q_len, kv_len, m, d + 1, self.chunk_size)
+        else:
+            attend = 2 * kv_len * m * (d + 1) + 2 * q_len * m * (d + 1)
+        return batch * heads * (feats + attend + q_len * d)  # + the final division
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+    ) -> int:
+        d, m = head_dim, 2 * head_dim
+        # projections (D) and features (2D) of queries and keys, V with its ones column, the
+        # (2D, D + 1) summary and the output with its denominator column
+        per_head = (q_len + kv_len) * (d + m) + kv_len * (d + 1) + m * (d + 1) + q_len * (d + 1)
+        if causal:
+            c = min(self.chunk_size, q_len)
+            per_head += q_len * c + (q_len // c + 1) * m * (d + 1)  # chunk scores, states
+        return batch * heads * per_head * element_size
