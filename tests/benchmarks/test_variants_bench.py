@@ -26,7 +26,7 @@ import torch
 
 import variants
 from harness.conformance import build
-from harness.measure.point import FLOP_FACTOR
+from harness.measure.point import pass_flops
 
 BATCH, HEADS, HEAD_DIM = 1, 8, 64
 PASSES = ("fwd", "fwd_bwd")
@@ -99,8 +99,7 @@ def test_variant(
             module(q, k, v).backward(grad_out)
             sync()
 
-    fwd_flops = module.flops(BATCH, HEADS, n, n, HEAD_DIM, False)
-    flops = int(fwd_flops * FLOP_FACTOR[pass_name])
+    flops = pass_flops(module, (BATCH, HEADS, n, n, HEAD_DIM), False)[pass_name]
     benchmark.group = f"seq_len={n}"
     benchmark.extra_info.update(
         variant=name, q_len=n, kv_len=n, batch=BATCH, heads=HEADS, head_dim=HEAD_DIM,
