@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +24,7 @@ TASKS = ("mqar", "chars")
 Batch = tuple[Tensor, Tensor]
 
 
-class _Task:
+class _Task(abc.ABC):
     """What both tasks share: the batch stream, the fixed evaluation set, the capability check.
 
     Subclasses set ``name``, ``metric``, ``vocab``, ``params``, ``chance`` and the evaluation
@@ -63,17 +64,21 @@ class _Task:
             reasons.append(f"{variant.name}: no backward pass, so it cannot be trained")
         return reasons
 
+    @abc.abstractmethod
     def _draw(self) -> Batch:
-        raise NotImplementedError
+        """A fresh training batch."""
 
+    @abc.abstractmethod
     def loss_of(self, model: torch.nn.Module, batch: Batch) -> Tensor:
-        raise NotImplementedError
+        """The training loss of ``model`` on ``batch``."""
 
+    @abc.abstractmethod
     def _score(self, model: torch.nn.Module, inputs: Tensor, targets: Tensor):
-        raise NotImplementedError
+        """(summed score, count) of ``model`` on an evaluation chunk."""
 
+    @abc.abstractmethod
     def _finish(self, total: float, count: int) -> float:
-        raise NotImplementedError
+        """The evaluation value from the summed score and count."""
 
 
 class MQARTask(_Task):
