@@ -10,21 +10,43 @@ score, mask and normalise in tiles without materialising any block's score matri
 ``num_global`` queries are global (they attend to every key): a second SDPA call computes their
 rows over all keys, which replace the block rows.
 
+:func:`block_sparse_attention` runs through autograd (any device). :func:`fused_block_sparse`
+is the same computation as one ``torch.autograd.Function`` on the CPU flash kernel
+(:func:`fused_available`): the forward keeps only the kernel's output and log-sum-exp, the
+backward calls the kernel's own backward (which recomputes the scores tile by tile) and hands
+the slots' gradient to the caller's layout (:class:`SlotLayout`) to fold back onto the keys.
+Autograd through the slot view instead saved every slicing, padding and unfold step, whose
+backwards zero-filled and scattered ``(B*H, nqb, S, D)`` tensors: at n=8192, w=256 they took
+more time than the kernel's own backward (docs/performance.md). A float additive mask, built
+once per shape, replaces the boolean one, which SDPA converted to a float mask on every call.
+
 Work per head is ``rows * S`` score slots (masked slots included) plus ``num_global * Nk`` for the
 global rows (:func:`block_sparse_flops`).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+_aten = torch.ops.aten
+#: dtypes of the CPU flash kernel (it also needs equal head sizes for keys and values)
+_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
 
 def to_blocks(x: Tensor, block: int) -> Tensor:
-    """``(B, H, N, E)`` -> ``(B*H, ceil(N / block), block, E)``, zero-padded at the end."""
+    """``(B, H, N, E)`` -> ``(B*H, ceil(N / block), block, E)``, zero-padded at the end.
+
+    A view of ``x`` when no padding is needed and ``x`` is contiguous (``F.pad`` copies even
+    when it pads nothing), else a padded copy.
+    """
     b, h, n, e = x.shape
     nblocks = -(-n // block)
+    if nblocks * block == n and x.is_contiguous():
+        return x.view(b * h, nblocks, block, e)
     return F.pad(x, (0, 0, 0, nblocks * block - n)).view(b * h, nblocks, block, e)
 
 
@@ -73,14 +95,129 @@ def block_sparse_attention(
     out = out.reshape(b * h, nqb * block, dv)[:, :nq].view(b, h, nq, dv)
     if not num_global:
         return out
-    rows = None
-    if causal:  # only the global rows of the (Nq, Nk) causal mask, bottom-right aligned
-        pos = torch.arange(num_global, device=q.device)[:, None] + (nk - nq)
-        rows = torch.arange(nk, device=q.device) <= pos  # (num_global, Nk)
+    rows = global_rows_mask(num_global, nq, nk, causal, q.device)
     g_out = F.scaled_dot_product_attention(
         q[:, :, :num_global], k, v, attn_mask=rows, scale=scale
     )  # (B, H, num_global, Dv)
     return torch.cat([g_out, out[:, :, num_global:]], dim=2)  # (B, H, Nq, Dv)
+
+
+def global_rows_mask(
+    num_global: int, q_len: int, kv_len: int, causal: bool, device, dtype=torch.bool
+) -> Tensor | None:
+    """The global query rows of the bottom-right causal mask, ``(num_global, Nk)``; None if not
+    causal. Boolean, or additive (0 / -inf) in a floating ``dtype``."""
+    if not causal:
+        return None
+    pos = torch.arange(num_global, device=device)[:, None] + (kv_len - q_len)
+    rows = torch.arange(kv_len, device=device) <= pos  # (num_global, Nk)
+    return rows if dtype == torch.bool else additive_mask(rows, dtype)
+
+
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """0 where ``allowed``, -inf elsewhere, in ``dtype`` (the CPU flash kernel's mask type)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
+
+
+def fused_available(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether :func:`fused_block_sparse` runs these inputs (CPU flash kernel, ``Dv == D``)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in _FLASH_DTYPES
+        and q.shape[-1] == v.shape[-1]
+        and hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+class SlotLayout(Protocol):
+    """Where every query block's key slots live: a stored buffer and a view of it."""
+
+    def store(self, x: Tensor) -> Tensor:
+        """The buffer holding the slots of ``x`` (``(B, H, Nk, E)``, keys or values)."""
+
+    def view(self, store: Tensor) -> Tensor:
+        """The ``(B*H, nqb, S, E)`` slots, a view of ``store``."""
+
+    def fold(self, grad: Tensor, like: Tensor, into: Tensor | None = None) -> Tensor:
+        """The gradient of ``x`` (shaped like ``like``) from the gradient of its slots, added
+        into ``into`` when given."""
+
+
+def fused_block_sparse(
+    q: Tensor, k: Tensor, v: Tensor, block: int, layout: SlotLayout,
+    mask: Tensor, num_global: int, causal: bool, scale: float,
+) -> Tensor:  # fmt: skip
+    """:func:`block_sparse_attention` as one autograd Function on the CPU flash kernel.
+
+    Args:
+        q, k, v: ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, D)``.
+        block: Query rows per block.
+        layout: Builds the slots of k and v and folds their gradients back (no autograd runs
+            through it).
+        mask: Additive ``(1, nqb, block, S)`` mask in q's dtype (:func:`additive_mask` of the
+            boolean mask of :func:`block_sparse_attention`).
+        num_global, causal, scale: As :func:`block_sparse_attention`.
+
+    Returns:
+        ``(B, H, Nq, D)``.
+    """
+    spec = (block, layout, mask, num_global, causal, scale)
+    return _FusedBlockSparse.apply(q, k, v, spec)
+
+
+class _FusedBlockSparse(torch.autograd.Function):
+    """Forward keeps the flash kernel's output and log-sum-exp; backward is the kernel's own."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: tuple) -> Tensor:
+        block, layout, mask, glob, causal, scale = spec
+        b, h, nq, d = q.shape
+        nk = k.shape[-2]
+        qb = to_blocks(q, block)  # (BH, nqb, block, D)
+        k_store, v_store = layout.store(k), layout.store(v)
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+            qb, layout.view(k_store), layout.view(v_store), attn_mask=mask, scale=scale
+        )  # (BH, nqb, block, D), (BH, nqb, block)
+        full = out.view(b, h, -1, d)  # (B, H, nqb * block, D), padded rows at the end
+        g_lse = g_mask = None
+        if glob:  # global rows over every key replace their block rows (dropped in backward)
+            g_mask = global_rows_mask(glob, nq, nk, causal, q.device, q.dtype)
+            g_out, g_lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+                q[:, :, :glob], k, v, attn_mask=g_mask, scale=scale
+            )
+            full[:, :, :glob] = g_out
+        ctx.spec, ctx.g_mask = spec, g_mask
+        # the stores, not the views: saved tensors keep their strides, views would be rebuilt
+        ctx.save_for_backward(q, k, v, qb, k_store, v_store, out, lse, g_lse)
+        return full[:, :, :nq]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        block, layout, mask, glob, causal, scale = ctx.spec
+        q, k, v, qb, k_store, v_store, out, lse, g_lse = ctx.saved_tensors
+        b, h, nq, d = q.shape
+        grad_b = to_blocks(grad, block)  # (BH, nqb, block, D)
+        if glob:  # the block rows of global queries were replaced: no gradient through them
+            if grad_b.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr():
+                grad_b = grad_b.clone()  # a view of the incoming gradient: not ours to zero
+            grad_b.view(b * h, -1, d)[:, :glob] = 0
+        dq_b, dk_slots, dv_slots = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_b, qb, layout.view(k_store), layout.view(v_store), out, lse, 0.0, False,
+            attn_mask=mask, scale=scale,
+        )  # fmt: skip
+        dq = dq_b.reshape(b, h, -1, d)[:, :, :nq]
+        dk = dv = None
+        if glob:  # the global rows' key and value gradients take the folded slots' too
+            full = out.view(b, h, -1, d)
+            dq_g, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad[:, :, :glob].contiguous(), q[:, :, :glob], k, v, full[:, :, :glob],
+                g_lse, 0.0, False, attn_mask=ctx.g_mask, scale=scale,
+            )  # fmt: skip
+            dq = dq.contiguous()
+            dq[:, :, :glob] = dq_g
+        return dq, layout.fold(dk_slots, k, dk), layout.fold(dv_slots, v, dv), None
 
 
 def block_sparse_flops(

@@ -8,7 +8,12 @@ sequence is cut into chunks of ``chunk_size`` tokens:
 
 * within a chunk, the masked quadratic form ``tril(phi_q_c phi_k_c^T) v_c`` (chunk x chunk);
 * across chunks, a running ``(m, d)`` state: the exclusive cumulative sum of the chunk summaries
-  ``phi_k_c^T v_c``, applied as ``phi_q_c @ state_c``.
+  ``phi_k_c^T v_c``, taken as one batched matmul with a strictly lower-triangular ``(C, C)``
+  ones matrix (counted in the FLOPs: ``2 C^2 m d`` per head) and applied as ``phi_q_c @ state_c``.
+
+Every product is a 3-d ``bmm`` over (batch, head, chunk), and without autograd the chunk's own
+term accumulates into the inter-chunk term's buffer (fresh large tensors cost page faults on
+the CPU: docs/performance.md).
 
 Working memory per head is ``O(n * chunk + (n / chunk) * m * d)``, i.e. ``O(n * m)`` for
 ``chunk >= d``; no ``(n, m, d)`` tensor is formed. Normalisation is left to the caller: append a
@@ -24,6 +29,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def with_ones_column(v: Tensor) -> Tensor:
+    """``(..., N, Dv)`` -> ``(..., N, Dv + 1)`` with a last column of ones (one ``cat`` of an
+    expanded scalar): kernel attention's denominator as one more output column."""
+    return torch.cat([v, v.new_ones((1,) * v.dim()).expand(*v.shape[:-1], 1)], dim=-1)
 
 
 def causal_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk_size: int) -> Tensor:
@@ -57,27 +68,47 @@ def causal_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk_size:
         phi_k = F.pad(phi_k, (0, 0, 0, pad))
         v = F.pad(v, (0, 0, 0, pad))
     n_chunks = (nq + pad) // chunk
-    qc = phi_q.reshape(b, h, n_chunks, chunk, m)  # (B, H, C, c, m)
-    kc = phi_k.reshape(b, h, n_chunks, chunk, m)  # (B, H, C, c, m)
-    vc = v.reshape(b, h, n_chunks, chunk, dv)  # (B, H, C, c, Dv)
+    bhc = b * h * n_chunks
+    # 3-d batches of chunks for bmm (4- and 5-d matmuls fold their batch dims with copies)
+    qc = phi_q.reshape(bhc, chunk, m)
+    kc = phi_k.reshape(bhc, chunk, m)
+    vc = v.reshape(bhc, chunk, dv)
 
-    summaries = kc.transpose(-2, -1) @ vc  # (B, H, C, m, Dv)
-    # exclusive prefix sum over chunks: state_c = sum_{c' < c} summary_c'
-    states = torch.cat([torch.zeros_like(summaries[:, :, :1]), summaries[:, :, :-1]], dim=2)
-    states = states.cumsum(dim=2)  # (B, H, C, m, Dv)
+    summaries = torch.bmm(kc.transpose(-2, -1), vc)  # (BHC, m, Dv)
+    # exclusive prefix sum over chunks, state_c = sum_{c' < c} summary_c', as one batched
+    # matmul with a strictly lower-triangular ones matrix: one pass over the summaries instead
+    # of a shifted copy and a cumsum along a strided dimension (docs/performance.md)
+    idx = torch.arange(n_chunks, device=v.device)
+    lower = (idx[:, None] > idx[None, :]).to(v.dtype)  # (C, C); tril_ here took a thread hop
+    states = lower @ summaries.view(b * h, n_chunks, m * dv)  # (BH, C, m * Dv)
+    states = states.view(b, h, n_chunks, m, dv)
     if head_state is not None:
         states = states + head_state.unsqueeze(2)
-    out = qc @ states  # (B, H, C, c, Dv)
-
-    scores = qc @ kc.transpose(-2, -1)  # (B, H, C, c, c)
-    keep = torch.ones(chunk, chunk, dtype=torch.bool, device=scores.device).tril()
-    scores = scores.masked_fill(~keep, 0.0)
-    out = out + scores @ vc  # (B, H, C, c, Dv)
-    return out.reshape(b, h, n_chunks * chunk, dv)[:, :, :nq]
+    inter = torch.bmm(qc, states.view(bhc, m, dv))  # (BHC, c, Dv)
+    # the chunk's own keys: masked quadratic form; tril_ in place (bmm keeps no output)
+    scores = torch.bmm(qc, kc.transpose(-2, -1)).tril_()  # (BHC, c, c)
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (qc, kc, vc))
+    # without a graph, accumulate into the inter-chunk term's buffer (out= is not differentiable)
+    out = torch.baddbmm(inter, scores, vc, out=None if tracked else inter)  # (BHC, c, Dv)
+    return out.view(b, h, n_chunks * chunk, dv)[:, :, :nq]
 
 
 def causal_linear_flops(q_len: int, kv_len: int, features: int, v_dim: int, chunk: int) -> int:
     """Forward FLOPs of :func:`causal_linear_attention` for one (batch, head)."""
+    return sum(_flop_terms(q_len, kv_len, features, v_dim, chunk))
+
+
+def causal_linear_backward_flops(
+    q_len: int, kv_len: int, features: int, v_dim: int, chunk: int
+) -> int:
+    """Backward FLOPs of :func:`causal_linear_attention` for one (batch, head): every matmul
+    takes both gradients (2x) except the prefix sum's, whose ones matrix is a constant (1x)."""
+    *matmuls, states = _flop_terms(q_len, kv_len, features, v_dim, chunk)
+    return 2 * sum(matmuls) + states
+
+
+def _flop_terms(q_len: int, kv_len: int, features: int, v_dim: int, chunk: int) -> list[int]:
+    """(shared head state, summaries, inter-chunk, intra-chunk, prefix-sum matmul) FLOPs."""
     offset = kv_len - q_len
     c = min(chunk, q_len)
     n = -(-q_len // c) * c  # padded length
@@ -85,4 +116,5 @@ def causal_linear_flops(q_len: int, kv_len: int, features: int, v_dim: int, chun
     summaries = 2 * n * features * v_dim
     inter = 2 * n * features * v_dim
     intra = 2 * n * c * features + 2 * n * c * v_dim
-    return head + summaries + inter + intra
+    states = 2 * (n // c) ** 2 * features * v_dim  # (C, C) ones matrix times the summaries
+    return [head, summaries, inter, intra, states]

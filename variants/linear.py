@@ -15,17 +15,21 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants._prefix import causal_linear_attention, causal_linear_flops
+from variants._prefix import (
+    causal_linear_attention,
+    causal_linear_backward_flops,
+    causal_linear_flops,
+    with_ones_column,
+)
 from variants.base import AttentionVariant, check_positive_int, check_qkv
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
     """``elu(x) + 1``: a positive feature map, elementwise."""
-    return F.elu(x) + 1.0
+    return F.elu(x).add_(1.0)  # in place: elu's backward needs its input, not its output
 
 
 class LinearAttention(AttentionVariant):
@@ -57,8 +61,8 @@ class LinearAttention(AttentionVariant):
         phi_q = elu_feature_map(q)  # (B, H, Nq, D)
         phi_k = elu_feature_map(k)  # (B, H, Nk, D)
         if causal:
-            ones = torch.ones_like(v[..., :1])  # (B, H, Nk, 1): last column -> denominator
-            out = causal_linear_attention(phi_q, phi_k, torch.cat([v, ones], -1), self.chunk_size)
+            # the last column of ones gives the denominator
+            out = causal_linear_attention(phi_q, phi_k, with_ones_column(v), self.chunk_size)
             return out[..., :-1] / out[..., -1:]  # (B, H, Nq, Dv)
         kv = phi_k.transpose(-2, -1) @ v  # (B, H, D, Dv)
         k_sum = phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, D, 1)
@@ -73,9 +77,19 @@ class LinearAttention(AttentionVariant):
         else:
             # phi_k^T v, phi_q @ kv, phi_q @ key sum (the key sum itself is elementwise work)
             per_head = 2 * kv_len * d * d + 2 * q_len * d * d + 2 * q_len * d
-        # The backward (base default, 2x) is right here: every matmul has both operands on
-        # the gradient path (q, k, v need gradients, the feature map has no parameters).
         return batch * heads * per_head
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # 2x the forward: every matmul has both operands on the gradient path (q, k, v need
+        # gradients, the feature map has no parameters), except the causal prefix sum's
+        # constant ones matrix (1x)
+        if causal:
+            d = head_dim
+            per_head = causal_linear_backward_flops(q_len, kv_len, d, d + 1, self.chunk_size)
+            return batch * heads * per_head
+        return 2 * self.flops(batch, heads, q_len, kv_len, head_dim, causal)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

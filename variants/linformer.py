@@ -51,10 +51,13 @@ DEFAULT_K = 256
 
 
 def project_sequence(proj: Tensor, x: Tensor) -> Tensor:
-    """``proj (k, n) @ x (B, H, n, D)`` along the sequence as one GEMM -> ``(B, H, k, D)``."""
-    b, h, n, d = x.shape
-    flat = x.permute(2, 0, 1, 3).reshape(n, b * h * d)  # (n, B*H*D)
-    return (proj @ flat).reshape(-1, b, h, d).permute(1, 2, 0, 3)  # (B, H, k, D)
+    """``proj (k, n) @ x (B, H, n, D)`` along the sequence -> ``(B, H, k, D)``.
+
+    A batched GEMM sharing ``proj`` across (batch, head): one GEMM over an ``(n, B*H*D)``
+    view needed a permuted copy of ``x`` first, which cost more than the GEMM's shape gains
+    (n=8192, 8 heads, d 64, k 256 on 2 CPU cores: 60 ms against 40 ms).
+    """
+    return torch.matmul(proj, x)  # (B, H, k, D)
 
 
 class LinformerAttention(AttentionVariant):

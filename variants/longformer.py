@@ -289,10 +289,17 @@ class LongformerAttention(AttentionVariant):
         if backend == "xformers":
             return out_lse
         rows, slots, _ = self._work(q_len, kv_len, causal)
-        # padded q, k, v (with the interleaved global keys) and the output; the fused kernel
-        # keeps no score matrix; the boolean block mask is shared by batch and heads
-        padded = rows + slots + kv_len * (1 + self.num_global)
-        return bh * element_size * (3 * padded * head_dim + q_len * head_dim) + rows * slots
+        window = min(self.window, q_len + kv_len)
+        gk = min(self.num_global, kv_len)
+        _, nkb, _, _, stride = geometry(q_len, kv_len, window, causal, gk, block_size(window))
+        # the stored k and v blocks (global keys interleaved), the output blocks, a padded copy
+        # of q when q_len is not a multiple of the block (else a view), one log-sum-exp per
+        # row; the fused kernel keeps no score matrix; the block mask, boolean and additive (in
+        # the inputs' dtype), is shared by batch and heads (measured on the CPU at n=8192, 8
+        # heads, d 64, w 256, no globals: 76.8 MB for the call; this model: 76.4 MB)
+        q_rows = rows if rows != q_len else 0
+        per_head = element_size * (2 * nkb * stride + rows + q_rows) * head_dim + 4 * rows
+        return bh * per_head + (1 + element_size) * rows * slots
 
 
 class LocalAttention(LongformerAttention):

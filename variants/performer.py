@@ -48,7 +48,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from variants._prefix import causal_linear_attention, causal_linear_flops
+from variants._prefix import (
+    causal_linear_attention,
+    causal_linear_backward_flops,
+    causal_linear_flops,
+    with_ones_column,
+)
 from variants.base import (
     AttentionVariant,
     VariantConfigError,
@@ -124,6 +129,27 @@ def relu_kernel_features(x: Tensor, projection: Tensor) -> Tensor:
     """Generalised-attention features ``relu(W x) / sqrt(m) + 1e-3`` of ``x (..., N, d)``."""
     proj = x @ projection.transpose(0, 1).to(x.dtype)  # (..., N, m)
     return torch.relu(proj) * (projection.shape[0] ** -0.5) + RELU_EPS
+
+
+class _ShiftedExp(torch.autograd.Function):
+    """``exp(logits - bias)`` in place over ``logits`` (the GEMM's backward needs no output).
+
+    Autograd of ``sub_`` and ``exp_`` would, in the backward, negate the whole ``(N, m)``
+    gradient before summing it down to ``bias``'s ``(N, 1)``: two more ``(N, m)`` tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, bias: Tensor) -> Tensor:
+        ctx.mark_dirty(logits)
+        out = logits.sub_(bias).exp_()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        (out,) = ctx.saved_tensors
+        grad_logits = grad * out
+        return grad_logits, -grad_logits.sum(dim=-1, keepdim=True)
 
 
 class PerformerAttention(AttentionVariant):
@@ -236,27 +262,83 @@ class PerformerAttention(AttentionVariant):
             reasons.append(self._eps_causal_reason())
         return reasons
 
+    def _unbiased(self) -> bool:
+        """Whether :meth:`forward` takes the fast path (softmax kernel, ``eps = 0``)."""
+        return self.kernel == "softmax" and not self.eps
+
+    def attention_features(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """The features :meth:`forward` uses: :meth:`features` up to per-query-row factors.
+
+        With ``eps = 0`` every factor that is constant along a query's row of features
+        (``exp(-|q|^2 / 2)``, the row max, ``1 / sqrt(m)``) cancels between numerator and
+        denominator, so the query features are ``softmax(W q)``: one fused kernel (in place
+        when no gradient is taken) instead of a max, a subtraction and an exp over ``(N, m)``.
+        The key features keep ``exp(W k - |k|^2 / 2 - c)`` (``c`` one constant per head). The
+        scale is folded into ``W`` (an ``(m, d)`` product instead of a pass over q and k), and
+        ``|k|^2`` is subtracted per row instead of riding along as an extra GEMM column.
+        Otherwise (relu, ``eps > 0``) these are :meth:`features`.
+        """
+        if not self._unbiased():
+            return self.features(q, k)
+        w = self._scaled_rows(q)
+        return self._query_features(q, w), self._key_features(k, w)
+
+    def _scaled_rows(self, q: Tensor) -> Tensor:
+        """``W^T sqrt(scale)``, ``(d, m)`` in q's dtype: the scale folded into the rows."""
+        proj = self._projection(q.shape[-1], q)
+        return (proj.to(q.dtype) * math.sqrt(self.softmax_scale(q.shape[-1]))).transpose(0, 1)
+
+    @staticmethod
+    def _query_features(q: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
+        """``softmax(q W^T)``; without a graph in place, in ``out`` when given (a spent buffer:
+        a fresh ``(N, m)`` tensor costs its page faults, more than the softmax itself)."""
+        tracked = torch.is_grad_enabled() and (q.requires_grad or w.requires_grad)
+        if tracked or q.device.type != "cpu":  # (CUDA's caching allocator has no such cost)
+            return torch.softmax(q @ w, dim=-1)
+        logits = q @ w if out is None else torch.matmul(q, w, out=out)  # (B, H, Nq, m)
+        return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+
+    def _key_features(self, k: Tensor, w: Tensor) -> Tensor:
+        """``exp(k W^T - |k|^2 scale / 2 - c)``, ``c`` the max over a head's keys, detached."""
+        scale = self.softmax_scale(k.shape[-1])
+        logits = k @ w  # (B, H, Nk, m)
+        norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True)  # (B, H, Nk, 1)
+        with torch.no_grad():  # the shift cancels: a constant for autograd
+            top = logits.amax(dim=-1, keepdim=True)  # max of W k - |k|^2 / 2 over keys:
+            shift = torch.addcmul(top, norm, norm, value=-0.5 * scale).amax(-2, keepdim=True)
+        bias = torch.addcmul(shift, norm, norm, value=0.5 * scale)  # |k|^2 / 2 + shift
+        return _ShiftedExp.apply(logits, bias)
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
         check_qkv(q, k, v)
         if causal and self.eps:
             raise ValueError(self._eps_causal_reason())
-        phi_q, phi_k = self.features(q, k)  # (B, H, Nq, m), (B, H, Nk, m)
         tiny = torch.finfo(q.dtype).tiny
-        if causal:
-            ones = torch.ones_like(v[..., :1])  # (B, H, Nk, 1): last column -> denominator
-            out = causal_linear_attention(phi_q, phi_k, torch.cat([v, ones], -1), self.chunk_size)
-            return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
         # The denominator rides along as an extra column of ones in V: one pass over phi_q.
-        v_ones = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, Nk, Dv + 1)
-        kv = phi_k.transpose(-2, -1) @ v_ones  # (B, H, m, Dv + 1)
-        out = phi_q @ kv  # (B, H, Nq, Dv + 1)
+        v_ones = with_ones_column(v)  # (B, H, Nk, Dv + 1)
+        if not self._unbiased():
+            phi_q, phi_k = self.features(q, k)  # (B, H, Nq, m), (B, H, Nk, m)
+        else:
+            w = self._scaled_rows(q)
+            phi_k = self._key_features(k, w)
+            if not causal:  # the keys' summary first: their features' buffer then holds q's
+                kv = phi_k.transpose(-2, -1) @ v_ones  # (B, H, m, Dv + 1)
+                tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, w))
+                spent = None if tracked or q.shape != k.shape else phi_k
+                out = self._query_features(q, w, spent) @ kv  # (B, H, Nq, Dv + 1)
+                return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
+            phi_q = self._query_features(q, w)
+        if causal:
+            out = causal_linear_attention(phi_q, phi_k, v_ones, self.chunk_size)
+        else:
+            out = phi_q @ (phi_k.transpose(-2, -1) @ v_ones)  # (B, H, Nq, Dv + 1)
         return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
 
     def _costs(self, q_len: int, kv_len: int, head_dim: int, causal: bool) -> tuple[int, int]:
         """Per-head forward FLOPs of (the feature projections, the attention over features)."""
         m, d = self.nb_features, head_dim
-        # softmax features: one GEMM with the extra |x|^2 column (d + 1); relu: W x (d)
-        feats = 2 * (q_len + kv_len) * m * (d + 1 if self.kernel == "softmax" else d)
+        # the features' GEMMs: W x (d); with eps > 0 one GEMM with the extra |x|^2 column
+        feats = 2 * (q_len + kv_len) * m * (d + 1 if self.eps else d)
         if causal:
             attend = causal_linear_flops(q_len, kv_len, m, d + 1, self.chunk_size)
         else:
@@ -272,10 +354,16 @@ class PerformerAttention(AttentionVariant):
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
         # The feature GEMM needs only d(x) when the random rows are fixed (1x), dW too when
-        # they are learnable (2x); the attention's matmuls all take both gradients (2x).
+        # they are learnable (2x); the attention's matmuls all take both gradients (2x),
+        # except the causal prefix sum's constant ones matrix (1x).
         feats, attend = self._costs(q_len, kv_len, head_dim, causal)
         factor = 2 if self.learnable_projection else 1
-        return batch * heads * (factor * feats + 2 * attend)
+        if causal:
+            m, dv = self.nb_features, head_dim + 1
+            attend = causal_linear_backward_flops(q_len, kv_len, m, dv, self.chunk_size)
+        else:
+            attend *= 2
+        return batch * heads * (factor * feats + attend)
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4

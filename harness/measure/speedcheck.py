@@ -1,14 +1,22 @@
-"""Speed and memory check of the efficient variants against exact ``sdpa``, with targets.
+"""Speed check: the efficient variants against exact ``sdpa`` in every pass, with targets.
 
 ``python -m harness.measure.speedcheck [--seq-len 8192 --heads 8 --head-dim 64 --batch 1
---out FILE.md]`` times, in one process and one run, the fp32 forward (``torch.no_grad``) of
-``sdpa`` (exact) and every efficient variant with :func:`harness.measure.timing.time_callable`
-(median and IQR over ``torch.utils.benchmark`` blocks, at least ``--min-repeats`` blocks), and
-prints a markdown table: time, ratio against ``sdpa``, achieved GFLOP/s from each variant's
-analytic ``flops`` and the machine's measured fp32 matmul rate
-(:func:`harness.measure.env.matmul_tflops`), with PASS/FAIL for the targets (longformer >= 4x,
-performer >= 4x, linformer >= 10x faster than sdpa). A variant that cannot be built is listed
-with the error instead of a time. Self-attention: q_len = kv_len = ``--seq-len``.
+--device cpu --dtype float32 --rounds 3 --out FILE.md]`` times, in one process, four passes of
+self-attention (q_len = kv_len = ``--seq-len``): the forward (``torch.no_grad``) and the
+forward+backward (gradients of q, k, v and any trainable parameters), each bidirectional and
+causal, for ``sdpa`` (exact, fused) and the variants of :data:`TABLE_VARIANTS` (issue 16:
+longformer w=256, performer m=256, linear, linformer k=256). Every time is a median of
+:func:`harness.measure.timing.time_callable` (the suite's one timer). The passes are measured in
+``--rounds`` rounds, each timing ``sdpa`` and then every variant (the order reversed every other
+round), so a variant's ratio in a round divides two times taken seconds apart; the table gives
+the median over rounds of those per-round ratios (against ``sdpa`` in the same pass and masking:
+causal against causal ``sdpa``, which skips the masked tiles), the median times, the analytic
+FLOPs over the median time (forward: ``flops``; forward+backward: ``flops + backward_flops``)
+and that rate as a share of the device's measured matmul rate
+(:func:`harness.measure.env.matmul_tflops`). Targets are issue 16's (:data:`TARGETS`). A variant
+that cannot run a pass (linformer is not causal) shows ``-`` with its reason. The load average
+at the start and the end goes in the header: on a shared machine the ratios of the short
+variants fall when other processes load it (docs/performance.md).
 
 ``--memory`` measures the peak memory of the forward of chunked longformer, linformer and
 performer at lengths 1024..16384 and fits the log-log slope (target <= 1.15). Each point runs in
@@ -21,11 +29,14 @@ forward minus ``VmRSS`` before.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,16 +47,27 @@ from harness.measure import env, memory, timing
 from harness.measure.factory import make_factory
 from variants.base import AttentionVariant
 
-#: (registry name, params, target speed-up over sdpa or None)
-SPEED_POINTS: list[tuple[str, dict[str, Any], float | None]] = [
-    ("longformer", {"window": 256, "num_global": 0, "backend": "auto"}, 4.0),
-    ("longformer", {"window": 256, "num_global": 1, "backend": "auto"}, None),  # the default
-    ("performer", {"nb_features": 256}, 4.0),
-    ("linformer", {"k": 256}, 10.0),
-    ("nystrom", {"num_landmarks": 64}, None),
-    ("linear", {}, None),
-    ("bigbird", {}, None),
+#: (column label, registry name, params): the variants of issue 16's table.
+TABLE_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("longformer w=256", "longformer", {"window": 256}),
+    ("performer m=256", "performer", {"nb_features": 256}),
+    ("linear", "linear", {}),
+    ("linformer k=256", "linformer", {"k": 256}),
 ]
+#: (timing pass, causal, row label), in the table's order.
+PASSES: list[tuple[str, bool, str]] = [
+    ("fwd", False, "forward, bidirectional"),
+    ("fwd", True, "forward, causal"),
+    ("fwd_bwd", False, "forward+backward, bidirectional"),
+    ("fwd_bwd", True, "forward+backward, causal"),
+]
+#: Issue 16's targets: minimum speed-up over sdpa per (pass, causal) and registry name.
+TARGETS: dict[tuple[str, bool], dict[str, float]] = {
+    ("fwd", False): {"longformer": 10.0, "performer": 8.0, "linformer": 16.0},
+    ("fwd", True): {"longformer": 8.0, "performer": 4.0, "linear": 16.0},
+    ("fwd_bwd", False): {"longformer": 7.0, "performer": 8.0},
+    ("fwd_bwd", True): {"longformer": 6.0, "performer": 4.0},
+}
 MEMORY_POINTS: list[tuple[str, dict[str, Any]]] = [
     ("longformer", {"window": 256, "num_global": 0, "backend": "chunked"}),
     ("linformer", {"k": 256}),
@@ -54,72 +76,198 @@ MEMORY_POINTS: list[tuple[str, dict[str, Any]]] = [
 MEMORY_LENGTHS = (1024, 2048, 4096, 8192, 16384)
 SLOPE_TARGET = 1.15
 
+#: ``timer(fn) -> milliseconds``: one median time of a zero-argument callable.
+Timer = Callable[[Callable[[], Any]], float]
+
 
 def build(name: str, params: dict[str, Any], kv_len: int, head_dim: int) -> AttentionVariant:
     """The registered variant ``name`` with ``params``, built for ``kv_len`` and ``head_dim``."""
     return make_factory(variants.get_class(name), params, kv_len, head_dim)(0)
 
 
-def _time_forward(module: AttentionVariant, q, k, v, args: argparse.Namespace) -> dict[str, Any]:
-    """``time_ms``, ``time_iqr_ms``, ``repeats`` of the no-grad forward, or ``note`` (why not)."""
-    reasons = module.not_supported_reasons(q, k, v, False)
-    if reasons:
-        return {"note": "; ".join(reasons)}
-    with torch.no_grad():
-        module(q, k, v)  # first call: lazy setup, allocator warm-up
-        return timing.time_callable(
-            lambda: module(q, k, v), "cpu", args.min_run_time, args.min_repeats
-        )
+@dataclass
+class Cell:
+    """One variant in one pass: per-round times (ms) of it and of sdpa, or why it did not run."""
+
+    name: str
+    label: str
+    times: list[float] = field(default_factory=list)
+    sdpa_times: list[float] = field(default_factory=list)
+    flops: int = 0
+    note: str | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of sdpa's time over the variant's, both from the same round."""
+        return statistics.median(s / t for s, t in zip(self.sdpa_times, self.times))
+
+    @property
+    def ratio_range(self) -> tuple[float, float]:
+        ratios = [s / t for s, t in zip(self.sdpa_times, self.times)]
+        return min(ratios), max(ratios)
+
+    @property
+    def time_ms(self) -> float:
+        return statistics.median(self.times)
 
 
-def speed_table(args: argparse.Namespace) -> str:
-    """Time every variant, return the markdown report."""
-    b, h, n, d = args.batch, args.heads, args.seq_len, args.head_dim
+@dataclass
+class Table:
+    """Everything the markdown report shows, per pass."""
+
+    setup: dict[str, Any]
+    passes: dict[tuple[str, bool], dict[str, Cell]]
+    sdpa: dict[tuple[str, bool], Cell]
+    matmul_gflops: float
+
+
+def median_timer(device: str, min_run_time: float) -> Timer:
+    """A :data:`Timer` built on :func:`harness.measure.timing.time_callable`."""
+
+    def timer(fn: Callable[[], Any]) -> float:
+        return float(timing.time_callable(fn, device, min_run_time, 1)["time_ms"])
+
+    return timer
+
+
+def _pass_work(module: AttentionVariant, pass_name: str, shape: tuple, causal: bool) -> int:
+    flops = module.flops(*shape, causal)
+    return flops + module.backward_flops(*shape, causal) if pass_name == "fwd_bwd" else flops
+
+
+def measure_table(
+    seq_len: int, heads: int, head_dim: int, batch: int = 1, device: str = "cpu",
+    dtype: torch.dtype = torch.float32, rounds: int = 3, timer: Timer | None = None,
+    variant_list: list[tuple[str, str, dict[str, Any]]] | None = None,
+) -> Table:  # fmt: skip
+    """Time sdpa and every variant in every pass of :data:`PASSES` (module docstring).
+
+    Args:
+        seq_len, heads, head_dim, batch: The self-attention shape.
+        device, dtype: Where and in what the inputs live.
+        rounds: Rounds per pass; each times sdpa, then every variant (reversed every other).
+        timer: ``timer(fn) -> ms``; default :func:`median_timer` with 0.5 s per reading.
+        variant_list: (label, name, params) triples; default :data:`TABLE_VARIANTS`.
+    """
+    timer = timer or median_timer(device, 0.5)
+    shape = (batch, heads, seq_len, seq_len, head_dim)
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(b, h, n, d, generator=gen) for _ in range(3))
-    rows = []
-    sdpa_ms = None
-    for name, params, target in [("sdpa", {}, None), *SPEED_POINTS]:
-        label = json.dumps(params) if params else "-"
-        try:
-            module = build(name, params, n, d)
-            if hasattr(module, "resolved_backend"):
-                label += f" (ran {module.resolved_backend(q, k, v)})"
-            result = _time_forward(module, q, k, v, args)
-        except Exception as exc:  # reported in the table, the run goes on
-            result = {"note": f"{type(exc).__name__}: {exc}"}
-        row = {"name": name, "label": label, "target": target, **result}
-        if "time_ms" in row:
-            row["gflops"] = module.flops(b, h, n, n, d, False) / (row["time_ms"] * 1e-3) / 1e9
-            sdpa_ms = row["time_ms"] if name == "sdpa" else sdpa_ms
-            print(f"  {name}: {row['time_ms']:.1f} ms", file=sys.stderr)
-        rows.append(row)
-    matmul = env.matmul_tflops("cpu", torch.float32) * 1e3  # GFLOP/s
+    q, k, v, grad = (
+        torch.randn(batch, heads, seq_len, head_dim, generator=gen).to(device, dtype)
+        for _ in range(4)
+    )
+    table = Table(
+        setup={"shape": shape, "device": device, "dtype": str(dtype).replace("torch.", "")},
+        passes={}, sdpa={}, matmul_gflops=env.matmul_tflops(device, dtype) * 1e3,
+    )  # fmt: skip
+    for pass_name, causal, _ in PASSES:
+        cells, runs = {}, {}
+        for label, name, params in [("sdpa", "sdpa", {}), *(variant_list or TABLE_VARIANTS)]:
+            cell = cells[label] = Cell(name, label)
+            try:
+                module = build(name, params, seq_len, head_dim).to(device)
+                reasons = module.not_supported_reasons(q, k, v, causal)
+                if reasons:
+                    cell.note = "; ".join(reasons)
+                    continue
+                module.setup(q, k, v, causal)  # one-time work (masks, compilation): untimed
+                fn = timing.pass_callable(pass_name, module, q, k, v, causal, grad)
+                fn()  # lazy state, allocator warm-up
+                runs[label] = fn
+                cell.flops = _pass_work(module, pass_name, shape, causal)
+                if hasattr(module, "resolved_backend"):
+                    cell.label += f" ({module.resolved_backend(q, k, v, causal)})"
+            except Exception as exc:  # reported in the table, the run goes on
+                cell.note = f"{type(exc).__name__}: {exc}"
+                runs.pop(label, None)
+        for r in range(rounds):
+            order = [lab for lab in runs if lab != "sdpa"]
+            sdpa_ms = timer(runs["sdpa"]) if "sdpa" in runs else float("nan")
+            for label in order if r % 2 == 0 else order[::-1]:
+                cells[label].times.append(timer(runs[label]))
+                cells[label].sdpa_times.append(sdpa_ms)
+            cells["sdpa"].times.append(sdpa_ms)
+            cells["sdpa"].sdpa_times.append(sdpa_ms)
+        table.sdpa[(pass_name, causal)] = cells.pop("sdpa")
+        table.passes[(pass_name, causal)] = cells
+        print(f"  {pass_name} causal={causal}: done", file=sys.stderr)
+    return table
 
-    lines = [
-        f"fp32 forward, batch {b}, heads {h}, q_len = kv_len {n}, head_dim {d}; torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or ''}"
-        f" {os.cpu_count()} CPUs; measured fp32 matmul rate {matmul:.1f} GFLOP/s.",
+
+def _verdict(cell: Cell, target: float | None) -> str:
+    if target is None:
+        return ""
+    return "PASS" if cell.ratio >= target else "FAIL"
+
+
+def render_markdown(table: Table, command: str = "", header: str = "") -> str:
+    """The summary table (issue 16's layout), then one row per pass and variant."""
+    b, h, n, _, d = table.setup["shape"]
+    labels = list(next(iter(table.passes.values())))
+    lines = [f"`{command}`", ""] if command else []
+    lines += [
+        f"{table.setup['dtype']}, batch {b}, heads {h}, q_len = kv_len {n}, head_dim {d}, "
+        f"device {table.setup['device']}; {header}measured matmul rate "
+        f"{table.matmul_gflops:.1f} GFLOP/s. Speed-up over `sdpa` in the same pass and "
+        "masking: median over rounds of the per-round ratio (target in brackets).",
         "",
-        "| variant | params | time ms (median) | IQR ms | repeats | speed-up vs sdpa "
-        "| GFLOP/s | % of matmul | target | result |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| pass | " + " | ".join(labels) + " |",
+        "| --- |" + " ---: |" * len(labels),
     ]
-    for row in rows:
-        target = row["target"]
-        tgt = f">= {target:g}x" if target else ""
-        if "time_ms" not in row:
-            lines.append(f"| {row['name']} | {row['label']} | - | - | - | - | - | - | {tgt} "
-                         f"| {row['note']} |")  # fmt: skip
-            continue
-        ratio = sdpa_ms / row["time_ms"] if sdpa_ms else float("nan")
-        verdict = ("PASS" if ratio >= target else "FAIL") if target else ""
-        lines.append(
-            f"| {row['name']} | {row['label']} | {row['time_ms']:.1f} | {row['time_iqr_ms']:.1f} "
-            f"| {row['repeats']} | {ratio:.2f}x | {row['gflops']:.1f} "
-            f"| {100 * row['gflops'] / matmul:.0f}% | {tgt} | {verdict} |"
-        )
-    return "\n".join(lines)
+    for pass_name, causal, row in PASSES:
+        cells, targets = table.passes[(pass_name, causal)], TARGETS[(pass_name, causal)]
+        out = []
+        for label in labels:
+            cell, target = cells[label], targets.get(cells[label].name)
+            if cell.note is not None or not cell.times:
+                out.append("-")
+                continue
+            mark = {"PASS": " ok", "FAIL": " **no**", "": ""}[_verdict(cell, target)]
+            out.append(f"{cell.ratio:.1f}x" + (f" (>= {target:g}x{mark})" if target else ""))
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    lines += [
+        "",
+        "| pass | variant | time ms | sdpa ms | speed-up (min-max) | GFLOP/s | % of matmul "
+        "| target | result |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for pass_name, causal, row in PASSES:
+        sdpa = table.sdpa[(pass_name, causal)]
+        for cell in [sdpa, *table.passes[(pass_name, causal)].values()]:
+            if cell.note is not None or not cell.times:
+                lines.append(f"| {row} | {cell.label} | - | - | - | - | - | | {cell.note} |")
+                continue
+            target = TARGETS[(pass_name, causal)].get(cell.name)
+            gflops = cell.flops / (cell.time_ms * 1e-3) / 1e9
+            lo, hi = cell.ratio_range
+            lines.append(
+                f"| {row} | {cell.label} | {cell.time_ms:.1f} | {sdpa.time_ms:.1f} "
+                f"| {cell.ratio:.2f}x ({lo:.2f}-{hi:.2f}) | {gflops:.1f} "
+                f"| {100 * gflops / table.matmul_gflops:.0f}% "
+                f"| {f'>= {target:g}x' if target else ''} | {_verdict(cell, target)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def speed_report(args: argparse.Namespace, command: str) -> str:
+    """Measure the table with the command-line options and render it."""
+    dtype = getattr(torch, args.dtype)
+    device = env.resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = os.getloadavg()
+    table = measure_table(
+        args.seq_len, args.heads, args.head_dim, args.batch, device, dtype, args.rounds,
+        median_timer(device, args.min_run_time),
+    )  # fmt: skip
+    end = os.getloadavg()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (
+        f"{now}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{env.cpu_model()} ({os.cpu_count()} CPUs); load average {start[0]:.1f} at the start, "
+        f"{end[0]:.1f} at the end; "
+    )
+    return render_markdown(table, command, header)
 
 
 # ------------------------------------------------------------------------------- memory mode
@@ -187,8 +335,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per variant")
-    parser.add_argument("--min-repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per pass")
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.5, help="seconds per reading (at least 1 call)"
+    )
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--memory", action="store_true", help="peak-memory scaling instead")
     parser.add_argument(
@@ -199,11 +354,13 @@ def main(argv: list[str] | None = None) -> None:
         name, params, n = args.memory_child
         print(memory_child(name, json.loads(params), int(n), args.heads, args.head_dim))
         return
-    report = memory_report(args) if args.memory else speed_table(args)
     command = "python -m harness.measure.speedcheck " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    report = f"`{command.strip()}`\n\n{report}\n"
+    if args.memory:
+        report = f"`{command.strip()}`\n\n{memory_report(args)}\n"
+    else:
+        report = speed_report(args, command.strip())
     print(report)
     if args.out:
         with open(args.out, "w") as fh:
