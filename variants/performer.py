@@ -12,7 +12,10 @@ forms an ``(n, m, d)`` tensor.
 
 Numerical stabilisation: before ``exp``, queries subtract the max of their own row of
 projections and keys subtract one max over all keys and features of a head. Both constants
-cancel between numerator and denominator, so the ratio is unchanged.
+cancel between numerator and denominator, so the ratio is unchanged. :meth:`features` returns
+these features; the forward (with ``eps = 0``) uses :meth:`attention_features`, equal up to
+factors that cancel: ``softmax(W q)`` for the queries (every factor constant along a query's
+row cancels), one GEMM with ``K = d`` per input (docs/performance.md).
 
 ``eps`` (default 0: the unbiased FAVOR+ estimator) adds a constant to every feature after the
 shift, ``phi(x) = (exp(W x - |x|^2 / 2 - c) + eps) / sqrt(m)``, with ``c`` the max of ``W x``
@@ -148,7 +151,7 @@ class _ShiftedExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         (out,) = ctx.saved_tensors
-        grad_logits = grad * out
+        grad_logits = out * grad  # out first: the product takes its (contiguous) layout
         return grad_logits, -grad_logits.sum(dim=-1, keepdim=True)
 
 
@@ -322,7 +325,9 @@ class PerformerAttention(AttentionVariant):
             w = self._scaled_rows(q)
             phi_k = self._key_features(k, w)
             if not causal:  # the keys' summary first: their features' buffer then holds q's
-                kv = phi_k.transpose(-2, -1) @ v_ones  # (B, H, m, Dv + 1)
+                # as (V^T phi_k)^T: phi_k's gradient then comes out in phi_k's own layout (the
+                # transposed product's would be transposed, copied before the GEMM's backward)
+                kv = (v_ones.transpose(-2, -1) @ phi_k).transpose(-2, -1)  # (B, H, m, Dv + 1)
                 tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, w))
                 spent = None if tracked or q.shape != k.shape else phi_k
                 out = self._query_features(q, w, spent) @ kv  # (B, H, Nq, Dv + 1)
