@@ -41,7 +41,7 @@ if not torch.cuda.is_available():
 fi
 
 # Stage limits in seconds (override from the environment); they add up to 480.
-: "${INSTALL_S:=45}" "${ENV_S:=20}" "${TESTS_S:=45}" "${SMOKE_S:=240}" "${MATH_S:=30}"
+: "${INSTALL_S:=45}" "${ENV_S:=20}" "${TESTS_S:=75}" "${SMOKE_S:=210}" "${MATH_S:=30}"
 : "${SPEED_S:=25}" "${REPORT_S:=45}" "${BUNDLE_S:=30}"
 wheels=${GPU_WHEELS:-$root/gpu_wheels}
 stamp=$(date -u +%Y-%m-%d_%H-%M-%S)

@@ -65,7 +65,7 @@ def test_unknown_method_names_choices():
         memory.peak_memory(lambda: None, "cpu", method="guess")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_known_allocation():
     got = memory.peak_memory(lambda: torch.ones(SIZE // 4, device="cuda"), "cuda")
     assert abs(got["peak_mem_bytes"] - SIZE) <= 0.1 * SIZE

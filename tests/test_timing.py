@@ -123,8 +123,25 @@ def test_time_once_and_synchronize_are_device_safe():
     assert timing.time_once_ms(lambda: None, "cpu") >= 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_path():
     a = torch.randn(512, 512, device="cuda")
     got = timing.time_callable(lambda: a @ a, "cuda", min_run_time=0.05)
     assert got["time_ms"] > 0 and got["repeats"] >= 5
+
+
+@pytest.mark.cuda
+def test_cuda_flush_l2_times_single_calls_with_events():
+    a = torch.randn(1024, 1024, device="cuda")
+    warm = timing.time_callable(lambda: a @ a, "cuda", min_run_time=0.05)
+    flushed = timing.time_callable(lambda: a @ a, "cuda", min_run_time=0.05, flush_l2=True)
+    # one call per reading: 2 GFLOP at a few hundred TFLOP/s takes tens of microseconds, so a
+    # 0.05 s budget is many readings; a cold L2 can only make the median slower, never 2x faster
+    assert flushed["repeats"] >= 5 and flushed["time_ms"] > 0.5 * warm["time_ms"]
+    assert timing.l2_flush_buffer(torch.device("cuda")).numel() >= 2 * 2**20
+
+
+def test_flush_l2_is_ignored_on_the_cpu():
+    a = torch.randn(64, 64)
+    got = timing.time_callable(lambda: a @ a, "cpu", min_run_time=0.02, flush_l2=True)
+    assert set(got) == {"time_ms", "time_iqr_ms", "repeats"} and got["repeats"] >= 5

@@ -70,6 +70,9 @@ def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
 def _measure(cfg: DictConfig) -> dict[str, Any]:
     """The ``measure`` block as a dict; ``reference_max_work`` a positive number or null."""
     measure = OmegaConf.to_container(cfg.measure, resolve=True)
+    flush = measure.get("flush_l2", False)
+    if not isinstance(flush, bool):
+        raise ConfigError(f"measure.flush_l2={flush!r} must be true or false")
     work = measure.get("reference_max_work")
     number = isinstance(work, (int, float)) and not isinstance(work, bool)
     if work is not None and not (number and work > 0):

@@ -80,6 +80,40 @@ def _package_version(name: str) -> str | None:
         return None
 
 
+#: nvidia-smi's fields for the rows' GPU columns, in order.
+_SMI_FIELDS = ("driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem")
+GPU_COLUMNS = ("gpu_driver", "gpu_sm_clock_mhz", "gpu_max_sm_clock_mhz", "gpu_mem_clock_mhz")
+
+
+def gpu_facts(device: str) -> dict[str, Any]:
+    """Driver and clocks of a CUDA device from ``nvidia-smi`` (the columns of GPU_COLUMNS).
+
+    The clocks are read when the row is made (the SM clock moves with load and temperature);
+    every value is ``None`` on the CPU or when ``nvidia-smi`` cannot be run.
+    """
+    facts: dict[str, Any] = dict.fromkeys(GPU_COLUMNS)
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return facts
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    query = ["nvidia-smi", f"--id={index}", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(
+            [*query, f"--query-gpu={','.join(_SMI_FIELDS)}"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return facts
+    values = [v.strip() for v in out.strip().splitlines()[0].split(",")] if out.strip() else []
+    for column, value in zip(GPU_COLUMNS, values, strict=False):
+        if column == "gpu_driver":
+            facts[column] = value
+        else:
+            with contextlib.suppress(ValueError):
+                facts[column] = float(value)
+    return facts
+
+
 def environment(device: str) -> dict[str, Any]:
     """Environment columns of a row: versions, device, CPU, threads, commit, host, time.
 
@@ -91,7 +125,8 @@ def environment(device: str) -> dict[str, Any]:
         machine and C library as :func:`platform.platform` reads them), ``torch``, ``cuda``
         (CUDA runtime version torch was built with, or ``None``),
         ``xformers`` (``None`` when not installed), ``device_name`` (GPU name or CPU model),
-        ``cpu_model``, ``threads``, ``git_commit``, ``host`` and ``time`` (ISO 8601, UTC).
+        ``cpu_model``, ``threads``, ``git_commit``, ``host``, ``time`` (ISO 8601, UTC) and,
+        on CUDA, the driver and clocks of :func:`gpu_facts` (``None`` on the CPU).
     """
     dev = torch.device(device)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
@@ -107,6 +142,7 @@ def environment(device: str) -> dict[str, Any]:
         "git_commit": git_commit(),
         "host": socket.gethostname(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **gpu_facts(device),
     }
 
 
@@ -148,3 +184,12 @@ def matmul_tflops(device: str, dtype: torch.dtype | str) -> float:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     return _matmul_tflops(str(device), dtype, torch.get_num_threads())
+
+
+def matmul_tflops_bf16(device: str) -> float | None:
+    """The bf16 matmul rate of a CUDA device (:func:`matmul_tflops`); ``None`` on the CPU.
+
+    Every CUDA row carries it beside the rate in its own dtype, so fp32 and fp16 rows can be
+    read against the tensor cores' bf16 peak of the same card.
+    """
+    return matmul_tflops(device, torch.bfloat16) if torch.device(device).type == "cuda" else None

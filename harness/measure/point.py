@@ -60,6 +60,7 @@ DEFAULT_MEASURE: dict[str, Any] = {
     "memory": True,
     "attn_matrix_max_n": 2048,
     "min_run_time": 0.2,
+    "flush_l2": False,
     "memory_budget_gb": 16.0,
     "reference_max_work": 1e12,
     "threads": None,
@@ -186,7 +187,9 @@ def _measure_pass(name: str, fn: Callable[[], Any], row: dict, point: dict, m: d
     if not _finite(fn()):  # the pass's own warm-up call doubles as the NaN/Inf check
         raise NonFinite(f"{name}: output or gradients contain NaN/Inf")
     if m["timing"]:
-        row.update(timing.time_callable(fn, device, m["min_run_time"]))
+        flush = bool(m["flush_l2"]) and torch.device(device).type == "cuda"
+        row.update(timing.time_callable(fn, device, m["min_run_time"], flush_l2=flush))
+        row["l2_flushed"] = flush if torch.device(device).type == "cuda" else None
         row["tflops"] = row["flops"] / (row["time_ms"] * 1e-3) / 1e12
     if m["memory"]:
         mem = memory.peak_memory(fn, device)
@@ -242,6 +245,7 @@ def _run(point: dict[str, Any], factory: Factory, m: dict[str, Any], rows: dict)
             ),
             flops=flops[name],
             matmul_tflops=env.matmul_tflops(device, dtype) if m["timing"] else None,
+            matmul_tflops_bf16=env.matmul_tflops_bf16(device) if m["timing"] else None,
         )
     q, k, v = make_inputs(
         point["inputs"], *shape, dtype, device, point["seed"], **(point.get("inputs_params") or {})

@@ -122,10 +122,14 @@ class Table:
 
 
 def median_timer(device: str, min_run_time: float) -> Timer:
-    """A :data:`Timer` built on :func:`harness.measure.timing.time_callable`."""
+    """A :data:`Timer` built on :func:`harness.measure.timing.time_callable`.
+
+    On CUDA every call is timed alone after an L2 flush (``flush_l2``), as the gpu presets do.
+    """
+    flush = torch.device(device).type == "cuda"
 
     def timer(fn: Callable[[], Any]) -> float:
-        return float(timing.time_callable(fn, device, min_run_time, 1)["time_ms"])
+        return float(timing.time_callable(fn, device, min_run_time, 1, flush_l2=flush)["time_ms"])
 
     return timer
 
@@ -267,6 +271,13 @@ def speed_report(args: argparse.Namespace, command: str) -> str:
         f"{env.cpu_model()} ({os.cpu_count()} CPUs); load average {start[0]:.1f} at the start, "
         f"{end[0]:.1f} at the end; "
     )
+    if torch.device(device).type == "cuda":
+        facts = env.gpu_facts(device)
+        header += (
+            f"GPU {torch.cuda.get_device_name(device)}, driver {facts['gpu_driver']}, SM clock "
+            f"{facts['gpu_sm_clock_mhz']} of {facts['gpu_max_sm_clock_mhz']} MHz, CUDA "
+            f"{torch.version.cuda}; each call timed with CUDA events after an L2 flush; "
+        )
     return render_markdown(table, command, header)
 
 

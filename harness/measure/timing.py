@@ -21,6 +21,15 @@ The passes (see :func:`pass_callable`):
 * ``fwd_bwd``: forward with autograd plus ``torch.autograd.grad``, as in a training step.
 
 Gradients are taken with respect to q, k, v and the variant's trainable parameters.
+
+**L2 flush (CUDA, ``flush_l2=True``).** Back-to-back calls find their inputs in the GPU's L2
+cache (50 MiB on an H100), which flatters small problems: a kernel whose q, k and v fit in L2
+reads them at cache speed on every repeat but the first, which no layer of a real model does.
+With ``flush_l2`` each call is timed on its own with CUDA events, after a buffer of twice the
+L2 size has been overwritten (the write is outside the events, so it is not counted); the
+warm-up is the same. The ``gpu`` and ``gpu_smoke`` presets and ``speedcheck --device cuda``
+flush; rows say so in ``l2_flushed``. On the CPU there is no flush (``l2_flushed`` is empty):
+the CPU's caches are a few MiB and the benchmark's inputs are larger.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ def time_callable(
     device: str | torch.device,
     min_run_time: float = 0.2,
     min_repeats: int = MIN_REPEATS,
+    flush_l2: bool = False,
 ) -> dict[str, float | int]:
     """Median wall time per call of ``fn`` with warm-up excluded (module docstring).
 
@@ -60,12 +70,17 @@ def time_callable(
         device: Device the work runs on; the clock synchronises the accelerator.
         min_run_time: Seconds of measured time to collect.
         min_repeats: At least this many timed blocks, however long a call takes.
+        flush_l2: On CUDA, time each call alone with CUDA events after flushing the L2 cache
+            (module docstring); ignored on the CPU.
 
     Returns:
-        ``time_ms`` (median per call), ``time_iqr_ms`` and ``repeats`` (timed blocks).
+        ``time_ms`` (median per call), ``time_iqr_ms`` and ``repeats`` (timed blocks, or
+        timed calls with ``flush_l2``).
     """
     synchronize(device)
     number = _block_size(fn, min_run_time)
+    if flush_l2 and torch.device(device).type == "cuda":
+        return summarize(_time_flushed(fn, torch.device(device), min_run_time, min_repeats))
     times: list[float] = []  # seconds per call, one entry per block
     total = 0.0
     while total < min_run_time or len(times) < min_repeats:
@@ -73,6 +88,29 @@ def time_callable(
         times.append(block / number)
         total += block
     return summarize([t * 1e3 for t in times])
+
+
+def l2_flush_buffer(device: torch.device) -> Tensor:
+    """A byte buffer twice the device's L2 size (at least 64 MiB when torch cannot say)."""
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 32 * 2**20
+    return torch.empty(2 * l2, dtype=torch.uint8, device=device)
+
+
+def _time_flushed(
+    fn: Callable[[], Any], device: torch.device, min_run_time: float, min_repeats: int
+) -> list[float]:
+    """Milliseconds of single calls, each after an L2 flush, read with CUDA events."""
+    flush = l2_flush_buffer(device)
+    times: list[float] = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    while sum(times) < min_run_time * 1e3 or len(times) < min_repeats:
+        flush.fill_(len(times) % 255)  # a write evicts the inputs from L2
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
 
 
 def _time_block(fn: Callable[[], Any], number: int) -> float:
