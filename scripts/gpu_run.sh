@@ -41,8 +41,10 @@ if not torch.cuda.is_available():
 fi
 
 # Stage limits in seconds (override from the environment); they add up to 480.
-: "${INSTALL_S:=45}" "${ENV_S:=20}" "${TESTS_S:=75}" "${SMOKE_S:=210}" "${MATH_S:=30}"
-: "${SPEED_S:=25}" "${REPORT_S:=45}" "${BUNDLE_S:=30}"
+: "${INSTALL_S:=30}" "${ENV_S:=15}" "${TESTS_S:=75}" "${SMOKE_S:=235}" "${MATH_S:=20}"
+: "${SPEED_S:=35}" "${REPORT_S:=25}" "${BUNDLE_S:=15}"
+# The speed table's readings: short, as the sweep's (each call timed alone after an L2 flush).
+: "${SPEED_ARGS:=--min-run-time 0.05 --rounds 2}"
 wheels=${GPU_WHEELS:-$root/gpu_wheels}
 stamp=$(date -u +%Y-%m-%d_%H-%M-%S)
 work=${GPU_RUN_WORK:-$root/results/gpu_smoke/$stamp} # the full folder stays on the machine
@@ -58,6 +60,10 @@ failed=()
 stage() { # stage NAME SECONDS COMMAND...: run under a time limit, log the outcome, go on
     local name=$1 limit=$2 rc=0 start=$SECONDS
     shift 2
+    if [[ ,${GPU_RUN_SKIP:-}, == *",${name%% *},"* ]]; then # skipped by its first word
+        echo "=== $name: skipped (GPU_RUN_SKIP=$GPU_RUN_SKIP)"
+        return 0
+    fi
     echo "=== [$(date -u +%H:%M:%S)] $name (limit ${limit}s)"
     # bash -c: timeout runs programs, and most stages are the functions exported below
     timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" || rc=$?
@@ -122,15 +128,15 @@ PY
         echo "## packages"
         "$py" -m pip list 2>/dev/null |
             grep -i -E '^(torch|triton|numpy|pandas|hydra-core|omegaconf|xformers|attnbench) '
-        echo "## xformers"
-        cat "$wheels/XFORMERS.txt" 2>/dev/null
-        "$py" -m xformers.info 2>&1 | head -n 60
         echo "## prepared wheels"
         cat "$wheels/PREPARED.txt" 2>/dev/null
         echo "## nvidia-smi -q -d CLOCK,POWER,PERFORMANCE"
         nvidia-smi -q -d CLOCK,POWER,PERFORMANCE
         echo "## nvidia-smi"
         nvidia-smi
+        echo "## xformers" # last: importing it can take longer than the stage (seen on an H100)
+        cat "$wheels/XFORMERS.txt" 2>/dev/null
+        timeout 10 "$py" -m xformers.info 2>&1 | head -n 60
     } >>"$out/environment.txt" 2>&1
     return 0 # a record: what could not be read says so in the file
 }
@@ -138,7 +144,7 @@ PY
 cuda_tests() {
     local rc=0
     # a test file broken by unrelated work must not hide the CUDA tests of the others
-    local opts=(-q -p no:cacheprovider --continue-on-collection-errors)
+    local opts=(-q -p no:cacheprovider --continue-on-collection-errors --durations=12)
     "$py" -m pytest "${opts[@]}" -m cuda tests || rc=$?
     if ((rc == 5)); then # no test carries the marker yet: run the ones named for CUDA
         echo "no test is marked cuda; running the tests whose names mention cuda"
@@ -149,7 +155,8 @@ cuda_tests() {
 }
 
 speed() { # speed DTYPE: the speed table on the GPU, when speedcheck can run there
-    local help
+    local help args
+    read -r -a args <<<"$SPEED_ARGS"
     help=$("$py" -m harness.measure.speedcheck --help)
     if [[ $help != *--device* || $help != *--dtype* ]]; then
         echo "harness.measure.speedcheck has no --device/--dtype flags: its table would time" \
@@ -157,7 +164,7 @@ speed() { # speed DTYPE: the speed table on the GPU, when speedcheck can run the
         return 0
     fi
     "$py" -m harness.measure.speedcheck --device cuda --dtype "$1" --seq-len 8192 --heads 16 \
-        --min-run-time 0.5 --out "$work/speed_$1.md" && cat "$work/speed_$1.md" >>"$work/speed.md"
+        "${args[@]}" --out "$work/speed_$1.md" && cat "$work/speed_$1.md" >>"$work/speed.md"
 }
 
 bundle() { # at most 8 files of at most 16 MiB in OUT
@@ -184,7 +191,7 @@ aggregate(Path(sys.argv[1]))' "$sweep" || echo "could not aggregate the rows"
     done
 }
 
-export py out root wheels stamp work sweep
+export py out root wheels stamp work sweep SPEED_ARGS
 export -f pip_offline ready attnbench install environment cuda_tests speed bundle
 
 finish() { # finish STATUS: let tee write the last lines of the log, then exit
