@@ -163,3 +163,19 @@ def test_flex_matches_masked_reference(causal, n, window, num_global):
         q, k, v, causal=causal, mask=longformer_mask(n, n, window, num_global, causal)
     )
     torch.testing.assert_close(module(q, k, v, causal).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_xformers_backend_without_an_operator_is_unsupported(monkeypatch):
+    """Seen on an H100: xformers imports but its CUDA extension does not load; the dispatcher's
+    refusal must make the point unsupported before any work, not an error inside the forward."""
+    import variants.longformer as lf
+
+    monkeypatch.setattr(lf, "_xformers_reasons", lambda q, num_global: [])
+    monkeypatch.setattr(lf.LongformerAttention, "_xformers_bias", lambda self, causal: None)
+    refusal = "xformers: no operator for these inputs: fa3F is not supported"
+    monkeypatch.setattr(lf, "xformers_dispatch_error", lambda q, k, v, scale, bias: refusal)
+    module = lf.LongformerAttention(
+        kv_len=32, head_dim=8, window=4, num_global=0, backend="xformers"
+    )
+    q = torch.randn(1, 2, 32, 8)
+    assert module.not_supported_reasons(q, q, q, False) == [refusal]

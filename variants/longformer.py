@@ -58,7 +58,11 @@ from variants.base import (
     check_nonneg_int,
     exact_attention_flops,
 )
-from variants.xformers_attn import memory_efficient_attention, xformers_import_error
+from variants.xformers_attn import (
+    memory_efficient_attention,
+    xformers_dispatch_error,
+    xformers_import_error,
+)
 
 BACKENDS = ("auto", "chunked", "flex", "xformers", "dense_mask")
 
@@ -136,7 +140,7 @@ class LongformerAttention(AttentionVariant):
         if q.device.type == "cuda":
             if not flex_reasons(q):
                 return "flex"
-            if not _xformers_reasons(q, self.num_global):
+            if not self._xformers_problems(q, k, v, causal):
                 return "xformers"
         return "chunked"
 
@@ -157,7 +161,16 @@ class LongformerAttention(AttentionVariant):
         if backend == "flex":
             reasons += flex_reasons(q)
         elif backend == "xformers":
-            reasons += _xformers_reasons(q, self.num_global)
+            reasons += self._xformers_problems(q, k, v, causal)
+        return reasons
+
+    def _xformers_problems(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        """Why the xformers backend cannot run these inputs, its dispatcher asked last."""
+        reasons = _xformers_reasons(q, self.num_global)
+        if not reasons:
+            scale = self.softmax_scale(q.shape[-1])
+            error = xformers_dispatch_error(q, k, v, scale, self._xformers_bias(causal))
+            reasons += [error] if error else []
         return reasons
 
     def setup(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> None:
@@ -209,12 +222,15 @@ class LongformerAttention(AttentionVariant):
         scale = self.softmax_scale(q.shape[-1])
         return flex_attention_cached(q, k, v, mask_mod, scale, self._masks, key, self.name)
 
-    def _xformers(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+    def _xformers_bias(self, causal: bool) -> Any:
         from xformers.ops import fmha
 
-        bias = fmha.attn_bias.LocalAttentionFromBottomRightMask(
+        return fmha.attn_bias.LocalAttentionFromBottomRightMask(
             window_left=self.window, window_right=0 if causal else self.window
         )
+
+    def _xformers(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+        bias = self._xformers_bias(causal)
         return memory_efficient_attention(q, k, v, bias, self.softmax_scale(q.shape[-1]))
 
     # --------------------------------------------------------------------------- cost models

@@ -13,7 +13,7 @@ suite's bottom-right convention.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -51,6 +51,30 @@ def memory_efficient_attention(q: Tensor, k: Tensor, v: Tensor, bias, scale: flo
         scale=scale,
     )
     return out.transpose(1, 2)  # (B, H, Nq, Dv)
+
+
+def xformers_dispatch_error(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, attn_bias: Any = None
+) -> str | None:
+    """Why xformers' dispatcher has no forward operator for these inputs (None when one fits).
+
+    Asked before any work, so that a build whose CUDA extension does not load (seen on an H100:
+    a wheel built for another torch and CUDA) gives ``unsupported`` rows, not errors.
+    """
+    try:
+        from xformers.ops import fmha
+
+        inp = fmha.Inputs(
+            query=q[:1].transpose(1, 2),
+            key=k[:1].transpose(1, 2),
+            value=v[:1].transpose(1, 2),
+            attn_bias=attn_bias,
+            scale=scale,
+        )
+        fmha.dispatch._dispatch_fw(inp, False)
+    except Exception as exc:  # xformers raises NotImplementedError with its reasons
+        return f"xformers: no operator for these inputs: {str(exc).strip()[:400]}"
+    return None
 
 
 class XFormersAttention(AttentionVariant):
@@ -92,19 +116,9 @@ class XFormersAttention(AttentionVariant):
         if reasons:
             return reasons
         # Let xformers' own dispatcher say why no operator fits (head dim, alignment, ...).
-        try:
-            from xformers.ops import fmha
-
-            inp = fmha.Inputs(
-                query=q[:1].transpose(1, 2),
-                key=k[:1].transpose(1, 2),
-                value=v[:1].transpose(1, 2),
-                attn_bias=None,
-                scale=self.softmax_scale(q.shape[-1]),
-            )
-            fmha.dispatch._dispatch_fw(inp, False)
-        except Exception as exc:  # xformers raises NotImplementedError with its reasons
-            reasons.append(f"xformers: no operator for these inputs: {str(exc).strip()[:400]}")
+        error = xformers_dispatch_error(q, k, v, self.softmax_scale(q.shape[-1]))
+        if error:
+            reasons.append(error)
         return reasons
 
     def flops(
