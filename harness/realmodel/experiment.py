@@ -29,6 +29,8 @@ from harness.measure.env import environment
 from harness.measure.factory import describe
 from harness.realmodel.adapter import VariantUnsupported
 from harness.realmodel.embed import MIN_PAIRED_REPEATS, Embeddings, paired_timed_embed
+from harness.realmodel.fit_reuse import FIELD as FIT_FIELD
+from harness.realmodel.fit_reuse import attached, load_point_fit
 from harness.realmodel.heatmap import HEATMAP_SENTENCE, variant_heatmap, write_heatmap
 from harness.realmodel.model import HEAD_DIM, MAX_TOKENS, NUM_HEADS, NUM_LAYERS
 from harness.realmodel.retrieval import MIN_PAIRS, retrieval_check
@@ -46,6 +48,7 @@ REALMODEL_DEFAULTS: dict[str, Any] = {
     "heatmap_sentence": HEATMAP_SENTENCE,  # the heatmap's text
     "heatmap_layer": 0,  # MiniLM layer of the heatmap, 0..5
     "heatmap_head": 0,  # MiniLM head of the heatmap, 0..11
+    "fit_path": None,  # a saved transfer fit to measure instead of the untrained variant
 }
 
 
@@ -84,6 +87,8 @@ def realmodel_config(point: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"realmodel: heatmap={cfg['heatmap']!r} must be true or false")
     if not isinstance(cfg["heatmap_sentence"], str) or not cfg["heatmap_sentence"].strip():
         raise ValueError("realmodel: heatmap_sentence must be a non-empty text")
+    if cfg["fit_path"] is not None and not (isinstance(cfg["fit_path"], str) and cfg["fit_path"]):
+        raise ValueError(f"{FIT_FIELD}={cfg['fit_path']!r} must be a file path or null")
     return cfg
 
 
@@ -256,8 +261,12 @@ def measure_realmodel_point(
         > 0 also the retrieval check: ``retrieval_exact_top1`` (with ``_lo``/``_hi``),
         ``retrieval_top1``, ``retrieval_top1_lo``, ``retrieval_top1_hi`` (95% Wilson),
         ``retrieval_better``, ``retrieval_worse``, ``retrieval_mcnemar_p``,
-        ``retrieval_mean_rank``, ``retrieval_agree_top1``. Failures are rows with status
-        unsupported, nan or error and the reason; this function does not raise for them.
+        ``retrieval_mean_rank``, ``retrieval_agree_top1``. With ``realmodel.fit_path`` the
+        saved transfer fit's instances, one per layer, are measured instead of the untrained
+        variant (:mod:`harness.realmodel.fit_reuse`): ``trained`` True, ``fit_file`` the path,
+        ``params`` the fit's, no heatmap. Failures are rows with status unsupported, nan or
+        error and the reason (a missing or mismatched fit names ``realmodel.fit_path``); this
+        function does not raise for them.
     """
     device = str(point.get("device") or "cpu")
     seed = int(point.get("seed") or 0)
@@ -270,6 +279,11 @@ def measure_realmodel_point(
     row.update(params=params, **describe(type(variant), params))
     try:
         cfg = realmodel_config(point)
+        if cfg["fit_path"]:  # the saved fit's instances, one per layer, replace the variant
+            variant = load_point_fit(cfg["fit_path"], variant, device)
+            params = variant.config()
+            row.update(params=params, **describe(type(variant.layers[0]), params))
+            row.update(trained=True, fit_file=cfg["fit_path"])
     except ValueError as exc:
         return [row | {"status": "error", "reason": str(exc)}]
     longest = max(cfg["lengths"])
@@ -279,7 +293,7 @@ def measure_realmodel_point(
         kv_len=longest,
         inputs_params={k: cfg[k] for k in ("lengths", "texts_per_length")},
     )
-    if out_dir is not None and cfg["heatmap"]:
+    if out_dir is not None and cfg["heatmap"] and not cfg["fit_path"]:  # heatmaps are untrained
         try:
             where = (cfg["heatmap_sentence"], cfg["heatmap_layer"], cfg["heatmap_head"])
             write_heatmap(out_dir, variant_heatmap(type(variant), *where))
@@ -295,9 +309,10 @@ def measure_realmodel_point(
     try:
         texts, lengths = realmodel_texts(cfg["lengths"], cfg["texts_per_length"], seed)
         row.update(texts=len(texts))
-        exact, approx, exact_time, timing = paired_timed_embed(
-            texts, variant, lengths=lengths, **run
-        )
+        with attached(variant, device):
+            exact, approx, exact_time, timing = paired_timed_embed(
+                texts, variant, lengths=lengths, **run
+            )
     except VariantUnsupported as exc:
         return [row | {"status": "unsupported", "reason": str(exc)}]
     except Exception as exc:  # noqa: BLE001 - any failure is a row with its reason
@@ -317,7 +332,8 @@ def measure_realmodel_point(
     if cfg["retrieval_pairs"]:
         try:
             n_pairs = cfg["retrieval_pairs"]
-            row.update(_retrieval_columns(variant, row["variant"], n_pairs, device, seed))
+            with attached(variant, device):
+                row.update(_retrieval_columns(variant, row["variant"], n_pairs, device, seed))
         except Exception as exc:  # noqa: BLE001 - the embedding figures above still stand
             _note(row, f"retrieval check failed: {type(exc).__name__}: {exc}")
     return [row]

@@ -11,7 +11,10 @@ unsupported, error, nan) with their reasons, and the figures of
 :func:`harness.report.figures.plot_all` (one section per device when the rows come from several
 devices or hosts); then, where there are training rows (``task == "train"``), the "Quality
 after training" section of :mod:`harness.report.markdown_train` with the figures of
-:func:`harness.report.figures_train.plot_train`; last the attention heatmaps of every
+:func:`harness.report.figures_train.plot_train`; where there are transfer rows
+(``task == "transfer"``), the "Before / after transfer" section of
+:mod:`harness.report.markdown_transfer` with the figure of
+:func:`harness.report.figures_transfer.plot_transfer`; last the attention heatmaps of every
 ``heatmap.json`` below the folders.
 
 The report reads files only: it imports no variant and runs no model, so a machine without the
@@ -28,7 +31,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +42,7 @@ from harness.analysis.series import prepare
 from harness.report.figures import FigureResult, attention_rows, plot_all
 from harness.report.figures_realmodel import draw_heatmaps
 from harness.report.figures_train import plot_train
+from harness.report.figures_transfer import plot_transfer
 from harness.report.markdown import (
     divergence_markdown,
     environment_markdown,
@@ -49,6 +53,7 @@ from harness.report.markdown import (
     summary_markdown,
 )
 from harness.report.markdown_train import train_markdown
+from harness.report.markdown_transfer import transfer_markdown
 from harness.report.style import CONTEXT_COLUMNS, SkipFigure, inputs_label
 from harness.report.train_data import is_train
 
@@ -164,19 +169,28 @@ def _device_section(
     return md + ["### Figures", ""] + _figure_lines(drawn, device, out)
 
 
-def _train_section(
-    df: pd.DataFrame, drawn: list[FigureResult], devices: list[str], out: Path
+def _task_section(
+    heading: tuple[str, str],
+    make: Callable[[pd.DataFrame], list[str]],
+    df: pd.DataFrame,
+    drawn: list[FigureResult],
+    devices: list[str],
+    out: Path,
 ) -> list[str]:
-    """ "Quality after training" per device with training rows (nothing when there are none)."""
+    """A section (``heading``: its title and its figures' title) per device whose rows ``make``
+    has text for, each followed by the section's figures; nothing when none has."""
     md = []
     for device in devices:
-        rows = df[df["device_key"] == device]
-        text = train_markdown(rows, attention_rows(rows))
+        text = make(df[df["device_key"] == device])
         if not text:
             continue
         md += [f"### {device}", ""] if len(devices) > 1 else []
-        md += text + ["### Training figures", ""] + _figure_lines(drawn, device, out)
-    return ["## Quality after training", ""] + md if md else []
+        md += text + [f"### {heading[1]}", ""] + _figure_lines(drawn, device, out)
+    return [f"## {heading[0]}", ""] + md if md else []
+
+
+def _train_text(rows: pd.DataFrame) -> list[str]:
+    return train_markdown(rows, attention_rows(rows))
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -241,6 +255,7 @@ def build_report(
 
     drawn = plot_all(df, out, only=figures)
     drawn_train = plot_train(df, out, only=figures)
+    drawn_transfer = plot_transfer(df, out, only=figures)
     table = scaling.summary_table(attention_rows(df), reference_kv_len)
     devices = sorted(df["device_key"].unique())
     md = ["# attnbench report", ""]
@@ -259,7 +274,10 @@ def build_report(
         md += ["", f"## {device}" if len(devices) > 1 else "## Results", ""]
         rows = df[df["device_key"] == device]
         md += _device_section(rows, table, drawn, device, out)
-    md += _train_section(df, drawn_train, devices, out)
+    train = ("Quality after training", "Training figures")
+    md += _task_section(train, _train_text, df, drawn_train, devices, out)
+    transfer = ("Before / after transfer", "Transfer figures")
+    md += _task_section(transfer, transfer_markdown, df, drawn_transfer, devices, out)
     md += _heatmap_section(folders, out, heatmap)
     path = out / "report.md"
     path.write_text("\n".join(md))

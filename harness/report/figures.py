@@ -8,8 +8,9 @@ consistent. Each ``plot_*`` function takes the rows of one device, draws one fig
 as PNG and returns the :class:`~matplotlib.figure.Figure` (so tests can inspect its lines and
 collections); when the figure's data is absent it raises
 :class:`~harness.report.style.SkipFigure` with the reason instead of drawing an empty picture.
-Training rows (``task == "train"``) are left out of every figure here: their figures are
-:func:`harness.report.figures_train.plot_train`'s.
+Training rows (``task == "train"``) and transfer rows (``task == "transfer"``) are left out of
+every figure here: their figures are :func:`harness.report.figures_train.plot_train`'s and
+:func:`harness.report.figures_transfer.plot_transfer`'s.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from harness.report.figures_accuracy import (
 )
 from harness.report.figures_realmodel import plot_realmodel
 from harness.report.figures_scaling import plot_memory, plot_rate, plot_time
+from harness.report.markdown_transfer import is_transfer
 from harness.report.style import SkipFigure, slug, style_map
 from harness.report.train_data import is_train
 
@@ -63,12 +65,12 @@ class FigureResult:
     skipped: str | None = None
 
 
-#: Row families that are not attention points: whole-model rows and training rows.
-NOT_ATTENTION: tuple[str, ...] = ("realmodel", "train")
+#: Row families that are not attention points: whole-model, training and transfer rows.
+NOT_ATTENTION: tuple[str, ...] = ("realmodel", "train", "transfer")
 
 
 def attention_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of attention points: without those of ``task`` realmodel or train."""
+    """Rows of attention points: without those of ``task`` realmodel, train or transfer."""
     if "task" not in df.columns:
         return df
     return df[~df["task"].astype(str).isin(NOT_ATTENTION)]
@@ -123,8 +125,9 @@ def plot_all(
                 continue
             path = out_dir / f"{name}{suffix}.png"
             # real-model rows (whole-model time at fixed lengths) are not attention points;
-            # training rows have their own figures (harness.report.figures_train)
-            subset = rows[~is_train(rows)] if name == "realmodel" else attention_rows(rows)
+            # training and transfer rows have their own figures (figures_train, _transfer)
+            own = is_train(rows) | is_transfer(rows)
+            subset = rows[~own] if name == "realmodel" else attention_rows(rows)
             if not len(subset):
                 why = "no attention points (only real-model or training rows)"
                 results.append(FigureResult(name, device, skipped=why))

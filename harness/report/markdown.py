@@ -223,7 +223,8 @@ def realmodel_markdown(df: pd.DataFrame) -> str:
     grouped = groups[list(REALMODEL_NUMBERS)].median()
     work = groups["work_exceeds_exact"].agg(_flag_cell)
     out = []
-    for key, r in grouped.iterrows():
+    # zip, not work.loc[key]: a variant without a knob has NaN in its key, which .loc misses
+    for (key, r), flag in zip(grouped.iterrows(), work):
         label, knob, value = key
         out.append(
             [
@@ -238,7 +239,7 @@ def realmodel_markdown(df: pd.DataFrame) -> str:
                 else "n/a",
                 fmt(r["retrieval_mean_rank"]),
                 fmt(r["retrieval_agree_top1"]),
-                work.loc[key],
+                flag,
                 f"{fmt(r['time_ms'])} / {fmt(r['exact_time_ms'])}",
             ]
         )

@@ -42,6 +42,7 @@ PALETTE: dict[str, str] = {
     "nystrom": "#d62728",
     "bigbird": "#9467bd",
     "linear": "#e377c2",
+    "hedgehog": "#bcbd22",
 }
 #: Colours for plugins, picked by a stable hash of the name (never Python's salted ``hash``).
 EXTRA_COLORS: tuple[str, ...] = (
