@@ -117,3 +117,20 @@ def test_gpu_facts_are_empty_on_the_cpu_or_without_nvidia_smi(tmp_path, monkeypa
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
     assert set(env.gpu_facts("cuda:0").values()) == {None}
     assert env.matmul_tflops_bf16("cpu") is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_point_without_cuda_is_unsupported_before_any_work() -> None:
+    def factory(seed):  # never called: the device is refused first
+        raise AssertionError("the variant was built")
+
+    point = {
+        "variant": "sdpa", "params": {}, "batch": 1, "heads": 2, "q_len": 64, "kv_len": 64,
+        "head_dim": 16, "dtype": "float32", "device": "cuda", "causal": False,
+        "inputs": "gaussian", "inputs_params": {}, "seed": 0, "seeds": [0],
+        "passes": ["fwd", "fwd_bwd"], "measure": {},
+    }  # fmt: skip
+    rows = measure_point(point, factory)
+    assert [row["status"] for row in rows] == ["unsupported", "unsupported"]
+    assert all(row["reason"].startswith("device=cuda: torch ") for row in rows)
+    assert "device=cpu or device=auto" in rows[0]["reason"]

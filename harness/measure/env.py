@@ -34,6 +34,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def device_unavailable(device: str) -> str | None:
+    """Why ``device`` cannot run here (a reason naming the ``device`` field), or ``None``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        built = "built without CUDA" if torch.version.cuda is None else "no CUDA device visible"
+        return (
+            f"device={device}: torch {torch.__version__} cannot use CUDA here ({built}); "
+            "use device=cpu or device=auto"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"device={device}: only {torch.cuda.device_count()} CUDA device(s) here"
+    return None
+
+
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count (``None`` leaves it); return the count in force."""
     if n is not None:

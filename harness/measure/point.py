@@ -312,6 +312,11 @@ def measure_point(point: dict[str, Any], factory: Factory) -> list[dict[str, Any
     m = {**DEFAULT_MEASURE, **(point.get("measure") or {})}
     passes = list(point.get("passes") or PASSES)
     rows = {name: _base_row(point, name) for name in passes}
+    if missing := env.device_unavailable(str(point["device"])):  # before any work
+        for row in rows.values():
+            row.update(env.environment("cpu") | {"device_name": None}, status="unsupported")
+            row["reason"] = missing
+        return list(rows.values())
     try:
         env.set_threads(m["threads"])
         for row in rows.values():
