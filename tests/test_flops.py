@@ -70,6 +70,11 @@ CASES = [
     ("performer", {"nb_features": 48, "head_dim": 32, "chunk_size": 64}, CROSS, True),
     ("performer", {"nb_features": 48, "head_dim": 32, "kernel": "relu"}, SELF, False),
     ("performer", {"nb_features": 48, "head_dim": 32, "learnable_projection": True}, SELF, False),
+    # the causal backward computes the features again: 1x more for their GEMM
+    ("performer", {"nb_features": 48, "head_dim": 32, "kernel": "relu"}, CROSS, True),
+    ("performer", {"nb_features": 48, "head_dim": 32, "learnable_projection": True}, CROSS, True),
+    ("hedgehog", {"heads": 3, "head_dim": 32}, SELF, False),
+    ("hedgehog", {"heads": 3, "head_dim": 32, "chunk_size": 64}, CROSS, True),
     ("linformer", {"k": 40, "kv_len": 200}, CROSS, False),
     ("linformer", {"k": 40, "kv_len": 200, "init": "learned"}, CROSS, False),
     ("linformer", {"k": 40, "kv_len": 200, "init": "mean_pool"}, CROSS, False),

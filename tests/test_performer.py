@@ -152,6 +152,31 @@ def test_gradients_finite(causal):
         assert torch.isfinite(t.grad).all()
 
 
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+@pytest.mark.parametrize("chunk, lengths", [(8, (45, 45)), (5, (17, 40)), (64, (30, 30))])
+def test_causal_gradients_match_autograd_of_the_quadratic_form(kernel, chunk, lengths):
+    # the streamed backward (features recomputed group by group) against autograd through
+    # the O(n^2) form of module.features, the learnable rows' gradient included
+    nq, nk = lengths
+    q, k, v = make_qkv((2, 2, nq, nk, 8), seed=11, dtype=torch.float64)
+    params = {"nb_features": 24, "kernel": kernel, "chunk_size": chunk, "seed": 2}
+    module = variants.create("performer", head_dim=8, learnable_projection=True, **params)
+    module = module.double()
+    grad = torch.randn(2, 2, nq, 8, generator=torch.Generator().manual_seed(3)).double()
+    got, want = [], []
+    for streamed in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        module.zero_grad()
+        if streamed:
+            out = module(*leaves, causal=True)
+        else:
+            out = quadratic_form(*module.features(*leaves[:2]), leaves[2], True)
+        out.backward(grad)
+        (got if streamed else want).extend([*(t.grad for t in leaves), module.projection.grad])
+    for a, b in zip(got, want):
+        assert_close(a, b, 1e-9, 1e-11)
+
+
 def performer_pytorch_features(data, projection, is_query, eps):
     """``softmax_kernel`` of performer-pytorch (lucidrains), transcribed: max of W x, then eps."""
     normalizer = data.shape[-1] ** -0.25

@@ -7,8 +7,9 @@ features for a ``D x D`` matrix ``W``), fitted so that the linear attention mimi
 model's softmax attention ("attention transfer", :mod:`harness.realmodel.transfer`). Both halves
 are positive, so the normalised attention ``phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T
 sum_j phi(k_j)`` is a proper weighted mean of the values. Bidirectional attention costs
-``O(n * D^2)``; causal attention uses chunked prefix sums (:mod:`variants._prefix`) with the
-suite's bottom-right alignment for ``q_len < kv_len``.
+``O(n * D^2)``; causal attention uses streamed chunked prefix sums (:mod:`variants._prefix`),
+which apply the feature map group by group, with the suite's bottom-right alignment for
+``q_len < kv_len``.
 
 ``W`` starts as the identity (the paper's initialisation): an untrained Hedgehog is the fixed
 kernel ``softmax(q) . softmax(k) + softmax(-q) . softmax(-k)``, a poor approximation of softmax
@@ -36,16 +37,27 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from variants._prefix import causal_linear_attention, causal_linear_flops
+from variants._prefix import FeatureMaps, causal_linear_attention, kernel_attention
+from variants._prefix_costs import StreamedKernelAttention
 from variants.base import AttentionVariant, causal_mask, check_positive_int, check_qkv
 
 
-class HedgehogAttention(AttentionVariant):
+def softmax_feature_map(x: Tensor, w: Tensor) -> Tensor:
+    """``[softmax(W x), softmax(-W x)]`` of ``x (..., H, N, D)`` with ``w (H, D, D)``: ``2 D``."""
+    proj = x @ w.transpose(-2, -1)  # (..., H, N, D): W x for every token, per head
+    return torch.cat([proj.softmax(dim=-1), (-proj).softmax(dim=-1)], dim=-1)
+
+
+#: The causal prefix sums apply the map group by group (:mod:`variants._prefix`).
+SOFTMAX_MAPS = FeatureMaps(query=softmax_feature_map, key=softmax_feature_map)
+
+
+class HedgehogAttention(StreamedKernelAttention, AttentionVariant):
     """Linear attention with the learnable feature map ``[softmax(W x), softmax(-W x)]``.
 
     Args:
         heads: Number of heads (one ``W`` each); ``None`` builds ``W`` at the first forward.
-        chunk_size: Tokens per chunk of the causal prefix sum (default 128).
+        chunk_size: Tokens per chunk of the causal prefix sum (default 32).
         kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Head dimension ``D`` (``W`` is ``D x D``); ``None``: taken at the first call.
     """
@@ -60,7 +72,7 @@ class HedgehogAttention(AttentionVariant):
     def __init__(
         self,
         heads: int | None = None,
-        chunk_size: int = 128,
+        chunk_size: int = 32,
         kv_len: int | None = None,
         head_dim: int | None = None,
     ) -> None:
@@ -94,29 +106,26 @@ class HedgehogAttention(AttentionVariant):
 
         Builds ``W`` (identity) on the first call when the constructor could not.
         """
+        return softmax_feature_map(x, self._weight_for(x))
+
+    def _weight_for(self, x: Tensor) -> Tensor:
+        """``W (H, D, D)`` in x's dtype and device; built (identity) on the first call."""
         heads, head_dim = x.shape[1], x.shape[-1]
         if self.weight is None:
             self._build(heads, head_dim, x.device)
         problem = self._mismatch(heads, head_dim)
         if problem:
             raise ValueError(problem)
-        w = self.weight.to(device=x.device, dtype=x.dtype)  # (H, D, D)
-        proj = x @ w.transpose(-2, -1)  # (B, H, N, D): W x for every token, per head
-        return torch.cat([proj.softmax(dim=-1), (-proj).softmax(dim=-1)], dim=-1)
+        return self.weight.to(device=x.device, dtype=x.dtype)
 
     # ------------------------------------------------------------------------------ attention
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
         check_qkv(q, k, v)
-        phi_q, phi_k = self.features(q), self.features(k)  # (B, H, Nq, 2D), (B, H, Nk, 2D)
-        tiny = torch.finfo(q.dtype).tiny
-        # The denominator rides along as an extra column of ones in V.
-        v_ones = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, Nk, Dv + 1)
-        if causal:
-            out = causal_linear_attention(phi_q, phi_k, v_ones, self.chunk_size)
-        else:
-            out = phi_q @ (phi_k.transpose(-2, -1) @ v_ones)  # (B, H, Nq, Dv + 1)
-        # features are positive, so the denominator is too; the clamp only guards underflow
-        return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
+        if causal:  # the features are made group by group inside the prefix sums
+            w = self._weight_for(q)
+            return causal_linear_attention(q, k, v, SOFTMAX_MAPS, self.chunk_size, (w,))
+        # (B, H, Nq, 2D), (B, H, Nk, 2D) features: positive, so the denominator is too
+        return kernel_attention(self.features(q), self.features(k), v)  # (B, H, Nq, Dv)
 
     def attention_weights(self, q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
         """The ``(B, H, Nq, Nk)`` weights the variant applies to V (rows sum to 1).
@@ -147,23 +156,30 @@ class HedgehogAttention(AttentionVariant):
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        d, m = head_dim, 2 * head_dim
-        # W x for queries and keys, and two softmaxes over D (exp, sum, divide: ~3 per element)
-        feats = (q_len + kv_len) * (2 * d * d + 2 * 3 * d)
-        if causal:
-            attend = causal_linear_flops(q_len, kv_len, m, d + 1, self.chunk_size)
-        else:
-            attend = 2 * kv_len * m * (d + 1) + 2 * q_len * m * (d + 1)
-        return batch * heads * (feats + attend + q_len * d)  # + the final division
+        # W x for queries and keys, and the attention; the softmaxes and the division are
+        # elementwise work, not counted (as everywhere in the suite)
+        feats = 2 * (q_len + kv_len) * head_dim * head_dim
+        return batch * heads * (feats + self.attention_flops(q_len, kv_len, head_dim, causal))
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # W x takes both gradients (x and the trainable W: 2x); the causal backward computes it
+        # again (1x); the attention's matmuls take both gradients
+        feats = (3 if causal else 2) * 2 * (q_len + kv_len) * head_dim * head_dim
+        attend = self.attention_flops(q_len, kv_len, head_dim, causal, backward=True)
+        return batch * heads * (feats + attend)
+
+    def feature_count(self, head_dim: int) -> int:
+        return 2 * head_dim
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
     ) -> int:
         d, m = head_dim, 2 * head_dim
+        if causal:
+            return self.causal_memory(batch, heads, q_len, head_dim, element_size)
         # projections (D) and features (2D) of queries and keys, V with its ones column, the
         # (2D, D + 1) summary and the output with its denominator column
         per_head = (q_len + kv_len) * (d + m) + kv_len * (d + 1) + m * (d + 1) + q_len * (d + 1)
-        if causal:
-            c = min(self.chunk_size, q_len)
-            per_head += q_len * c + (q_len // c + 1) * m * (d + 1)  # chunk scores, states
         return batch * heads * per_head * element_size

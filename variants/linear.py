@@ -5,7 +5,7 @@ softmax kernel ``exp(q . k)`` by ``phi(q) . phi(k)`` with ``phi(x) = elu(x) + 1`
 that ``out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T sum_j phi(k_j)``. It does not
 approximate softmax attention: it is a different (positive) kernel of the same form, included
 as the cheapest baseline. Bidirectional attention costs ``O(n * d * Dv)``; causal attention uses
-chunked prefix sums (:mod:`variants._prefix`), ``O(n * chunk * d + n * d * Dv)``.
+streamed chunked prefix sums (:mod:`variants._prefix`), ``O(n * chunk * d + n * d * Dv)``.
 
 The feature map has no temperature, so this variant has no ``scale`` parameter (the paper
 applies ``phi`` to the raw projections). There is no accuracy knob (``knob = None``).
@@ -18,12 +18,8 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants._prefix import (
-    causal_linear_attention,
-    causal_linear_backward_flops,
-    causal_linear_flops,
-    with_ones_column,
-)
+from variants._prefix import FeatureMaps, causal_linear_attention
+from variants._prefix_costs import StreamedKernelAttention
 from variants.base import AttentionVariant, check_positive_int, check_qkv
 
 
@@ -32,11 +28,15 @@ def elu_feature_map(x: Tensor) -> Tensor:
     return F.elu(x).add_(1.0)  # in place: elu's backward needs its input, not its output
 
 
-class LinearAttention(AttentionVariant):
+#: The causal prefix sums apply the map group by group (:mod:`variants._prefix`).
+ELU_MAPS = FeatureMaps(query=elu_feature_map, key=elu_feature_map)
+
+
+class LinearAttention(StreamedKernelAttention, AttentionVariant):
     """Kernelised attention with ``phi = elu + 1``; causal by chunked prefix sums.
 
     Args:
-        chunk_size: Tokens per chunk of the causal prefix sum (default 128).
+        chunk_size: Tokens per chunk of the causal prefix sum (default 64).
         kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Ignored.
     """
@@ -49,7 +49,7 @@ class LinearAttention(AttentionVariant):
 
     def __init__(
         self,
-        chunk_size: int = 128,
+        chunk_size: int = 64,
         kv_len: int | None = None,
         head_dim: int | None = None,
     ) -> None:
@@ -58,12 +58,10 @@ class LinearAttention(AttentionVariant):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
         check_qkv(q, k, v)
+        if causal:  # the features are made group by group inside the prefix sums
+            return causal_linear_attention(q, k, v, ELU_MAPS, self.chunk_size)  # (B, H, Nq, Dv)
         phi_q = elu_feature_map(q)  # (B, H, Nq, D)
         phi_k = elu_feature_map(k)  # (B, H, Nk, D)
-        if causal:
-            # the last column of ones gives the denominator
-            out = causal_linear_attention(phi_q, phi_k, with_ones_column(v), self.chunk_size)
-            return out[..., :-1] / out[..., -1:]  # (B, H, Nq, Dv)
         kv = phi_k.transpose(-2, -1) @ v  # (B, H, D, Dv)
         k_sum = phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, D, 1)
         return (phi_q @ kv) / (phi_q @ k_sum)  # (B, H, Nq, Dv)
@@ -73,7 +71,7 @@ class LinearAttention(AttentionVariant):
     ) -> int:
         d = head_dim
         if causal:
-            per_head = causal_linear_flops(q_len, kv_len, d, d + 1, self.chunk_size)
+            per_head = self.attention_flops(q_len, kv_len, d, causal)
         else:
             # phi_k^T v, phi_q @ kv, phi_q @ key sum (the key sum itself is elementwise work)
             per_head = 2 * kv_len * d * d + 2 * q_len * d * d + 2 * q_len * d
@@ -83,20 +81,20 @@ class LinearAttention(AttentionVariant):
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
         # 2x the forward: every matmul has both operands on the gradient path (q, k, v need
-        # gradients, the feature map has no parameters), except the causal prefix sum's
-        # constant ones matrix (1x)
+        # gradients, the feature map has no parameters); the causal backward also computes the
+        # chunks' scores again (it stores no (n, chunk) tensor)
         if causal:
-            d = head_dim
-            per_head = causal_linear_backward_flops(q_len, kv_len, d, d + 1, self.chunk_size)
-            return batch * heads * per_head
+            return batch * heads * self.attention_flops(q_len, kv_len, head_dim, causal, True)
         return 2 * self.flops(batch, heads, q_len, kv_len, head_dim, causal)
+
+    def feature_count(self, head_dim: int) -> int:
+        return head_dim
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
     ) -> int:
         d = head_dim
-        per_head = (q_len + kv_len) * d + q_len * d  # features and output
         if causal:
-            c = min(self.chunk_size, q_len)
-            per_head += kv_len * (d + 1) + q_len * c + (q_len // c + 1) * d * (d + 1)
+            return self.causal_memory(batch, heads, q_len, head_dim, element_size)
+        per_head = (q_len + kv_len) * d + q_len * d  # features and output
         return batch * heads * per_head * element_size

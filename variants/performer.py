@@ -7,12 +7,13 @@ estimate for Gaussian rows ``w ~ N(0, I)``. The ``m = nb_features`` rows are dra
 blocks of ``head_dim`` rows (several blocks stacked when ``m > head_dim``), each row rescaled by
 an independent chi(head_dim) norm so that it is marginally Gaussian, which lowers the variance.
 Attention is then ``phi(Q) (phi(K)^T V) / phi(Q) phi(K)^T 1``: ``O(n * m * d)`` time and
-``O(n * m)`` memory; causal attention uses chunked prefix sums (:mod:`variants._prefix`) and never
-forms an ``(n, m, d)`` tensor.
+``O(n * m)`` memory; causal attention streams chunked prefix sums (:mod:`variants._prefix`) that
+make the features group by group and never form an ``(n, m)`` or ``(n, m, d)`` tensor.
 
 Numerical stabilisation: before ``exp``, queries subtract the max of their own row of
-projections and keys subtract one max over all keys and features of a head. Both constants
-cancel between numerator and denominator, so the ratio is unchanged. :meth:`features` returns
+projections and keys subtract one max over all keys and features of a head (causal: the running
+max over the keys seen so far). These constants cancel between numerator and denominator, so the
+ratio is unchanged. :meth:`features` returns
 these features; the forward (with ``eps = 0``) uses :meth:`attention_features`, equal up to
 factors that cancel: ``softmax(W q)`` for the queries (every factor constant along a query's
 row cancels), one GEMM with ``K = d`` per input (docs/performance.md).
@@ -35,28 +36,26 @@ plus a small constant (1e-3) that keeps the denominator positive; it does not es
 
 Causal cross-attention (``q_len < kv_len``) is supported with the suite's bottom-right alignment.
 
-Parameters (with defaults): ``nb_features=256`` (the accuracy knob), ``redraw="fixed"`` (one draw
-from ``seed``) or ``"every_call"`` (new features on every forward, from a generator seeded by
-``seed`` and advanced per call), ``kernel="softmax"``, ``chunk_size=128`` (causal only),
-``eps=0.0``, ``learnable_projection=False``: when True the random rows are an ``nn.Parameter``
-initialised from the same seeded draw, so that attention transfer can fit them (needs
-``head_dim`` and ``redraw="fixed"``; a fitting step sets ``trained``).
+Parameters, their defaults and meaning: :class:`PerformerAttention` (``nb_features`` is the
+accuracy knob; ``learnable_projection`` makes the rows trainable for attention transfer).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from variants._prefix import (
+    FeatureMaps,
     causal_linear_attention,
-    causal_linear_backward_flops,
-    causal_linear_flops,
+    kernel_attention,
     with_ones_column,
 )
+from variants._prefix_costs import StreamedKernelAttention
 from variants.base import (
     AttentionVariant,
     VariantConfigError,
@@ -130,8 +129,35 @@ def softmax_kernel_features(
 
 def relu_kernel_features(x: Tensor, projection: Tensor) -> Tensor:
     """Generalised-attention features ``relu(W x) / sqrt(m) + 1e-3`` of ``x (..., N, d)``."""
-    proj = x @ projection.transpose(0, 1).to(x.dtype)  # (..., N, m)
+    proj = _project(x, projection.transpose(0, 1).to(x.dtype))  # (..., N, m)
     return torch.relu(proj) * (projection.shape[0] ** -0.5) + RELU_EPS
+
+
+def _project(x: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x (..., N, d) @ w (d, m)`` as one GEMM (not a batched one for a strided ``x``)."""
+    flat, m = x.reshape(-1, x.shape[-1]), w.shape[-1]
+    return torch.mm(flat, w, out=None if out is None else out.view(-1, m)).view(*x.shape[:-1], m)
+
+
+def query_features(q: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
+    """``softmax(q W^T)`` of ``(..., N, d)`` queries, ``w = W^T sqrt(scale)`` ``(d, m)``; without
+    a graph in place, in ``out`` when given (a spent buffer: a fresh ``(N, m)`` tensor costs its
+    page faults, more than the softmax itself)."""
+    tracked = torch.is_grad_enabled() and (q.requires_grad or w.requires_grad)
+    if tracked or q.device.type != "cpu":  # (CUDA's caching allocator has no such cost)
+        return torch.softmax(_project(q, w), dim=-1)
+    logits = _project(q, w, out)  # (..., N, m)
+    return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+
+
+def key_logits(k: Tensor, w: Tensor, scale: float) -> Tensor:
+    """``W k - scale |k|^2 / 2`` of ``(..., N, d)`` keys: the causal key features' logits."""
+    bias = torch.linalg.vecdot(k, k).mul_(-0.5 * scale)[..., None]  # (..., N, 1)
+    # added in place, not as addmm's broadcast input: that costs a copy pass over (N, m)
+    return _project(k, w).add_(bias)
+
+
+RELU_MAPS = FeatureMaps(query=relu_kernel_features, key=relu_kernel_features)
 
 
 class _ShiftedExp(torch.autograd.Function):
@@ -155,14 +181,14 @@ class _ShiftedExp(torch.autograd.Function):
         return grad_logits, -grad_logits.sum(dim=-1, keepdim=True)
 
 
-class PerformerAttention(AttentionVariant):
+class PerformerAttention(StreamedKernelAttention, AttentionVariant):
     """FAVOR+ attention: positive orthogonal random features for the softmax kernel.
 
     Args:
         nb_features: Number of random features ``m`` (>= 1; may exceed head_dim). Default 256.
         redraw: "fixed" (drawn once from ``seed``) or "every_call" (new draw per forward).
         kernel: "softmax" (FAVOR+, unbiased for exp) or "relu" (generalised attention).
-        chunk_size: Tokens per chunk of the causal prefix sum. Default 128.
+        chunk_size: Tokens per chunk of the causal prefix sum. Default 32.
         seed: Seed of the random features.
         kv_len: Ignored (accepted for a uniform constructor).
         head_dim: Head dimension; with "fixed" the features are drawn here (else on first call).
@@ -185,7 +211,7 @@ class PerformerAttention(AttentionVariant):
         nb_features: int = 256,
         redraw: str = "fixed",
         kernel: str = "softmax",
-        chunk_size: int = 128,
+        chunk_size: int = 32,
         seed: int = 0,
         kv_len: int | None = None,
         head_dim: int | None = None,
@@ -284,22 +310,12 @@ class PerformerAttention(AttentionVariant):
         if not self._unbiased():
             return self.features(q, k)
         w = self._scaled_rows(q)
-        return self._query_features(q, w), self._key_features(k, w)
+        return query_features(q, w), self._key_features(k, w)
 
     def _scaled_rows(self, q: Tensor) -> Tensor:
         """``W^T sqrt(scale)``, ``(d, m)`` in q's dtype: the scale folded into the rows."""
         proj = self._projection(q.shape[-1], q)
         return (proj.to(q.dtype) * math.sqrt(self.softmax_scale(q.shape[-1]))).transpose(0, 1)
-
-    @staticmethod
-    def _query_features(q: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
-        """``softmax(q W^T)``; without a graph in place, in ``out`` when given (a spent buffer:
-        a fresh ``(N, m)`` tensor costs its page faults, more than the softmax itself)."""
-        tracked = torch.is_grad_enabled() and (q.requires_grad or w.requires_grad)
-        if tracked or q.device.type != "cpu":  # (CUDA's caching allocator has no such cost)
-            return torch.softmax(q @ w, dim=-1)
-        logits = q @ w if out is None else torch.matmul(q, w, out=out)  # (B, H, Nq, m)
-        return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
 
     def _key_features(self, k: Tensor, w: Tensor) -> Tensor:
         """``exp(k W^T - |k|^2 scale / 2 - c)``, ``c`` the max over a head's keys, detached."""
@@ -314,68 +330,64 @@ class PerformerAttention(AttentionVariant):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
         check_qkv(q, k, v)
-        if causal and self.eps:
-            raise ValueError(self._eps_causal_reason())
-        tiny = torch.finfo(q.dtype).tiny
+        if causal:
+            return self._causal(q, k, v)
+        if not self._unbiased():
+            return kernel_attention(*self.features(q, k), v)  # (B, H, Nq, Dv)
         # The denominator rides along as an extra column of ones in V: one pass over phi_q.
         v_ones = with_ones_column(v)  # (B, H, Nk, Dv + 1)
-        if not self._unbiased():
-            phi_q, phi_k = self.features(q, k)  # (B, H, Nq, m), (B, H, Nk, m)
-        else:
-            w = self._scaled_rows(q)
-            phi_k = self._key_features(k, w)
-            if not causal:  # the keys' summary first: their features' buffer then holds q's
-                # as (V^T phi_k)^T: phi_k's gradient then comes out in phi_k's own layout (the
-                # transposed product's would be transposed, copied before the GEMM's backward)
-                kv = (v_ones.transpose(-2, -1) @ phi_k).transpose(-2, -1)  # (B, H, m, Dv + 1)
-                tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, w))
-                spent = None if tracked or q.shape != k.shape else phi_k
-                out = self._query_features(q, w, spent) @ kv  # (B, H, Nq, Dv + 1)
-                return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
-            phi_q = self._query_features(q, w)
-        if causal:
-            out = causal_linear_attention(phi_q, phi_k, v_ones, self.chunk_size)
-        else:
-            out = phi_q @ (phi_k.transpose(-2, -1) @ v_ones)  # (B, H, Nq, Dv + 1)
-        return out[..., :-1] / out[..., -1:].clamp_min(tiny)  # (B, H, Nq, Dv)
+        w = self._scaled_rows(q)
+        phi_k = self._key_features(k, w)
+        # the keys' summary first: their features' buffer then holds q's; as (V^T phi_k)^T:
+        # phi_k's gradient then comes out in phi_k's own layout (the transposed product's
+        # would be transposed, copied before the GEMM's backward)
+        kv = (v_ones.transpose(-2, -1) @ phi_k).transpose(-2, -1)  # (B, H, m, Dv + 1)
+        tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, w))
+        spent = None if tracked or q.shape != k.shape else phi_k
+        out = query_features(q, w, spent) @ kv  # (B, H, Nq, Dv + 1)
+        return out[..., :-1] / out[..., -1:].clamp_min(torch.finfo(q.dtype).tiny)
 
-    def _costs(self, q_len: int, kv_len: int, head_dim: int, causal: bool) -> tuple[int, int]:
-        """Per-head forward FLOPs of (the feature projections, the attention over features)."""
-        m, d = self.nb_features, head_dim
-        # the features' GEMMs: W x (d); with eps > 0 one GEMM with the extra |x|^2 column
-        feats = 2 * (q_len + kv_len) * m * (d + 1 if self.eps else d)
-        if causal:
-            attend = causal_linear_flops(q_len, kv_len, m, d + 1, self.chunk_size)
+    def _causal(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The streamed causal prefix sums, which make the features group by group."""
+        if self.eps:
+            raise ValueError(self._eps_causal_reason())
+        if self.kernel == "relu":  # no shift
+            maps, rows = RELU_MAPS, self._projection(q.shape[-1], q).to(q.dtype)
         else:
-            attend = 2 * kv_len * m * (d + 1) + 2 * q_len * m * (d + 1)
-        return feats, attend
+            key = partial(key_logits, scale=self.softmax_scale(q.shape[-1]))
+            maps, rows = FeatureMaps(query_features, key, key_is_log=True), self._scaled_rows(q)
+        return causal_linear_attention(q, k, v, maps, self.chunk_size, (rows,))
+
+    def _feature_flops(self, q_len: int, kv_len: int, head_dim: int) -> int:
+        """Per-head FLOPs of the feature GEMMs ``W x`` (``K = d``; ``d + 1`` with ``eps > 0``:
+        the extra ``|x|^2`` column)."""
+        return 2 * (q_len + kv_len) * self.nb_features * (head_dim + (1 if self.eps else 0))
 
     def flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        return batch * heads * sum(self._costs(q_len, kv_len, head_dim, causal))
+        feats = self._feature_flops(q_len, kv_len, head_dim)
+        return batch * heads * (feats + self.attention_flops(q_len, kv_len, head_dim, causal))
 
     def backward_flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        # The feature GEMM needs only d(x) when the random rows are fixed (1x), dW too when
-        # they are learnable (2x); the attention's matmuls all take both gradients (2x),
-        # except the causal prefix sum's constant ones matrix (1x).
-        feats, attend = self._costs(q_len, kv_len, head_dim, causal)
-        factor = 2 if self.learnable_projection else 1
-        if causal:
-            m, dv = self.nb_features, head_dim + 1
-            attend = causal_linear_backward_flops(q_len, kv_len, m, dv, self.chunk_size)
-        else:
-            attend *= 2
-        return batch * heads * (factor * feats + attend)
+        # The feature GEMM needs d(x) (1x), dW too for learnable rows (2x); the causal backward
+        # also computes it again (1x). The attention's matmuls take both gradients (2x).
+        factor = (2 if self.learnable_projection else 1) + causal
+        feats = factor * self._feature_flops(q_len, kv_len, head_dim)
+        return (
+            batch * heads * (feats + self.attention_flops(q_len, kv_len, head_dim, causal, True))
+        )
+
+    def feature_count(self, head_dim: int) -> int:
+        return self.nb_features
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
     ) -> int:
         m, d = self.nb_features, head_dim
-        per_head = 2 * (q_len + kv_len) * m + q_len * d  # projections/features, output
         if causal:
-            c = min(self.chunk_size, q_len)
-            per_head += kv_len * (d + 1) + q_len * c + (q_len // c + 1) * m * (d + 1)
+            return self.causal_memory(batch, heads, q_len, head_dim, element_size)
+        per_head = 2 * (q_len + kv_len) * m + q_len * d  # projections/features, output
         return batch * heads * per_head * element_size
