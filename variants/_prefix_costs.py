@@ -7,6 +7,8 @@ and follow the kernels exactly (``tests/test_flops.py`` checks them against
 
 from __future__ import annotations
 
+import abc
+
 from variants._prefix import chunk_groups
 
 
@@ -29,7 +31,7 @@ def causal_linear_backward_flops(
     return 4 * (kv_len - q_len) * m * e + 8 * q_len * m * e + pairs * (3 * m + 2 * e)
 
 
-class StreamedKernelAttention:
+class StreamedKernelAttention(abc.ABC):
     """Mixin of the kernel-attention variants whose causal path is the streamed prefix sums
     (:func:`variants._prefix.causal_linear_attention`): the cost models of the attention over
     the features (the feature maps' own are the variant's). Needs ``chunk_size`` and
@@ -38,9 +40,9 @@ class StreamedKernelAttention:
 
     chunk_size: int
 
+    @abc.abstractmethod
     def feature_count(self, head_dim: int) -> int:
         """The number of features ``m`` per query and key."""
-        raise NotImplementedError
 
     def attention_flops(self, q_len, kv_len, head_dim, causal, backward=False) -> int:
         """Matmul FLOPs of the attention over the features for one (batch, head): the causal

@@ -313,14 +313,15 @@ def measure_point(point: dict[str, Any], factory: Factory) -> list[dict[str, Any
     passes = list(point.get("passes") or PASSES)
     rows = {name: _base_row(point, name) for name in passes}
     if missing := env.device_unavailable(str(point["device"])):  # before any work
+        facts = env.environment("cpu") | {"device_name": None}
         for row in rows.values():
-            row.update(env.environment("cpu") | {"device_name": None}, status="unsupported")
-            row["reason"] = missing
+            row.update(facts, status="unsupported", reason=missing)
         return list(rows.values())
     try:
         env.set_threads(m["threads"])
+        facts = env.environment(point["device"])  # once: on CUDA it runs nvidia-smi
         for row in rows.values():
-            row.update(env.environment(point["device"]))
+            row.update(facts)
         if any(name not in PASSES for name in passes):
             raise ValueError(f"passes={passes!r}: each must be one of {', '.join(PASSES)}")
         _run(point, factory, m, rows)
