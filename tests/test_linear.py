@@ -57,19 +57,28 @@ def masked_quadratic(phi_q, phi_k, v):
     return (weights @ v) / weights.sum(-1, keepdim=True)
 
 
-#: The two ways across chunks: every state formed by adds (small states), or scanned.
-PATHS = [1 << 30, 0]
+#: The three ways across chunks: streamed with every state formed by adds (small states) or
+#: scanned chunk by chunk (the CPU's), or batched by one product and one cumsum (GPUs').
+PATHS = ["adds", "scan", "batched"]
+
+
+def use_path(monkeypatch, path, group_elements):
+    """Makes the CPU take ``path`` with groups of ``group_elements`` query elements."""
+    monkeypatch.setattr(_prefix, "GROUP_ELEMENTS", group_elements)
+    monkeypatch.setattr(_prefix, "DEVICE_GROUP_ELEMENTS", group_elements)
+    monkeypatch.setattr(_prefix, "SMALL_STATE", 1 << 30 if path == "adds" else 0)
+    if path == "batched":
+        monkeypatch.setattr(_prefix, "STREAMED_DEVICES", frozenset())
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 64, 500])
 @pytest.mark.parametrize("lengths", [(64, 64), (37, 37), (23, 71)])
 @pytest.mark.parametrize("group_elements", [1, 2**18])  # one chunk per group, or one group
-@pytest.mark.parametrize("small_state", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 def test_chunked_prefix_sums_equal_masked_quadratic(
-    chunk, lengths, group_elements, small_state, monkeypatch
+    chunk, lengths, group_elements, path, monkeypatch
 ):
-    monkeypatch.setattr(_prefix, "GROUP_ELEMENTS", group_elements)
-    monkeypatch.setattr(_prefix, "SMALL_STATE", small_state)
+    use_path(monkeypatch, path, group_elements)
     nq, nk = lengths
     gen = torch.Generator().manual_seed(1)
     phi_q = torch.rand(2, 2, nq, 6, generator=gen, dtype=torch.float64)
@@ -82,14 +91,13 @@ def test_chunked_prefix_sums_equal_masked_quadratic(
 @pytest.mark.parametrize("chunk, group_elements", [(4, 1), (4, 600), (7, 2**18), (64, 2**18)])
 @pytest.mark.parametrize("lengths", [(29, 29), (19, 42)])
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("small_state", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 def test_streamed_gradients_equal_autograd_of_the_quadratic_form(
-    chunk, group_elements, lengths, log, small_state, monkeypatch
+    chunk, group_elements, lengths, log, path, monkeypatch
 ):
     # the streamed backward (own formulas, features recomputed per group, running key max)
     # against autograd through the O(n^2) form, parameters of the maps included
-    monkeypatch.setattr(_prefix, "GROUP_ELEMENTS", group_elements)
-    monkeypatch.setattr(_prefix, "SMALL_STATE", small_state)
+    use_path(monkeypatch, path, group_elements)
     nq, nk = lengths
     gen = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(2, 3, n, 4, generator=gen, dtype=torch.float64) for n in (nq, nk, nk))

@@ -24,6 +24,13 @@ the unnormalised output; the backward streams the groups in reverse, carrying th
 ``sum_{i > c} dO_i^T phi_q_i``, recomputes each group's features under autograd and pulls the
 gradients through the feature maps group by group (features are recomputed, never stored).
 
+On a GPU the same sums are formed without the per-chunk Python loop, whose ~1200 kernel launches
+per Performer forward at 8192 tokens made it 80 times slower than causal SDPA on an H100
+(results/examples/gpu-h100/run3): groups are :data:`DEVICE_GROUP_ELEMENTS` large (8192 tokens at
+16 heads of 64), every chunk's summary comes from one batched product and the states before each
+chunk from one ``cumsum`` over the chunks (:func:`_batched`; the devices that stream instead are
+:data:`STREAMED_DEVICES`). The products are the same, so are the FLOPs.
+
 Cross-attention (``Nq <= Nk``) is bottom-right aligned: the first ``Nk - Nq`` keys, seen by
 every query, make the initial state. A length that is not a multiple of the chunk ends with a
 shorter chunk of its own (no padding).
@@ -45,6 +52,13 @@ GROUP_ELEMENTS = 1 << 17
 #: are formed for every chunk by G adds and read in one product; larger ones (Performer's) are
 #: scanned chunk by chunk in cache (docs/performance.md).
 SMALL_STATE = 1 << 13
+#: Devices whose groups are streamed chunk by chunk in cache (above); elsewhere (GPUs) a group's
+#: chunks are summed by one batched product and one ``cumsum`` (:func:`_batched`).
+STREAMED_DEVICES = frozenset({"cpu"})
+#: Query elements per group where the chunks are summed in one batch: the states before every
+#: chunk of a group, ``(B H, G, Dv + 1, m)``, exist at once (272 MB for Performer's 256
+#: features in fp32 at 8192 tokens, 16 heads of 64).
+DEVICE_GROUP_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -106,12 +120,22 @@ def causal_linear_attention(
     return _forward(q, k, v, maps, chunk, params, None)
 
 
-def chunk_groups(shape: Sequence[int], chunk: int) -> list[tuple[int, int, int]]:
-    """``(start, chunks, chunk size)`` of the streamed groups of ``(B, H, Nq, D)`` queries: groups
-    of whole chunks, then the ragged tail as one shorter chunk of its own."""
+def _batched(x: Tensor) -> bool:
+    """Whether ``x``'s device sums a group's chunks in one batch (GPUs) rather than streaming
+    them one by one in cache (the CPU)."""
+    return x.device.type not in STREAMED_DEVICES
+
+
+def chunk_groups(
+    shape: Sequence[int], chunk: int, batched: bool = False
+) -> list[tuple[int, int, int]]:
+    """``(start, chunks, chunk size)`` of the groups of ``(B, H, Nq, D)`` queries: groups of whole
+    chunks (:data:`GROUP_ELEMENTS` query elements streamed, :data:`DEVICE_GROUP_ELEMENTS`
+    ``batched``), then the ragged tail as one shorter chunk of its own."""
     b, h, q_len, d = shape
     c = min(chunk, q_len)
-    per_group = max(1, GROUP_ELEMENTS // (b * h * d * c))
+    elements = DEVICE_GROUP_ELEMENTS if batched else GROUP_ELEMENTS
+    per_group = max(1, elements // (b * h * d * c))
     full = q_len // c * c
     plan = [(s, min(per_group, (full - s) // c), c) for s in range(0, full, per_group * c)]
     if full < q_len:
@@ -171,7 +195,8 @@ def _forward(q, k, v, maps, chunk, params, saved: list | None) -> Tensor:
         state = torch.bmm(_flat(_values(v, 0, offset), offset).transpose(1, 2), _flat(phi, offset))
     if saved is not None:
         saved.append(top)
-    for start, g, c in chunk_groups(q.shape, chunk):
+    batched = _batched(q)
+    for start, g, c in chunk_groups(q.shape, chunk, batched):
         stop = start + g * c
         phi_q = maps.query(q[:, :, start:stop], *params)  # (B, H, T, m), T = G c
         phi_k = maps.key(k[:, :, offset + start : offset + stop], *params)
@@ -185,7 +210,7 @@ def _forward(q, k, v, maps, chunk, params, saved: list | None) -> Tensor:
         if state is None:
             state = v.new_zeros(b * h, e, m)
         o = torch.bmm(torch.bmm(qf, kf.transpose(1, 2)).tril_(), vf)  # the chunks' own keys
-        states = _across_chunks(state, qf, kf, vf, o, g, keep=saved is not None)
+        states = _across_chunks(state, qf, kf, vf, o, g, saved is not None, batched)
         o4 = o.view(b, h, g * c, e)
         torch.div(o4[..., :dv], o4[..., dv:].clamp_min(tiny), out=out[:, :, start:stop])
         if saved is not None:
@@ -193,11 +218,28 @@ def _forward(q, k, v, maps, chunk, params, saved: list | None) -> Tensor:
     return out
 
 
-def _across_chunks(state, qf, kf, vf, o, g, keep) -> Tensor | None:
+def _scan(terms: Tensor, carry: Tensor, reverse: bool = False) -> Tensor:
+    """Exclusive running sums of ``terms (B H, G, E, m)`` over the chunks (dim 1), each plus
+    ``carry (B H, E, m)``, by one ``cumsum`` (accumulated in fp32 at least); ``carry`` is moved
+    past all ``G`` terms in place. ``reverse``: the sums over the chunks after each one."""
+    wide = torch.promote_types(terms.dtype, torch.float32)
+    ordered = terms.flip(1) if reverse else terms
+    inclusive = torch.cumsum(ordered, dim=1, dtype=wide)  # (B H, G, E, m)
+    out = torch.empty_like(terms)
+    out[:, 0].copy_(carry)
+    out[:, 1:].copy_(inclusive[:, :-1].add_(carry.unsqueeze(1)))
+    carry.add_(inclusive[:, -1].to(carry.dtype))
+    return out.flip(1) if reverse else out
+
+
+def _across_chunks(state, qf, kf, vf, o, g, keep, batched=False) -> Tensor | None:
     """Adds to ``o`` each chunk's read-out of the state before it and moves ``state`` past the
-    group's ``g`` chunks, in place; returns every chunk's incoming state when ``keep``."""
+    group's ``g`` chunks, in place; returns every chunk's incoming state when ``keep``.
+    ``batched``: the states by one product and one :func:`_scan`, no loop over the chunks."""
     bh, (c, m), e = state.shape[0], qf.shape[-2:], vf.shape[-1]
-    if m * e <= SMALL_STATE:  # the chunks' summaries by one product, their running sums by adds
+    if batched:
+        states = _scan(torch.bmm(vf.transpose(1, 2), kf).view(bh, g, e, m), state)
+    elif m * e <= SMALL_STATE:  # the chunks' summaries by one product, their running sums by adds
         summaries = torch.bmm(vf.transpose(1, 2), kf).view(bh, g, e, m).unbind(1)
         states = state.new_empty(bh, g, e, m)
         slots = states.unbind(1)  # views made once: a Python loop pays for every view
@@ -224,10 +266,12 @@ def _across_chunks(state, qf, kf, vf, o, g, keep) -> Tensor | None:
     return states if keep else None
 
 
-def _suffix_states(carry: Tensor, qf: Tensor, d_o: Tensor, g: int) -> Tensor:
+def _suffix_states(carry: Tensor, qf: Tensor, d_o: Tensor, g: int, batched=False) -> Tensor:
     """Each chunk's ``R^T = sum dO^T phi_q`` over the queries after it (``(B H, G, Dv + 1, m)``),
     ``carry`` (the groups after) moved past this group's ``g`` chunks in place."""
     bh, (c, m), e = carry.shape[0], qf.shape[-2:], d_o.shape[-1]
+    if batched:
+        return _scan(torch.bmm(d_o.transpose(1, 2), qf).view(bh, g, e, m), carry, reverse=True)
     suffix = carry.new_empty(bh, g, e, m)
     slots = suffix.unbind(1)
     if m * e <= SMALL_STATE:  # as in _across_chunks: one product, then adds
@@ -300,7 +344,8 @@ def _backward(maps, chunk, q, k, v, params, saved, grad_out, needs):
     dq, dk, dvals = (torch.empty_like(t) if need else None for t, need in zip((q, k, v), needs))
     dparams: list[Tensor | None] = [None] * len(params)
     carry = None  # (B H, Dv + 1, m)
-    plan = chunk_groups(q.shape, chunk)
+    batched = _batched(q)
+    plan = chunk_groups(q.shape, chunk, batched)
     tops = [saved[0]] + [top for _, top, _ in saved[1:]]  # running max before each group
     for i in reversed(range(len(plan))):
         start, g, c = plan[i]
@@ -326,7 +371,7 @@ def _backward(maps, chunk, q, k, v, params, saved, grad_out, needs):
         scores = torch.bmm(qf, kf.transpose(1, 2)).tril_()  # (B H G, c, c)
         dscores = torch.bmm(d_o, vf.transpose(1, 2)).tril_()
         d_phi_q = _accumulate(torch.bmm(d_o, states.view(-1, e, m)), dscores, kf)  # (B H G, c, m)
-        r = _suffix_states(carry, qf, d_o, g).view(-1, e, m)  # the later queries' dO^T phi_q
+        r = _suffix_states(carry, qf, d_o, g, batched).view(-1, e, m)  # the later queries' dO^T phi_q
         d_phi_k = _accumulate(torch.bmm(vf, r), dscores.transpose(1, 2), qf)  # (B H G, c, m)
         d_v = _accumulate(torch.bmm(kf, r.transpose(1, 2)), scores.transpose(1, 2), d_o)
         if maps.key_is_log:
