@@ -76,9 +76,11 @@ def test_window_covering_sequence_is_exact(backend, causal):
 
 @pytest.mark.parametrize("backend", ["chunked", "dense_mask"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", [(50, 50), (30, 77)])
-def test_gradients_match_masked_reference(backend, causal, shape):
+@pytest.mark.parametrize("shape", [(50, 50), (30, 77), (83, 70)])  # (83, 70): rows 2-7 see
+def test_gradients_match_masked_reference(backend, causal, shape):  # only the global keys
     nq, nk = shape
+    if causal and nq > nk:
+        pytest.skip("causal attention with more queries than keys is unsupported")
     module = LongformerAttention(window=7, num_global=2, backend=backend)
     q, k, v = make_qkv((2, 2, nq, nk, 8), seed=3, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(2, 2, nq, 8, dtype=torch.float64)

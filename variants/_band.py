@@ -2,12 +2,15 @@
 
 Queries are cut into blocks of ``block`` rows; each block's keys are the contiguous span
 ``[start - window, start + block + window)``, taken as an overlapping view of one padded key
-buffer (:class:`BandSlots`; one copy of the keys, none per block), with the global keys in front
-of every stored block (band slots that hold a global key are masked so it is not counted twice).
-The blocks then go through the fused SDPA kernel of :mod:`variants._blocksparse` as if they were
-heads, and global query rows are computed with full attention. On the CPU (``Dv == D``) that is
-one autograd Function whose backward is the flash kernel's own, the spans' gradient folded back
-onto the keys by :meth:`BandSlots.fold`; elsewhere autograd runs through the view. The mask is
+buffer (:class:`BandSlots`; one copy of the keys, none per block). The blocks then go through
+the fused SDPA kernel of :mod:`variants._blocksparse` as if they were heads, and global query
+rows are computed with full attention. On the CPU (``Dv == D``) that is one autograd Function
+whose backward is the flash kernel's own, the spans' gradient folded back onto the keys by
+:meth:`BandSlots.fold`; the global keys are scored apart and merged into every row through the
+log-sum-exp (:class:`variants._blocksparse.GlobalKeys`), so the buffer is the keys padded at
+both ends (a contiguous copy). Elsewhere autograd runs through the view, and the global keys
+sit in front of every stored block (band slots that hold a global key are masked so it is not
+counted twice). The band excludes the global keys either way. The mask is
 :func:`variants.longformer.longformer_mask`'s.
 """
 
@@ -16,9 +19,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from variants._blocksparse import (
+    GlobalKeys,
     additive_mask,
     block_sparse_attention,
     fused_available,
@@ -50,24 +55,44 @@ def chunked_attention(
     window = min(window, nq + nk)  # a wider window sees nothing more
     block = block_size(window)
     gq, gk = min(num_global, nq), min(num_global, nk)
-    geo = geometry(nq, nk, window, causal, gk, block)
-    mask = _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, q.device, masks)
-    layout_key = ("slots", nk, gk, geo, str(q.device))
-    layout = masks.get(layout_key) if masks is not None else None
-    if layout is None:
-        layout = BandSlots(nk, gk, geo, q.device)
-        if masks is not None:
-            masks[layout_key] = layout
-    if fused_available(q, k, v):
+    fused = fused_available(q, k, v)
+    slot_gk = 0 if fused else gk  # fused: the global keys are merged apart (GlobalKeys)
+    geo = geometry(nq, nk, window, causal, slot_gk, block)
+    mask = _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, q.device, masks, slot_gk)
+    cache = masks if masks is not None else {}
+    layout_key = ("slots", nk, slot_gk, geo, str(q.device))
+    if layout_key not in cache:
+        cache[layout_key] = BandSlots(nk, slot_gk, geo, q.device)
+    layout = cache[layout_key]
+    if fused:
         key = ("additive", nq, nk, window, causal, gq, gk, block, str(q.device), q.dtype)
-        additive = masks.get(key) if masks is not None else None
-        if additive is None:
-            additive = additive_mask(mask, q.dtype)[None]  # (1, nqb, block, S)
-            if masks is not None:
-                masks[key] = additive
-        return fused_block_sparse(q, k, v, block, layout, additive, gq, causal, scale)
+        if key not in cache:  # (1, nqb, block, S); the global keys' mask and empty rows
+            cache[key] = (
+                additive_mask(mask, q.dtype)[None],
+                _global_keys(nq, nk, causal, gk, mask, q.dtype),
+            )
+        additive, keys = cache[key]
+        return fused_block_sparse(q, k, v, block, layout, additive, gq, causal, scale, keys)
     k_slots, v_slots = layout.view(layout.store(k)), layout.view(layout.store(v))
     return block_sparse_attention(q, k_slots, v_slots, mask, k, v, gq, causal, scale)
+
+
+def _global_keys(nq: int, nk: int, causal: bool, gk: int, mask: Tensor, dtype):
+    """The global keys as the fused path merges them (:class:`GlobalKeys`), from the slots'
+    boolean ``(nqb, block, S)`` mask; None without global keys."""
+    if not gk:
+        return None
+    rows = torch.arange(mask.shape[0] * mask.shape[1], device=mask.device)  # padded block rows
+    allowed = None
+    if causal:  # key j <= the row's position; padding rows see all (they are dropped)
+        j = torch.arange(gk, device=mask.device)
+        allowed = (j <= rows[:, None] + (nk - nq)) | (rows[:, None] >= nq)
+    band_empty = ~mask.flatten(0, 1).any(-1)  # (R,)
+    return GlobalKeys(
+        gk,
+        None if allowed is None or allowed.all() else additive_mask(allowed, dtype),
+        band_empty if band_empty.any() else None,
+    )
 
 
 class BandSlots:
@@ -84,9 +109,12 @@ class BandSlots:
     """
 
     def __init__(self, nk: int, gk: int, geo: tuple, device) -> None:
-        self.nk = nk
+        self.nk, self.gk = nk, gk
         self.nqb, self.nkb, lead, self.blocks, self.stride = geo
         block = self.stride - gk
+        # without global slots the buffer is the keys padded (or cropped) at both ends: one
+        # contiguous copy, threaded, where the gather runs on one thread
+        self.pad = (0, 0, lead, self.nkb * block - lead - nk)
         t = torch.arange(self.nkb, device=device)[:, None]
         r = torch.arange(self.stride, device=device)[None, :]
         band = (t * block + (r - gk) - lead).clamp(0, nk - 1)
@@ -95,6 +123,8 @@ class BandSlots:
     def store(self, x: Tensor) -> Tensor:
         """``(B, H, Nk, E)`` -> the ``(B*H, nkb, stride, E)`` buffer (differentiable)."""
         b, h, _, e = x.shape
+        if not self.gk:  # rows outside the keys are zeros here, not edge keys: masked alike
+            return F.pad(x, self.pad).contiguous().view(b * h, self.nkb, self.stride, e)
         flat = x.reshape(b * h, self.nk, e)
         return flat.index_select(1, self.rows).view(b * h, self.nkb, self.stride, e)
 
@@ -118,6 +148,9 @@ class BandSlots:
         acc = grad.new_zeros(b * h, self.nkb, self.stride, e)
         for t in range(self.blocks):
             acc[:, t : t + self.nqb] += spans[:, :, t]
+        if not self.gk:  # the padding's adjoint: crop (or zero-pad) back to the keys
+            keys = F.pad(acc.view(b, h, -1, e), tuple(-x for x in self.pad))
+            return keys if into is None else into.add_(keys)
         out = like.new_zeros(like.shape) if into is None else into
         return out.index_add_(2, self.rows, acc.view(b, h, -1, e))
 
@@ -139,9 +172,11 @@ def geometry(nq: int, nk: int, window: int, causal: bool, gk: int, block: int) -
     return nqb, nkb, lead, blocks, gk + block
 
 
-def _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, cache) -> Tensor:
-    """Cached boolean ``(nqb, block, blocks * stride)`` mask of the blocks' key slots."""
-    key = (nq, nk, window, causal, gq, gk, block, str(device))
+def _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, cache, slot_gk) -> Tensor:
+    """Cached boolean ``(nqb, block, blocks * stride)`` mask of the blocks' key slots; the
+    ``gk`` global keys are excluded from the band, and held in ``slot_gk`` (``gk`` or 0)
+    slots in front of each stored block."""
+    key = (nq, nk, window, causal, gq, gk, block, str(device), slot_gk)
     if cache is not None and key in cache:
         return cache[key]
     nqb, _, lead, blocks, stride = geo
@@ -150,11 +185,11 @@ def _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, cache) -> Te
     slot = torch.arange(blocks * stride, device=device)
     t, r = slot // stride, slot % stride  # stored key block (relative), slot within it
     n = torch.arange(nqb, device=device).view(nqb, 1, 1)
-    j = (n + t) * block + (r - gk) - lead  # key index of band slots, (nqb, 1, slots)
-    band = (r >= gk) & (j >= gk) & (j < nk) & (j >= pos - window)
+    j = (n + t) * block + (r - slot_gk) - lead  # key index of band slots, (nqb, 1, slots)
+    band = (r >= slot_gk) & (j >= gk) & (j < nk) & (j >= pos - window)
     band = band & (j <= pos + (0 if causal else window))
     # global key r is counted once: in the first stored block of the span
-    glob = (r < gk) & (t == 0) & ((r <= pos) if causal else True)
+    glob = (r < slot_gk) & (t == 0) & ((r <= pos) if causal else True)
     mask = keep_dropped_rows(band | glob, i, nq, gq)
     if cache is not None:
         cache[key] = mask

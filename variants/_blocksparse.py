@@ -26,6 +26,7 @@ global rows (:func:`block_sparse_flops`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -145,9 +146,35 @@ class SlotLayout(Protocol):
         into ``into`` when given."""
 
 
+@dataclass(frozen=True)
+class GlobalKeys:
+    """The first ``count`` keys, seen by the block rows outside their slots.
+
+    :func:`fused_block_sparse` scores them apart, ``(rows, count)`` per head, and merges them into
+    the block rows through the log-sum-exp, as split attention is merged: with ``l_b`` the
+    slots' and ``l_g`` the global keys' log-sum-exp, the row is ``o_b + w (o_g - o_b)``, ``w =
+    exp(l_g - logaddexp(l_b, l_g))``. The slots then hold no copy of the global keys (a key
+    block of 64 slots, not 65), the key buffer is a padded copy rather than a gather, and the
+    backward runs the kernel's own with the merged output and log-sum-exp (which make its
+    probabilities the whole row's), the global keys' few columns by hand.
+
+    Attributes:
+        count: Global keys (the first ``count``).
+        mask: Additive ``(R, count)`` mask in q's dtype over the ``R = nqb * block`` padded
+            block rows (causal: keys after the row's position), or None when every row sees
+            them.
+        band_empty: Boolean ``(R,)``: rows whose slots are all masked (the CPU flash kernel
+            gives such a row output 0 and log-sum-exp 0, not -inf), or None when there are none.
+    """
+
+    count: int
+    mask: Tensor | None
+    band_empty: Tensor | None
+
+
 def fused_block_sparse(
     q: Tensor, k: Tensor, v: Tensor, block: int, layout: SlotLayout,
-    mask: Tensor, num_global: int, causal: bool, scale: float,
+    mask: Tensor, num_global: int, causal: bool, scale: float, keys: GlobalKeys | None = None,
 ) -> Tensor:  # fmt: skip
     """:func:`block_sparse_attention` as one autograd Function on the CPU flash kernel.
 
@@ -159,12 +186,51 @@ def fused_block_sparse(
         mask: Additive ``(1, nqb, block, S)`` mask in q's dtype (:func:`additive_mask` of the
             boolean mask of :func:`block_sparse_attention`).
         num_global, causal, scale: As :func:`block_sparse_attention`.
+        keys: Global keys outside the slots, merged into every block row (:class:`GlobalKeys`);
+            None when the slots hold all the keys a row sees.
 
     Returns:
         ``(B, H, Nq, D)``.
     """
-    spec = (block, layout, mask, num_global, causal, scale)
+    spec = (block, layout, mask, num_global, causal, scale, keys)
     return _FusedBlockSparse.apply(q, k, v, spec)
+
+
+def _global_scores(qf: Tensor, kg: Tensor, keys: GlobalKeys, scale: float) -> Tensor:
+    """Scaled, masked scores ``(BH, R, count)`` of the block rows ``qf`` against the global
+    keys ``kg (BH, count, D)``, in float32 at least."""
+    s = torch.bmm(qf, kg.transpose(1, 2)).mul_(scale)
+    if keys.mask is not None:
+        s.add_(keys.mask)
+    return s.to(torch.promote_types(s.dtype, torch.float32))
+
+
+def _merge_global_keys(qf, kg, vg, of, lse, keys: GlobalKeys, scale: float) -> None:
+    """Merges the global keys into the block rows ``of (BH, R, D)`` and their log-sum-exp
+    ``lse (BH, R)``, both in place (:class:`GlobalKeys`)."""
+    if keys.band_empty is not None:
+        lse.masked_fill_(keys.band_empty, float("-inf"))
+    s = _global_scores(qf, kg, keys, scale)  # (BH, R, count)
+    lse_g = torch.logsumexp(s, dim=-1)  # (BH, R)
+    total = torch.logaddexp(lse, lse_g)
+    weight = torch.exp(lse_g - total).unsqueeze(-1).to(of.dtype)  # (BH, R, 1)
+    og = vg if keys.count == 1 else torch.bmm(torch.softmax(s, -1).to(vg.dtype), vg)
+    of.lerp_(og.expand_as(of), weight)  # (BH, 1 or R, D)
+    lse.copy_(total)
+
+
+def _global_keys_backward(qf, kg, vg, of, dof, lse, keys: GlobalKeys, scale: float):
+    """The global keys' share of the backward, given the merged output ``of`` and log-sum-exp
+    ``lse`` and the block rows' output gradient ``dof``: ``(dq (BH, R, D), dk, dv (BH, count,
+    D))``, with ``p = exp(s - lse)`` the rows' whole-softmax probabilities of those keys."""
+    p = _global_scores(qf, kg, keys, scale).sub_(lse.unsqueeze(-1)).exp_()  # (BH, R, count)
+    dv = torch.bmm(p.to(dof.dtype).transpose(1, 2), dof)
+    # the rows' D = dO . O, elementwise (not counted as a product, as in the kernel's backward)
+    rowdot = (dof.to(p.dtype) * of.to(p.dtype)).sum(-1, keepdim=True)  # (BH, R, 1)
+    ds = p.mul_(torch.bmm(dof, vg.transpose(1, 2)).to(p.dtype).sub_(rowdot)).to(qf.dtype)
+    dq = torch.bmm(ds, kg).mul_(scale)
+    dk = torch.bmm(ds.transpose(1, 2), qf).mul_(scale)
+    return dq, dk, dv
 
 
 class _FusedBlockSparse(torch.autograd.Function):
@@ -172,7 +238,7 @@ class _FusedBlockSparse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: tuple) -> Tensor:
-        block, layout, mask, glob, causal, scale = spec
+        block, layout, mask, glob, causal, scale, keys = spec
         b, h, nq, d = q.shape
         nk = k.shape[-2]
         qb = to_blocks(q, block)  # (BH, nqb, block, D)
@@ -180,6 +246,11 @@ class _FusedBlockSparse(torch.autograd.Function):
         out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
             qb, layout.view(k_store), layout.view(v_store), attn_mask=mask, scale=scale
         )  # (BH, nqb, block, D), (BH, nqb, block)
+        if keys is not None:  # the global keys, merged through the log-sum-exp
+            qf, (kg, vg) = qb.view(b * h, -1, d), _global_kv(k, v, keys.count)
+            rows_lse = lse.reshape(b * h, -1).clone()  # the kernel's is laid out (BH, block, nqb)
+            _merge_global_keys(qf, kg, vg, out.view(b * h, -1, d), rows_lse, keys, scale)
+            lse.copy_(rows_lse.view_as(lse))  # back in the layout its backward reads
         full = out.view(b, h, -1, d)  # (B, H, nqb * block, D), padded rows at the end
         g_lse = g_mask = None
         if glob:  # global rows over every key replace their block rows (dropped in backward)
@@ -195,7 +266,7 @@ class _FusedBlockSparse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        block, layout, mask, glob, causal, scale = ctx.spec
+        block, layout, mask, glob, causal, scale, keys = ctx.spec
         q, k, v, qb, k_store, v_store, out, lse, g_lse = ctx.saved_tensors
         b, h, nq, d = q.shape
         grad_b = to_blocks(grad, block)  # (BH, nqb, block, D)
@@ -207,8 +278,15 @@ class _FusedBlockSparse(torch.autograd.Function):
             grad_b, qb, layout.view(k_store), layout.view(v_store), out, lse, 0.0, False,
             attn_mask=mask, scale=scale,
         )  # fmt: skip
-        dq = dq_b.reshape(b, h, -1, d)[:, :, :nq]
         dk = dv = None
+        if keys is not None:  # the global keys' columns of the same softmax
+            qf, (kg, vg) = qb.view(b * h, -1, d), _global_kv(k, v, keys.count)
+            dq_g, dkg, dvg = _global_keys_backward(
+                qf, kg, vg, out.view(b * h, -1, d), grad_b.reshape(b * h, -1, d),
+                lse.reshape(b * h, -1), keys, scale,
+            )  # fmt: skip
+            dq_b = dq_b.reshape(b * h, -1, d).add_(dq_g)
+        dq = dq_b.reshape(b, h, -1, d)[:, :, :nq]
         if glob:  # the global rows' key and value gradients take the folded slots' too
             full = out.view(b, h, -1, d)
             dq_g, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -217,7 +295,17 @@ class _FusedBlockSparse(torch.autograd.Function):
             )  # fmt: skip
             dq = dq.contiguous()
             dq[:, :, :glob] = dq_g
-        return dq, layout.fold(dk_slots, k, dk), layout.fold(dv_slots, v, dv), None
+        dk, dv = layout.fold(dk_slots, k, dk), layout.fold(dv_slots, v, dv)
+        if keys is not None:
+            dk[:, :, : keys.count] += dkg.view(b, h, keys.count, d)
+            dv[:, :, : keys.count] += dvg.view(b, h, keys.count, d)
+        return dq, dk, dv, None
+
+
+def _global_kv(k: Tensor, v: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` keys and values as ``(B*H, count, D)``."""
+    b, h, _, d = k.shape
+    return k[:, :, :count].reshape(b * h, count, d), v[:, :, :count].reshape(b * h, count, -1)
 
 
 def block_sparse_flops(
@@ -227,3 +315,14 @@ def block_sparse_flops(
     (masked ones included) and multiplies by V (``2 * 2 * D`` per slot), plus the global rows
     over all ``kv_len`` keys."""
     return 4 * batch * heads * head_dim * (rows * slots + num_global * kv_len)
+
+
+def global_key_flops(rows: int, count: int, head_dim: int, backward: bool = False) -> int:
+    """Matmul FLOPs per head of :class:`GlobalKeys` over ``rows`` block rows: the forward's
+    scores (``2 R c D``) and, with several keys, their product with the values (one key is
+    mixed in elementwise); the backward's scores again and four products (``dV``, ``dP``,
+    ``dQ``, ``dK``)."""
+    if not count:
+        return 0
+    one = 2 * rows * count * head_dim
+    return 5 * one if backward else one * (1 if count == 1 else 2)

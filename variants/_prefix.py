@@ -24,12 +24,9 @@ the unnormalised output; the backward streams the groups in reverse, carrying th
 ``sum_{i > c} dO_i^T phi_q_i``, recomputes each group's features under autograd and pulls the
 gradients through the feature maps group by group (features are recomputed, never stored).
 
-On a GPU the same sums are formed without the per-chunk Python loop, whose ~1200 kernel launches
-per Performer forward at 8192 tokens made it 80 times slower than causal SDPA on an H100
-(results/examples/gpu-h100/run3): groups are :data:`DEVICE_GROUP_ELEMENTS` large (8192 tokens at
-16 heads of 64), every chunk's summary comes from one batched product and the states before each
-chunk from one ``cumsum`` over the chunks (:func:`_batched`; the devices that stream instead are
-:data:`STREAMED_DEVICES`). The products are the same, so are the FLOPs.
+On a GPU (:func:`_batched`) each group's states come from one product and one ``cumsum``: the
+per-chunk loop's ~1200 launches per Performer forward made it 80x slower than causal SDPA on an
+H100 (results/examples/gpu-h100/run3). The products, and so the FLOPs, are the same.
 
 Cross-attention (``Nq <= Nk``) is bottom-right aligned: the first ``Nk - Nq`` keys, seen by
 every query, make the initial state. A length that is not a multiple of the chunk ends with a
@@ -52,12 +49,10 @@ GROUP_ELEMENTS = 1 << 17
 #: are formed for every chunk by G adds and read in one product; larger ones (Performer's) are
 #: scanned chunk by chunk in cache (docs/performance.md).
 SMALL_STATE = 1 << 13
-#: Devices whose groups are streamed chunk by chunk in cache (above); elsewhere (GPUs) a group's
-#: chunks are summed by one batched product and one ``cumsum`` (:func:`_batched`).
+#: Devices that stream their groups chunk by chunk in cache; elsewhere :func:`_batched`.
 STREAMED_DEVICES = frozenset({"cpu"})
-#: Query elements per group where the chunks are summed in one batch: the states before every
-#: chunk of a group, ``(B H, G, Dv + 1, m)``, exist at once (272 MB for Performer's 256
-#: features in fp32 at 8192 tokens, 16 heads of 64).
+#: Query elements per batched group, whose ``(B H, G, Dv + 1, m)`` states exist at once (272 MB
+#: for Performer's 256 features in fp32 at 8192 tokens, 16 heads of 64: one group).
 DEVICE_GROUP_ELEMENTS = 1 << 23
 
 
@@ -371,7 +366,7 @@ def _backward(maps, chunk, q, k, v, params, saved, grad_out, needs):
         scores = torch.bmm(qf, kf.transpose(1, 2)).tril_()  # (B H G, c, c)
         dscores = torch.bmm(d_o, vf.transpose(1, 2)).tril_()
         d_phi_q = _accumulate(torch.bmm(d_o, states.view(-1, e, m)), dscores, kf)  # (B H G, c, m)
-        r = _suffix_states(carry, qf, d_o, g, batched).view(-1, e, m)  # the later queries' dO^T phi_q
+        r = _suffix_states(carry, qf, d_o, g, batched).view(-1, e, m)  # later queries' dO^T phi_q
         d_phi_k = _accumulate(torch.bmm(vf, r), dscores.transpose(1, 2), qf)  # (B H G, c, m)
         d_v = _accumulate(torch.bmm(kf, r.transpose(1, 2)), scores.transpose(1, 2), d_o)
         if maps.key_is_log:

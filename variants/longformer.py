@@ -32,7 +32,10 @@ Backends (``backend``):
   The choice is reported by :meth:`LongformerAttention.resolved_backend` and in ``config()``.
 
 Costs follow the backend (``flops``, ``backward_flops``, ``analytic_mem_bytes``): ``chunked``
-counts every slot of the blocks' key spans (masked ones included) and the global rows;
+counts every slot of the blocks' key spans (masked ones included), the global rows and, on the
+fused CPU path, the global keys scored apart (:class:`variants._blocksparse.GlobalKeys`: their
+backward recomputes the scores and adds four products); elsewhere they sit in every
+stored key block's slots;
 ``dense_mask`` the whole ``Nq x Nk`` matrix (the mask skips nothing); ``flex`` every 128 x 128
 tile of its block mask that holds a visible pair; ``xformers`` the band's pairs. Every backend is
 a fused kernel whose backward recomputes the scores: 2.5x the forward. ``auto`` is counted as the
@@ -49,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from variants._band import block_size, chunked_attention, geometry
-from variants._blocksparse import block_sparse_flops
+from variants._blocksparse import block_sparse_flops, fused_available, global_key_flops
 from variants._flex import FLEX_BLOCK, block_mask_pairs, flex_attention_cached, flex_reasons
 from variants.base import (
     AttentionVariant,
@@ -57,6 +60,7 @@ from variants.base import (
     check_choice,
     check_nonneg_int,
     exact_attention_flops,
+    recomputing_backward_flops,
 )
 from variants.xformers_attn import (
     memory_efficient_attention,
@@ -131,6 +135,9 @@ class LongformerAttention(AttentionVariant):
         self.backend = check_choice(self.name, "backend", backend, BACKENDS)
         self._masks: dict[Any, Any] = {}
         self._last_backend: str | None = None
+        #: whether the last chunked call ran the fused CPU kernel (global keys merged apart);
+        #: assumed before any call (the CPU's path)
+        self._fused = True
 
     # --------------------------------------------------------------------------- dispatch
     def resolved_backend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> str:
@@ -188,6 +195,7 @@ class LongformerAttention(AttentionVariant):
         backend = self._last_backend = self.resolved_backend(q, k, v, causal)
         scale = self.softmax_scale(q.shape[-1])
         if backend == "chunked":
+            self._fused = fused_available(q, k, v)
             return chunked_attention(
                 q, k, v, self.window, self.num_global, causal, scale, self._masks
             )
@@ -244,13 +252,20 @@ class LongformerAttention(AttentionVariant):
             return self.backend
         return self._last_backend or "chunked"
 
-    def _work(self, q_len: int, kv_len: int, causal: bool) -> tuple[int, int, int]:
-        """(rows computed by the block algorithm, key slots per row, global query rows)."""
+    def _geometry(self, q_len: int, kv_len: int, causal: bool) -> tuple[tuple, int]:
+        """The chunked backend's block layout (:func:`variants._band.geometry`) and the global
+        keys merged apart from the slots (the fused CPU path's; 0 where they sit in them)."""
         window = min(self.window, q_len + kv_len)
-        block = block_size(window)
         gk = min(self.num_global, kv_len)
-        nqb, _, _, blocks, stride = geometry(q_len, kv_len, window, causal, gk, block)
-        return nqb * block, blocks * stride, min(self.num_global, q_len)
+        slot_gk, merged = (0, gk) if self._fused else (gk, 0)
+        return geometry(q_len, kv_len, window, causal, slot_gk, block_size(window)), merged
+
+    def _work(self, q_len: int, kv_len: int, causal: bool) -> tuple[int, int, int, int]:
+        """(rows computed by the block algorithm, key slots per row, global query rows, global
+        keys scored apart from the slots)."""
+        (nqb, _, _, blocks, stride), merged = self._geometry(q_len, kv_len, causal)
+        block = stride if self._fused else stride - min(self.num_global, kv_len)
+        return nqb * block, blocks * stride, min(self.num_global, q_len), merged
 
     def _band_pairs(self, q_len: int, kv_len: int, causal: bool) -> int:
         """Visible (query, key) pairs of the band alone (no global tokens), per head."""
@@ -284,10 +299,24 @@ class LongformerAttention(AttentionVariant):
             return 4 * bh * head_dim * pairs
         if backend == "xformers":  # the band's tiles, counted as its visible pairs
             return 4 * bh * head_dim * self._band_pairs(q_len, kv_len, causal)
-        # chunked: every query block scores its whole key span (band + global keys, masked
-        # slots included), plus full rows for the global queries.
-        rows, slots, gq = self._work(q_len, kv_len, causal)
-        return block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len)
+        # chunked: every query block scores its whole key span (masked slots included), plus
+        # full rows for the global queries and the global keys (in the slots or apart).
+        rows, slots, gq, merged = self._work(q_len, kv_len, causal)
+        return block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len) + bh * (
+            global_key_flops(rows, merged, head_dim)
+        )
+
+    def backward_flops(
+        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+    ) -> int:
+        # Fused kernels: 2.5x (the scores recomputed); the chunked path's global keys scored
+        # apart: their scores again and four products.
+        if self._cost_backend() != "chunked":
+            return super().backward_flops(batch, heads, q_len, kv_len, head_dim, causal)
+        rows, slots, gq, merged = self._work(q_len, kv_len, causal)
+        blocks = block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len)
+        keys = batch * heads * global_key_flops(rows, merged, head_dim, backward=True)
+        return recomputing_backward_flops(blocks) + keys
 
     def analytic_mem_bytes(
         self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
@@ -304,17 +333,17 @@ class LongformerAttention(AttentionVariant):
             return out_lse + 16 * tiles
         if backend == "xformers":
             return out_lse
-        rows, slots, _ = self._work(q_len, kv_len, causal)
-        window = min(self.window, q_len + kv_len)
-        gk = min(self.num_global, kv_len)
-        _, nkb, _, _, stride = geometry(q_len, kv_len, window, causal, gk, block_size(window))
-        # the stored k and v blocks (global keys interleaved), the output blocks, a padded copy
-        # of q when q_len is not a multiple of the block (else a view), one log-sum-exp per
-        # row; the fused kernel keeps no score matrix; the block mask, boolean and additive (in
-        # the inputs' dtype), is shared by batch and heads (measured on the CPU at n=8192, 8
-        # heads, d 64, w 256, no globals: 76.8 MB for the call; this model: 76.4 MB)
+        rows, slots, _, merged = self._work(q_len, kv_len, causal)
+        (_, nkb, _, _, stride), _ = self._geometry(q_len, kv_len, causal)
+        # the stored k and v blocks (global keys interleaved unless merged apart), the output
+        # blocks, a padded copy of q when q_len is not a multiple of the block (else a view),
+        # one log-sum-exp per row and the global keys' scores; the fused kernel keeps no score
+        # matrix; the block mask, boolean and additive (in the inputs' dtype), is shared by
+        # batch and heads (measured on the CPU at n=8192, 8 heads, d 64, w 256, no globals:
+        # 76.8 MB for the call; this model: 76.4 MB)
         q_rows = rows if rows != q_len else 0
         per_head = element_size * (2 * nkb * stride + rows + q_rows) * head_dim + 4 * rows
+        per_head += 4 * rows * (merged + 1) if merged else 0
         return bh * per_head + (1 + element_size) * rows * slots
 
 
