@@ -84,6 +84,9 @@ CASES = [
     ("longformer", {"window": 16, "backend": "dense_mask"}, CROSS, True),
     ("longformer", {"window": 16, "backend": "chunked"}, SELF, False),
     ("longformer", {"window": 16, "backend": "chunked"}, CROSS, True),
+    # window 150: the forward blocks by 32 rows, the backward by 37
+    ("longformer", {"window": 150, "backend": "chunked", "num_global": 2}, SELF, False),
+    ("longformer", {"window": 150, "backend": "chunked"}, CROSS, True),
     ("bigbird", {"block_size": 16}, SELF, False),
     ("bigbird", {"block_size": 16}, SELF, True),
 ]
@@ -105,7 +108,7 @@ def test_counts_match_flop_counter(name, params, shape, causal):
         ("sdpa", {"backend": "math"}, 2.0),
         ("sdpa", {}, 2.5),  # fused: recomputes Q K^T, then four matmuls
         ("longformer", {"backend": "dense_mask"}, 2.5),
-        ("longformer", {"backend": "chunked", "num_global": 0}, 2.5),
+        ("longformer", {"backend": "chunked", "num_global": 0, "window": 100}, 2.5),
         ("bigbird", {}, 2.5),
         ("linear", {}, 2.0),
     ],
@@ -153,21 +156,22 @@ def test_longformer_dense_mask_counts_the_dense_work():
     chunked = variants.create("longformer", window=256, backend="chunked")
     assert dense.flops(*shape, False) == variants.create("full").flops(*shape, False)
     assert dense.flops(*shape, False) / 1e9 == pytest.approx(8.59, abs=0.01)
-    # 2048 rows x 576 slots x 4 D per head, the global query's row (2048 keys) and the global
-    # key's scores (2 D per row) beside the slots
-    assert chunked.flops(*shape, False) / 1e9 == pytest.approx(2.42, abs=0.01)
-    assert chunked.flops(*shape, False) == 8 * 64 * (4 * (2048 * 576 + 2048) + 2 * 2048)
+    # the forward's 32-row blocks: 2048 rows x 544 slots x 4 D per head, the global query's
+    # row (2048 keys) and the global key's scores (2 D per row) beside the slots
+    assert chunked.flops(*shape, False) / 1e9 == pytest.approx(2.29, abs=0.01)
+    assert chunked.flops(*shape, False) == 8 * 64 * (4 * (2048 * 544 + 2048) + 2 * 2048)
 
 
-def test_longformer_chunked_backward_counts_the_global_keys_apart():
-    # the blocks' fused backward is 2.5x their forward; the global key's scores again and four
-    # products, 5x its one
+def test_longformer_chunked_backward_counts_its_own_blocking_and_the_global_keys():
+    # the backward's 64-row blocks (576 slots) recomputed and differentiated, 2.5x their
+    # forward; the global key's scores again and four products, 5x its one
     shape = (1, 8, 2048, 2048, 64)
-    none, one = (variants.create("longformer", backend="chunked", num_global=g) for g in (0, 1))
+    one = variants.create("longformer", backend="chunked", num_global=1)
+    none = variants.create("longformer", backend="chunked", num_global=0)
     keys = 8 * 2 * 2048 * 64  # the global key's scores: 2 D per row
-    blocks = one.flops(*shape, False) - keys
-    assert one.backward_flops(*shape, False) == 2.5 * blocks + 5 * keys
-    assert none.backward_flops(*shape, False) == 2.5 * none.flops(*shape, False)
+    blocks64 = 8 * 64 * 4 * (2048 * 576 + 2048)  # with the global query's row
+    assert one.backward_flops(*shape, False) == 2.5 * blocks64 + 5 * keys
+    assert none.backward_flops(*shape, False) == 2.5 * 8 * 64 * 4 * 2048 * 576
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,31 @@ def test_gradients_match_masked_reference(backend, causal, shape):  # only the g
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name} differs")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_global", [0, 2])
+@pytest.mark.parametrize(
+    "window, shape", [(150, (333, 333)), (256, (600, 600)), (256, (410, 700))]
+)
+def test_forward_and_backward_blockings_differ_yet_match(window, shape, num_global, causal):
+    # windows >= 128: the fused CPU path blocks its forward by 32 rows and its backward by
+    # block_size (37, 64); the backward reads the forward's rows in its own blocking
+    from variants._band import block_size, forward_block_size
+
+    assert forward_block_size(window) != block_size(window)
+    nq, nk = shape
+    module = LongformerAttention(window=window, num_global=num_global, backend="chunked")
+    q, k, v = make_qkv((1, 2, nq, nk, 8), seed=window, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(1, 2, nq, 8, dtype=torch.float64)
+    mask = longformer_mask(nq, nk, window, num_global, causal)
+    out = module(q, k, v, causal)
+    ref = reference_attention_diff(q, k, v, causal, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    want = torch.autograd.grad(ref, (q, k, v), grad_out)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name} differs")
+
+
 def reference_attention_diff(q, k, v, causal, mask):
     """Differentiable float64 masked attention (the reference's formula, with autograd)."""
     scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from variants._blocksparse import (
+    BlockPlan,
     GlobalKeys,
     additive_mask,
     block_sparse_attention,
@@ -35,8 +36,17 @@ from variants._blocksparse import (
 def block_size(window: int) -> int:
     # Query rows per block: small blocks waste fewer masked slots (span = block + 2 * window);
     # 32-64 rows suit the fused SDPA kernels' tiles (measured on CPU at window 256, n 8192:
-    # 32 -> 164 ms, 64 -> 171 ms, 128 -> 202 ms, 256 -> 219 ms).
+    # 32 -> 164 ms, 64 -> 171 ms, 128 -> 202 ms, 256 -> 219 ms). The fused CPU path blocks its
+    # forward by :func:`forward_block_size` and its backward by this.
     return min(64, max(16, window // 4))
+
+
+def forward_block_size(window: int) -> int:
+    """Query rows per block of the fused CPU forward: at most 32, the CPU flash kernel's query
+    tile (a block of 32 at window 256 scores 544 slots per row, not 576: 5-8% faster); the
+    backward keeps :func:`block_size`'s 64, since it writes a key and value gradient per slot
+    and 32-row blocks double those (forward+backward 20% slower, docs/performance.md)."""
+    return min(32, block_size(window))
 
 
 def chunked_attention(
@@ -50,31 +60,43 @@ def chunked_attention(
         window: One-sided radius; num_global: global tokens; causal: bottom-right causal mask.
         scale: Softmax scale. masks: Optional dict used to cache the block masks per shape.
     """
-    b, h, nq, _ = q.shape
-    nk = k.shape[-2]
+    nq, nk = q.shape[-2], k.shape[-2]
     window = min(window, nq + nk)  # a wider window sees nothing more
-    block = block_size(window)
     gq, gk = min(num_global, nq), min(num_global, nk)
-    fused = fused_available(q, k, v)
-    slot_gk = 0 if fused else gk  # fused: the global keys are merged apart (GlobalKeys)
-    geo = geometry(nq, nk, window, causal, slot_gk, block)
-    mask = _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, q.device, masks, slot_gk)
     cache = masks if masks is not None else {}
-    layout_key = ("slots", nk, slot_gk, geo, str(q.device))
-    if layout_key not in cache:
-        cache[layout_key] = BandSlots(nk, slot_gk, geo, q.device)
-    layout = cache[layout_key]
-    if fused:
-        key = ("additive", nq, nk, window, causal, gq, gk, block, str(q.device), q.dtype)
-        if key not in cache:  # (1, nqb, block, S); the global keys' mask and empty rows
-            cache[key] = (
-                additive_mask(mask, q.dtype)[None],
-                _global_keys(nq, nk, causal, gk, mask, q.dtype),
-            )
-        additive, keys = cache[key]
-        return fused_block_sparse(q, k, v, block, layout, additive, gq, causal, scale, keys)
+    shape = (nq, nk, window, causal, gq, gk)
+    if fused_available(q, k, v):  # global keys merged apart (GlobalKeys); two blockings
+        forward = _fused_plan(*shape, forward_block_size(window), q.device, q.dtype, cache)
+        backward = _fused_plan(*shape, block_size(window), q.device, q.dtype, cache)
+        return fused_block_sparse(q, k, v, forward, backward, gq, causal, scale)
+    block = block_size(window)
+    geo = geometry(nq, nk, window, causal, gk, block)
+    mask = _chunk_mask(*shape, block, geo, q.device, cache, gk)
+    layout = _layout(nk, gk, geo, q.device, cache)
     k_slots, v_slots = layout.view(layout.store(k)), layout.view(layout.store(v))
     return block_sparse_attention(q, k_slots, v_slots, mask, k, v, gq, causal, scale)
+
+
+def _layout(nk: int, slot_gk: int, geo: tuple, device, cache: dict) -> BandSlots:
+    key = ("slots", nk, slot_gk, geo, str(device))
+    if key not in cache:
+        cache[key] = BandSlots(nk, slot_gk, geo, device)
+    return cache[key]
+
+
+def _fused_plan(nq, nk, window, causal, gq, gk, block, device, dtype, cache) -> BlockPlan:
+    """The fused path's blocking by ``block`` rows (cached): no global key slots."""
+    key = ("plan", nq, nk, window, causal, gq, gk, block, str(device), dtype)
+    if key not in cache:
+        geo = geometry(nq, nk, window, causal, 0, block)
+        mask = _chunk_mask(nq, nk, window, causal, gq, gk, block, geo, device, None, 0)
+        cache[key] = BlockPlan(
+            block,
+            _layout(nk, 0, geo, device, cache),
+            additive_mask(mask, dtype)[None],  # (1, nqb, block, S)
+            _global_keys(nq, nk, causal, gk, mask, dtype),
+        )
+    return cache[key]
 
 
 def _global_keys(nq: int, nk: int, causal: bool, gk: int, mask: Tensor, dtype):

@@ -172,28 +172,47 @@ class GlobalKeys:
     band_empty: Tensor | None
 
 
-def fused_block_sparse(
-    q: Tensor, k: Tensor, v: Tensor, block: int, layout: SlotLayout,
-    mask: Tensor, num_global: int, causal: bool, scale: float, keys: GlobalKeys | None = None,
-) -> Tensor:  # fmt: skip
-    """:func:`block_sparse_attention` as one autograd Function on the CPU flash kernel.
+@dataclass(frozen=True)
+class BlockPlan:
+    """One blocking of the queries for :func:`fused_block_sparse`.
 
-    Args:
-        q, k, v: ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, D)``.
+    Attributes:
         block: Query rows per block.
         layout: Builds the slots of k and v and folds their gradients back (no autograd runs
             through it).
         mask: Additive ``(1, nqb, block, S)`` mask in q's dtype (:func:`additive_mask` of the
             boolean mask of :func:`block_sparse_attention`).
-        num_global, causal, scale: As :func:`block_sparse_attention`.
         keys: Global keys outside the slots, merged into every block row (:class:`GlobalKeys`);
             None when the slots hold all the keys a row sees.
+    """
+
+    block: int
+    layout: SlotLayout
+    mask: Tensor
+    keys: GlobalKeys | None = None
+
+
+def fused_block_sparse(
+    q: Tensor, k: Tensor, v: Tensor, forward: BlockPlan, backward: BlockPlan,
+    num_global: int, causal: bool, scale: float,
+) -> Tensor:  # fmt: skip
+    """:func:`block_sparse_attention` as one autograd Function on the CPU flash kernel.
+
+    The forward and the backward may block the queries differently: a row's output and
+    log-sum-exp, all the backward needs of the forward, do not depend on the blocking. Small
+    blocks waste fewer slots in the forward, but the backward writes a key and value gradient
+    per slot, which small blocks multiply (docs/performance.md).
+
+    Args:
+        q, k, v: ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, D)``.
+        forward, backward: The blockings of each pass (:class:`BlockPlan`; the same object
+            when they agree).
+        num_global, causal, scale: As :func:`block_sparse_attention`.
 
     Returns:
         ``(B, H, Nq, D)``.
     """
-    spec = (block, layout, mask, num_global, causal, scale, keys)
-    return _FusedBlockSparse.apply(q, k, v, spec)
+    return _FusedBlockSparse.apply(q, k, v, (forward, backward, num_global, causal, scale))
 
 
 def _global_scores(qf: Tensor, kg: Tensor, keys: GlobalKeys, scale: float) -> Tensor:
@@ -238,19 +257,19 @@ class _FusedBlockSparse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: tuple) -> Tensor:
-        block, layout, mask, glob, causal, scale, keys = spec
+        plan, _, glob, causal, scale = spec
         b, h, nq, d = q.shape
         nk = k.shape[-2]
-        qb = to_blocks(q, block)  # (BH, nqb, block, D)
-        k_store, v_store = layout.store(k), layout.store(v)
+        qb = to_blocks(q, plan.block)  # (BH, nqb, block, D)
+        layout = plan.layout
         out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
-            qb, layout.view(k_store), layout.view(v_store), attn_mask=mask, scale=scale
-        )  # (BH, nqb, block, D), (BH, nqb, block)
-        if keys is not None:  # the global keys, merged through the log-sum-exp
-            qf, (kg, vg) = qb.view(b * h, -1, d), _global_kv(k, v, keys.count)
-            rows_lse = lse.reshape(b * h, -1).clone()  # the kernel's is laid out (BH, block, nqb)
-            _merge_global_keys(qf, kg, vg, out.view(b * h, -1, d), rows_lse, keys, scale)
-            lse.copy_(rows_lse.view_as(lse))  # back in the layout its backward reads
+            qb, layout.view(layout.store(k)), layout.view(layout.store(v)),
+            attn_mask=plan.mask, scale=scale,
+        )  # (BH, nqb, block, D), (BH, nqb, block) laid out (BH, block, nqb)  # fmt: skip
+        if plan.keys is not None:  # the global keys, merged through the log-sum-exp
+            qf, (kg, vg) = qb.view(b * h, -1, d), _global_kv(k, v, plan.keys.count)
+            lse = lse.reshape(b * h, -1).clone()  # (BH, R), rows in order
+            _merge_global_keys(qf, kg, vg, out.view(b * h, -1, d), lse, plan.keys, scale)
         full = out.view(b, h, -1, d)  # (B, H, nqb * block, D), padded rows at the end
         g_lse = g_mask = None
         if glob:  # global rows over every key replace their block rows (dropped in backward)
@@ -260,23 +279,28 @@ class _FusedBlockSparse(torch.autograd.Function):
             )
             full[:, :, :glob] = g_out
         ctx.spec, ctx.g_mask = spec, g_mask
-        # the stores, not the views: saved tensors keep their strides, views would be rebuilt
-        ctx.save_for_backward(q, k, v, qb, k_store, v_store, out, lse, g_lse)
+        ctx.save_for_backward(q, k, v, out, lse, g_lse)
         return full[:, :, :nq]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        block, layout, mask, glob, causal, scale, keys = ctx.spec
-        q, k, v, qb, k_store, v_store, out, lse, g_lse = ctx.saved_tensors
+        _, plan, glob, causal, scale = ctx.spec
+        q, k, v, out, lse, g_lse = ctx.saved_tensors
         b, h, nq, d = q.shape
+        block, layout, keys = plan.block, plan.layout, plan.keys
+        # the forward's rows in the backward's blocking (a view when the two agree)
+        rows = -(-nq // block) * block
+        out = _rows(out.view(b * h, -1, d), nq, rows).view(b * h, -1, block, d)
+        lse = _rows(lse.reshape(b * h, -1, 1), nq, rows).view(b * h, -1, block)
+        qb = to_blocks(q, block)
         grad_b = to_blocks(grad, block)  # (BH, nqb, block, D)
         if glob:  # the block rows of global queries were replaced: no gradient through them
             if grad_b.untyped_storage().data_ptr() == grad.untyped_storage().data_ptr():
                 grad_b = grad_b.clone()  # a view of the incoming gradient: not ours to zero
             grad_b.view(b * h, -1, d)[:, :glob] = 0
         dq_b, dk_slots, dv_slots = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_b, qb, layout.view(k_store), layout.view(v_store), out, lse, 0.0, False,
-            attn_mask=mask, scale=scale,
+            grad_b, qb, layout.view(layout.store(k)), layout.view(layout.store(v)), out, lse,
+            0.0, False, attn_mask=plan.mask, scale=scale,
         )  # fmt: skip
         dk = dv = None
         if keys is not None:  # the global keys' columns of the same softmax
@@ -300,6 +324,14 @@ class _FusedBlockSparse(torch.autograd.Function):
             dk[:, :, : keys.count] += dkg.view(b, h, keys.count, d)
             dv[:, :, : keys.count] += dvg.view(b, h, keys.count, d)
         return dq, dk, dv, None
+
+
+def _rows(x: Tensor, n: int, rows: int) -> Tensor:
+    """``x (BH, R, E)``'s first ``n`` rows padded with zeros to ``rows``: ``x`` itself when it
+    has them already (the blockings agree)."""
+    if x.shape[1] == rows:
+        return x
+    return F.pad(x[:, :n], (0, 0, 0, rows - n))
 
 
 def _global_kv(k: Tensor, v: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -34,12 +34,13 @@ Backends (``backend``):
 Costs follow the backend (``flops``, ``backward_flops``, ``analytic_mem_bytes``): ``chunked``
 counts every slot of the blocks' key spans (masked ones included), the global rows and, on the
 fused CPU path, the global keys scored apart (:class:`variants._blocksparse.GlobalKeys`: their
-backward recomputes the scores and adds four products); elsewhere they sit in every
-stored key block's slots;
-``dense_mask`` the whole ``Nq x Nk`` matrix (the mask skips nothing); ``flex`` every 128 x 128
-tile of its block mask that holds a visible pair; ``xformers`` the band's pairs. Every backend is
-a fused kernel whose backward recomputes the scores: 2.5x the forward. ``auto`` is counted as the
-backend of the last call (``chunked``, its CPU choice, before any call).
+backward recomputes the scores and adds four products); elsewhere they sit in every stored key
+block's slots. The fused path blocks its forward by 32 rows and its backward by 64 (window 256),
+each counted in its own blocking. ``dense_mask`` counts the whole ``Nq x Nk`` matrix (the mask
+skips nothing); ``flex`` every 128 x 128 tile of its block mask that holds a visible pair;
+``xformers`` the band's pairs. Every backend is a fused kernel whose backward recomputes the
+scores: 2.5x the forward (chunked: the forward in the backward's blocking). ``auto`` is counted
+as the backend of the last call (``chunked``, its CPU choice, before any call).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants._band import block_size, chunked_attention, geometry
+from variants._band import block_size, chunked_attention, forward_block_size, geometry
 from variants._blocksparse import block_sparse_flops, fused_available, global_key_flops
 from variants._flex import FLEX_BLOCK, block_mask_pairs, flex_attention_cached, flex_reasons
 from variants.base import (
@@ -252,18 +253,27 @@ class LongformerAttention(AttentionVariant):
             return self.backend
         return self._last_backend or "chunked"
 
-    def _geometry(self, q_len: int, kv_len: int, causal: bool) -> tuple[tuple, int]:
-        """The chunked backend's block layout (:func:`variants._band.geometry`) and the global
-        keys merged apart from the slots (the fused CPU path's; 0 where they sit in them)."""
+    def _geometry(
+        self, q_len: int, kv_len: int, causal: bool, backward: bool = False
+    ) -> tuple[tuple, int]:
+        """The chunked backend's block layout (:func:`variants._band.geometry`) in the forward
+        (or ``backward``) and the global keys merged apart from the slots: the fused CPU path
+        blocks its forward by :func:`~variants._band.forward_block_size` and its backward by
+        :func:`~variants._band.block_size`, global keys apart; elsewhere both passes by the
+        latter, global keys in the slots."""
         window = min(self.window, q_len + kv_len)
         gk = min(self.num_global, kv_len)
-        slot_gk, merged = (0, gk) if self._fused else (gk, 0)
-        return geometry(q_len, kv_len, window, causal, slot_gk, block_size(window)), merged
+        if not self._fused:
+            return geometry(q_len, kv_len, window, causal, gk, block_size(window)), 0
+        block = block_size(window) if backward else forward_block_size(window)
+        return geometry(q_len, kv_len, window, causal, 0, block), gk
 
-    def _work(self, q_len: int, kv_len: int, causal: bool) -> tuple[int, int, int, int]:
+    def _work(
+        self, q_len: int, kv_len: int, causal: bool, backward: bool = False
+    ) -> tuple[int, int, int, int]:
         """(rows computed by the block algorithm, key slots per row, global query rows, global
-        keys scored apart from the slots)."""
-        (nqb, _, _, blocks, stride), merged = self._geometry(q_len, kv_len, causal)
+        keys scored apart from the slots) of the forward (or ``backward``)."""
+        (nqb, _, _, blocks, stride), merged = self._geometry(q_len, kv_len, causal, backward)
         block = stride if self._fused else stride - min(self.num_global, kv_len)
         return nqb * block, blocks * stride, min(self.num_global, q_len), merged
 
@@ -309,11 +319,11 @@ class LongformerAttention(AttentionVariant):
     def backward_flops(
         self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
     ) -> int:
-        # Fused kernels: 2.5x (the scores recomputed); the chunked path's global keys scored
-        # apart: their scores again and four products.
+        # Fused kernels: 2.5x (the scores recomputed), the chunked path's in the backward's
+        # blocking; its global keys scored apart: their scores again and four products.
         if self._cost_backend() != "chunked":
             return super().backward_flops(batch, heads, q_len, kv_len, head_dim, causal)
-        rows, slots, gq, merged = self._work(q_len, kv_len, causal)
+        rows, slots, gq, merged = self._work(q_len, kv_len, causal, backward=True)
         blocks = block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len)
         keys = batch * heads * global_key_flops(rows, merged, head_dim, backward=True)
         return recomputing_backward_flops(blocks) + keys
