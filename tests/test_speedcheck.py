@@ -90,3 +90,18 @@ def test_command_line_writes_the_report(no_probe, monkeypatch, tmp_path):
     text = out.read_text()
     assert text.startswith("`python -m harness.measure.speedcheck --seq-len 256")
     assert "load average" in text and "| forward+backward, causal |" in text
+
+
+def test_a_run_cut_short_keeps_the_passes_it_finished(no_probe):
+    # on_pass sees the table after every pass; the markdown of a partial table says so
+    seen = []
+
+    def on_pass(table):
+        seen.append(speedcheck.render_markdown(table))
+
+    speedcheck.measure_table(**SHAPE, rounds=1, timer=scripted_timer(), on_pass=on_pass)
+    assert len(seen) == len(speedcheck.PASSES)
+    assert "Partial: 1 of 4 passes" in seen[0] and "forward, causal" not in seen[0]
+    first_row = speedcheck.PASSES[0][2]
+    assert f"| {first_row} |" in seen[0]
+    assert "Partial" not in seen[-1]

@@ -143,6 +143,7 @@ def measure_table(
     seq_len: int, heads: int, head_dim: int, batch: int = 1, device: str = "cpu",
     dtype: torch.dtype = torch.float32, rounds: int = 3, timer: Timer | None = None,
     variant_list: list[tuple[str, str, dict[str, Any]]] | None = None,
+    on_pass: Callable[[Table], Any] | None = None,
 ) -> Table:  # fmt: skip
     """Time sdpa and every variant in every pass of :data:`PASSES` (module docstring).
 
@@ -152,6 +153,8 @@ def measure_table(
         rounds: Rounds per pass; each times sdpa, then every variant (reversed every other).
         timer: ``timer(fn) -> ms``; default :func:`median_timer` with 0.5 s per reading.
         variant_list: (label, name, params) triples; default :data:`TABLE_VARIANTS`.
+        on_pass: Called with the table after each pass (the command line writes the passes
+            measured so far, so a run cut short keeps them).
     """
     timer = timer or median_timer(device, 0.5)
     shape = (batch, heads, seq_len, seq_len, head_dim)
@@ -195,6 +198,8 @@ def measure_table(
         table.sdpa[(pass_name, causal)] = cells.pop("sdpa")
         table.passes[(pass_name, causal)] = cells
         print(f"  {pass_name} causal={causal}: done", file=sys.stderr)
+        if on_pass is not None:
+            on_pass(table)
     return table
 
 
@@ -208,7 +213,10 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
     """The summary table (issue 16's layout), then one row per pass and variant."""
     b, h, n, _, d = table.setup["shape"]
     labels = list(next(iter(table.passes.values())))
+    done = [(p, c, row) for p, c, row in PASSES if (p, c) in table.passes]
     lines = [f"`{command}`", ""] if command else []
+    if len(done) < len(PASSES):
+        lines += [f"**Partial: {len(done)} of {len(PASSES)} passes measured so far.**", ""]
     lines += [
         f"{table.setup['dtype']}, batch {b}, heads {h}, q_len = kv_len {n}, head_dim {d}, "
         f"device {table.setup['device']}; {header}measured matmul rate "
@@ -218,7 +226,7 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
         "| pass | " + " | ".join(labels) + " |",
         "| --- |" + " ---: |" * len(labels),
     ]
-    for pass_name, causal, row in PASSES:
+    for pass_name, causal, row in done:
         cells, targets = table.passes[(pass_name, causal)], TARGETS[(pass_name, causal)]
         out = []
         for label in labels:
@@ -235,7 +243,7 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
         "| target | result |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for pass_name, causal, row in PASSES:
+    for pass_name, causal, row in done:
         sdpa = table.sdpa[(pass_name, causal)]
         for cell in [sdpa, *table.passes[(pass_name, causal)].values()]:
             if cell.note is not None or not cell.times:
@@ -254,17 +262,31 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
 
 
 def speed_report(args: argparse.Namespace, command: str) -> str:
-    """Measure the table with the command-line options and render it."""
+    """Measure the table with the command-line options and render it; with ``--out``, the
+    file is rewritten after every pass (a run cut short keeps the passes it finished)."""
     dtype = getattr(torch, args.dtype)
     device = env.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = os.getloadavg()
+
+    def render(table: Table) -> str:
+        return render_markdown(table, command, _header(device, start, os.getloadavg()))
+
+    def partial(table: Table) -> None:
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(render(table))
+
     table = measure_table(
         args.seq_len, args.heads, args.head_dim, args.batch, device, dtype, args.rounds,
-        median_timer(device, args.min_run_time),
+        median_timer(device, args.min_run_time), on_pass=partial,
     )  # fmt: skip
-    end = os.getloadavg()
+    return render(table)
+
+
+def _header(device: str, start: tuple, end: tuple) -> str:
+    """The report's facts: date, torch, threads, CPU, load averages, the GPU's."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f"{now}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -278,7 +300,7 @@ def speed_report(args: argparse.Namespace, command: str) -> str:
             f"{facts['gpu_sm_clock_mhz']} of {facts['gpu_max_sm_clock_mhz']} MHz, CUDA "
             f"{torch.version.cuda}; each call timed with CUDA events after an L2 flush; "
         )
-    return render_markdown(table, command, header)
+    return header
 
 
 # ------------------------------------------------------------------------------- memory mode
