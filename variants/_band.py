@@ -67,7 +67,9 @@ def chunked_attention(
     shape = (nq, nk, window, causal, gq, gk)
     if fused_available(q, k, v):  # global keys merged apart (GlobalKeys); two blockings
         forward = _fused_plan(*shape, forward_block_size(window), q.device, q.dtype, cache)
-        backward = _fused_plan(*shape, block_size(window), q.device, q.dtype, cache)
+        backward = forward  # the backward's blocking (and its mask) only where autograd runs
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            backward = _fused_plan(*shape, block_size(window), q.device, q.dtype, cache)
         return fused_block_sparse(q, k, v, forward, backward, gq, causal, scale)
     block = block_size(window)
     geo = geometry(nq, nk, window, causal, gk, block)

@@ -349,8 +349,8 @@ class LongformerAttention(AttentionVariant):
         # blocks, a padded copy of q when q_len is not a multiple of the block (else a view),
         # one log-sum-exp per row and the global keys' scores; the fused kernel keeps no score
         # matrix; the block mask, boolean and additive (in the inputs' dtype), is shared by
-        # batch and heads (measured on the CPU at n=8192, 8 heads, d 64, w 256, no globals:
-        # 76.8 MB for the call; this model: 76.4 MB)
+        # batch and heads (measured on the CPU at n=8192, 8 heads, d 64, w 256, no globals, 32-row
+        # forward blocks: 70.6 MB for the call, `speedcheck --memory`; this model: 75.0 MB)
         q_rows = rows if rows != q_len else 0
         per_head = element_size * (2 * nkb * stride + rows + q_rows) * head_dim + 4 * rows
         per_head += 4 * rows * (merged + 1) if merged else 0
