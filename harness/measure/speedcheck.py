@@ -14,16 +14,14 @@ causal against causal ``sdpa``, which skips the masked tiles), the median times,
 FLOPs over the median time (forward: ``flops``; forward+backward: ``flops + backward_flops``)
 and that rate as a share of the device's measured matmul rate
 (:func:`harness.measure.env.matmul_tflops`). Targets are issue 16's (:data:`TARGETS`). A variant
-that cannot run a pass (linformer is not causal) shows ``-`` with its reason. The load average
-at the start and the end goes in the header: on a shared machine the ratios of the short
-variants fall when other processes load it (docs/performance.md).
+that cannot run a pass (linformer is not causal) shows ``-`` with its reason. The header gives
+the load averages at the start and the end (docs/performance.md: what moves the ratios).
 
 ``--memory`` measures the peak memory of the forward of chunked longformer, linformer and
 performer at lengths 1024..16384 and fits the log-log slope (target <= 1.15). Each point runs in
-a fresh subprocess (glibc told to serve large blocks by mmap, so freed memory leaves the RSS)
-with :func:`harness.measure.memory.peak_memory`'s ``rss`` method: after the variant, the inputs
-and a small warm-up call exist, the high-water mark is reset, and the peak is ``VmHWM`` after the
-forward minus ``VmRSS`` before.
+a fresh subprocess (large blocks served by mmap, so freed memory leaves the RSS) with
+:func:`harness.measure.memory.peak_memory`'s ``rss`` method: ``VmHWM`` after the forward minus
+``VmRSS`` before, the variant, inputs and a small warm-up call already in place.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,8 +152,7 @@ def measure_table(
         rounds: Rounds per pass; each times sdpa, then every variant (reversed every other).
         timer: ``timer(fn) -> ms``; default :func:`median_timer` with 0.5 s per reading.
         variant_list: (label, name, params) triples; default :data:`TABLE_VARIANTS`.
-        on_pass: Called with the table after each pass (the command line writes the passes
-            measured so far, so a run cut short keeps them).
+        on_pass: Called with the table after each pass (the command line writes it out).
     """
     timer = timer or median_timer(device, 0.5)
     shape = (batch, heads, seq_len, seq_len, head_dim)
@@ -275,8 +273,7 @@ def speed_report(args: argparse.Namespace, command: str) -> str:
 
     def partial(table: Table) -> None:
         if args.out:
-            with open(args.out, "w") as fh:
-                fh.write(render(table))
+            Path(args.out).write_text(render(table))
 
     table = measure_table(
         args.seq_len, args.heads, args.head_dim, args.batch, device, dtype, args.rounds,
@@ -396,8 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         report = speed_report(args, command.strip())
     print(report)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report)
+        Path(args.out).write_text(report)
 
 
 if __name__ == "__main__":
