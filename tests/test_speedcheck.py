@@ -18,8 +18,9 @@ SHAPE = {"seq_len": 256, "heads": 2, "head_dim": 8}  # linformer k=256 needs kv_
 
 @pytest.fixture
 def no_probe(monkeypatch):
-    """A fixed matmul rate instead of the probe (it times a 2048^3 matmul)."""
+    """A fixed matmul rate and copy bandwidth instead of the probes (2048^3 GEMM, 256 MB copy)."""
     monkeypatch.setattr(speedcheck.env, "matmul_tflops", lambda device, dtype: 0.1)
+    monkeypatch.setattr(speedcheck.env, "copy_bandwidth_gbs", lambda device: 12.5)
 
 
 def scripted_timer():
@@ -90,6 +91,13 @@ def test_command_line_writes_the_report(no_probe, monkeypatch, tmp_path):
     text = out.read_text()
     assert text.startswith("`python -m harness.measure.speedcheck --seq-len 256")
     assert "load average" in text and "| forward+backward, causal |" in text
+    assert "copy bandwidth 12.5 GB/s at the start, 12.5 at the end" in text
+
+
+def test_copy_bandwidth_is_a_positive_rate():
+    from harness.measure import env
+
+    assert 0.1 < env.copy_bandwidth_gbs("cpu", megabytes=8) < 1e4  # GB/s, any sane machine
 
 
 def test_a_run_cut_short_keeps_the_passes_it_finished(no_probe):

@@ -207,3 +207,17 @@ def matmul_tflops_bf16(device: str) -> float | None:
     read against the tensor cores' bf16 peak of the same card.
     """
     return matmul_tflops(device, torch.bfloat16) if torch.device(device).type == "cuda" else None
+
+
+def copy_bandwidth_gbs(device: str, megabytes: int = 256) -> float:
+    """The memory bandwidth a copy gets on ``device`` now, in GB/s (bytes read and written).
+
+    A ``megabytes`` fp32 buffer copied into another, timed like every call (median of a 0.2 s
+    reading). Not cached: the speed check reads it at its start and after every pass, because on
+    a shared machine the bandwidth the memory-bound variants get moves with the neighbours'
+    load, which the machine's own load average does not show (docs/performance.md).
+    """
+    src = torch.ones(megabytes * 2**18, device=device)
+    dst = torch.empty_like(src)
+    ms = time_callable(lambda: dst.copy_(src), device, min_run_time=0.2)["time_ms"]
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9

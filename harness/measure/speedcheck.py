@@ -15,7 +15,8 @@ FLOPs over the median time (forward: ``flops``; forward+backward: ``flops + back
 and that rate as a share of the device's measured matmul rate
 (:func:`harness.measure.env.matmul_tflops`). Targets are issue 16's (:data:`TARGETS`). A variant
 that cannot run a pass (linformer is not causal) shows ``-`` with its reason. The header gives
-the load averages at the start and the end (docs/performance.md: what moves the ratios).
+the load average and the copy bandwidth (:func:`harness.measure.env.copy_bandwidth_gbs`) at the
+start and the end: both move the ratios (docs/performance.md).
 
 ``--memory`` measures the peak memory of the forward of chunked longformer, linformer and
 performer at lengths 1024..16384 and fits the log-log slope (target <= 1.15). Each point runs in
@@ -266,10 +267,11 @@ def speed_report(args: argparse.Namespace, command: str) -> str:
     device = env.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = os.getloadavg()
+    start = os.getloadavg()[0], env.copy_bandwidth_gbs(device)
 
     def render(table: Table) -> str:
-        return render_markdown(table, command, _header(device, start, os.getloadavg()))
+        end = os.getloadavg()[0], env.copy_bandwidth_gbs(device)
+        return render_markdown(table, command, _header(device, start, end))
 
     def partial(table: Table) -> None:
         if args.out:
@@ -288,7 +290,8 @@ def _header(device: str, start: tuple, end: tuple) -> str:
     header = (
         f"{now}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{env.cpu_model()} ({os.cpu_count()} CPUs); load average {start[0]:.1f} at the start, "
-        f"{end[0]:.1f} at the end; "
+        f"{end[0]:.1f} at the end; copy bandwidth {start[1]:.1f} GB/s at the start, "
+        f"{end[1]:.1f} at the end; "
     )
     if torch.device(device).type == "cuda":
         facts = env.gpu_facts(device)
@@ -347,11 +350,8 @@ def memory_report(args: argparse.Namespace) -> str:
             peaks.append(int(proc.stdout.strip().splitlines()[-1]))
             print(f"  {name} n={n}: {peaks[-1] / 2**20:.1f} MiB", file=sys.stderr)
         ok = [(n, p) for n, p in zip(MEMORY_LENGTHS, peaks) if p]
-        slope = (
-            np.polyfit(np.log([n for n, _ in ok]), np.log([p for _, p in ok]), 1)[0]
-            if len(ok) > 1
-            else float("nan")
-        )
+        logs = np.log(ok).T if len(ok) > 1 else None  # (log n, log peak)
+        slope = np.polyfit(logs[0], logs[1], 1)[0] if logs is not None else float("nan")
         cells = " | ".join("-" if p is None else f"{p / 2**20:.1f} MiB" for p in peaks)
         verdict = "PASS" if slope <= SLOPE_TARGET else "FAIL"
         lines.append(f"| {name} {json.dumps(params)} | {cells} | {slope:.3f} | {verdict} |")
@@ -384,9 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         name, params, n = args.memory_child
         print(memory_child(name, json.loads(params), int(n), args.heads, args.head_dim))
         return
-    command = "python -m harness.measure.speedcheck " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    given = sys.argv[1:] if argv is None else argv
+    command = "python -m harness.measure.speedcheck " + " ".join(given)
     if args.memory:
         report = f"`{command.strip()}`\n\n{memory_report(args)}\n"
     else:
