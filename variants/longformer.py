@@ -255,26 +255,28 @@ class LongformerAttention(AttentionVariant):
 
     def _geometry(
         self, q_len: int, kv_len: int, causal: bool, backward: bool = False
-    ) -> tuple[tuple, int]:
+    ) -> tuple[tuple, int, int]:
         """The chunked backend's block layout (:func:`variants._band.geometry`) in the forward
-        (or ``backward``) and the global keys merged apart from the slots: the fused CPU path
+        (or ``backward``), its query rows per block and the global keys merged apart from the
+        slots: the fused CPU path
         blocks its forward by :func:`~variants._band.forward_block_size` and its backward by
         :func:`~variants._band.block_size`, global keys apart; elsewhere both passes by the
         latter, global keys in the slots."""
         window = min(self.window, q_len + kv_len)
         gk = min(self.num_global, kv_len)
         if not self._fused:
-            return geometry(q_len, kv_len, window, causal, gk, block_size(window)), 0
+            block = block_size(window)
+            return geometry(q_len, kv_len, window, causal, gk, block), block, 0
         block = block_size(window) if backward else forward_block_size(window)
-        return geometry(q_len, kv_len, window, causal, 0, block), gk
+        return geometry(q_len, kv_len, window, causal, 0, block), block, gk
 
     def _work(
         self, q_len: int, kv_len: int, causal: bool, backward: bool = False
     ) -> tuple[int, int, int, int]:
         """(rows computed by the block algorithm, key slots per row, global query rows, global
         keys scored apart from the slots) of the forward (or ``backward``)."""
-        (nqb, _, _, blocks, stride), merged = self._geometry(q_len, kv_len, causal, backward)
-        block = stride if self._fused else stride - min(self.num_global, kv_len)
+        geo, block, merged = self._geometry(q_len, kv_len, causal, backward)
+        nqb, _, _, blocks, stride = geo
         return nqb * block, blocks * stride, min(self.num_global, q_len), merged
 
     def _band_pairs(self, q_len: int, kv_len: int, causal: bool) -> int:
@@ -344,7 +346,7 @@ class LongformerAttention(AttentionVariant):
         if backend == "xformers":
             return out_lse
         rows, slots, _, merged = self._work(q_len, kv_len, causal)
-        (_, nkb, _, _, stride), _ = self._geometry(q_len, kv_len, causal)
+        (_, nkb, _, _, stride), _, _ = self._geometry(q_len, kv_len, causal)
         # the stored k and v blocks (global keys interleaved unless merged apart), the output
         # blocks, a padded copy of q when q_len is not a multiple of the block (else a view),
         # one log-sum-exp per row and the global keys' scores; the fused kernel keeps no score

@@ -269,19 +269,19 @@ def speed_report(args: argparse.Namespace, command: str) -> str:
         torch.set_num_threads(args.threads)
     start = os.getloadavg()[0], env.copy_bandwidth_gbs(device)
 
-    def render(table: Table) -> str:
+    rendered = [""]  # the last pass's report: the final one (the probes run once per pass)
+
+    def render(table: Table) -> None:
         end = os.getloadavg()[0], env.copy_bandwidth_gbs(device)
-        return render_markdown(table, command, _header(device, start, end))
-
-    def partial(table: Table) -> None:
+        rendered[0] = render_markdown(table, command, _header(device, start, end))
         if args.out:
-            Path(args.out).write_text(render(table))
+            Path(args.out).write_text(rendered[0])
 
-    table = measure_table(
+    measure_table(
         args.seq_len, args.heads, args.head_dim, args.batch, device, dtype, args.rounds,
-        median_timer(device, args.min_run_time), on_pass=partial,
+        median_timer(device, args.min_run_time), on_pass=render,
     )  # fmt: skip
-    return render(table)
+    return rendered[0]
 
 
 def _header(device: str, start: tuple, end: tuple) -> str:
