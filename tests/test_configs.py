@@ -1,16 +1,21 @@
 """Hydra configs: every variant config instantiates, every experiment composes, launchers too."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 import variants
+from harness import tasks
 from harness.app.main import CONF_DIR
 from harness.app.point import ConfigError, Point
+from harness.measure.config import MeasureConfig
 from harness.measure.factory import shape_kwargs
 
 VARIANT_CONFIGS = sorted(p.stem for p in (Path(CONF_DIR) / "variant").glob("*.yaml"))
@@ -62,13 +67,45 @@ def test_experiment_composes_and_sweeps(experiment: str) -> None:
         ("passes=[fwd,sideways]", "passes"),
         ("kv_len=0", "kv_len"),
         ("measure.reference_max_work=0", "measure.reference_max_work"),
-        ("measure.reference_max_work=many", "measure.reference_max_work"),
+        ("measure.memory_budget_gb=-1", "measure.memory_budget_gb"),
+        ("measure.threads=0", "measure.threads"),
     ],
 )
 def test_bad_values_name_the_field(override: str, field: str) -> None:
     cfg = _compose([override])
     with pytest.raises(ConfigError, match=field):
         Point.from_cfg(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("measure.reference_max_work=many", "measure.reference_max_work"),
+        ("batch=abc", "batch"),
+        ("causal=maybe", "causal"),
+        ("colour=blue", "colour"),
+        ("measure.speed=1", "measure.speed"),
+        ("train.epochs=3", "train.epochs"),
+    ],
+)
+def test_wrong_types_and_unknown_keys_are_hydras_error(override: str, field: str) -> None:
+    with pytest.raises(ConfigCompositionException, match=re.escape(field)):
+        _compose([override])
+
+
+@pytest.mark.parametrize("override", ["+measure.speed=1", "+train.epochs=3"])
+def test_keys_forced_into_a_block_are_refused_before_any_work(override: str) -> None:
+    cfg = _compose(["+experiment=train", override])  # Hydra lets "+" add a key
+    with pytest.raises(ConfigError, match=re.escape(override[1:].split("=")[0])):
+        Point.from_cfg(cfg)
+
+
+def test_every_default_comes_from_the_schema() -> None:
+    cfg = _compose([])
+    assert OmegaConf.to_container(cfg.measure) == dataclasses.asdict(MeasureConfig())
+    for name, task in tasks.tasks().items():
+        if task.config is not None:
+            assert OmegaConf.to_container(cfg[name]) == dataclasses.asdict(task.config_class()())
 
 
 def test_knob_sets_the_variants_knob() -> None:
@@ -110,8 +147,8 @@ def test_launchers_compose(launcher: str) -> None:
 
 
 def test_reference_work_limit_defaults_and_may_be_lifted() -> None:
-    assert Point.from_cfg(_compose([])).measure["reference_max_work"] == 1e12
+    assert Point.from_cfg(_compose([])).measure.reference_max_work == 1e12
     assert (
-        Point.from_cfg(_compose(["measure.reference_max_work=null"])).measure["reference_max_work"]
+        Point.from_cfg(_compose(["measure.reference_max_work=null"])).measure.reference_max_work
         is None
     )

@@ -24,6 +24,7 @@ if _missing:
 
 import variants  # noqa: E402
 from harness.analysis.rows import COLUMNS, complete_row  # noqa: E402
+from harness.app.main import CONF_DIR  # noqa: E402
 from harness.measure.accuracy import effective_attention  # noqa: E402
 from harness.realmodel import embed as embed_module  # noqa: E402
 from harness.realmodel import experiment as realmodel  # noqa: E402
@@ -264,7 +265,7 @@ def test_realmodel_config_and_preset_need_200_pairs_and_10_rounds() -> None:
     assert defaults["retrieval_pairs"] >= 200 and defaults["repeats"] >= 10
     from omegaconf import OmegaConf
 
-    preset = Path(realmodel.__file__).parents[1] / "conf" / "experiment" / "realmodel.yaml"
+    preset = Path(CONF_DIR) / "experiment" / "realmodel.yaml"
     block = OmegaConf.load(preset).realmodel
     assert block.retrieval_pairs >= 200 and block.repeats >= 10
 

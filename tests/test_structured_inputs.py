@@ -2,7 +2,7 @@
 themselves, and which inputs each experiment uses (issue 13, item 5).
 
 Stated tolerances for the fitted input against all-MiniLM-L6-v2 at 512 tokens (the statistics
-stored in ``harness/conf/inputs/structured.yaml`` by ``python -m harness.realmodel.stats``):
+stored in ``conf/inputs/structured.yaml`` by ``python -m harness.realmodel.stats``):
 mean row entropy within 0.15 nats (uniform attention is log 512 = 6.24), the attention mass in
 every query-key distance bin within 0.03, the mass on the first token within 0.03 and the values'
 mean fraction within 0.02.

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from harness import tasks
 from harness.analysis.rows import read_rows
-from harness.app.point import TASK_BLOCKS, TASKS
 
 pytestmark = pytest.mark.slow
 
 
 def test_every_task_but_attention_has_its_config_block() -> None:
-    assert set(TASKS) == {"attention", *TASK_BLOCKS}
+    blocks = {name for name, task in tasks.tasks().items() if task.config is not None}
+    assert set(tasks.names()) == {"attention", *blocks}
 
 
 def test_a_training_point_runs_through_the_app(tmp_path: Path) -> None:

@@ -34,17 +34,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from harness import tasks
 from harness.analysis.rows import ROWS_FILE, write_rows
 from harness.app import callbacks
+from harness.app.config import conf_dir, register_schema
 from harness.app.plugin_configs import register_plugin_configs
 from harness.app.point import ConfigError, Point, variant_class, variant_params
 from harness.app.resume import already_measured, skip_line
 from harness.measure.env import resolve_device
 from harness.measure.factory import describe
-from harness.measure.point import measure_point
 
-#: The configs ship inside the package (harness/conf), so a non-editable install finds them.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+#: The configs (conf/ at the top level, installed as the package harness.conf).
+CONF_DIR = conf_dir()
+# conf/config.yaml names the schema: it is in the ConfigStore before anything composes a config
+# (the app, and tests composing with CONF_DIR).
+register_schema()
 
 
 def hygiene() -> None:
@@ -114,26 +118,11 @@ def config_error_row(cfg: DictConfig, overrides: list[str], exc: ConfigError) ->
 
 
 def _measure(point: Point, out_dir: Path) -> list[dict[str, Any]]:
-    """The rows of one valid point, from the measurement of its task.
-
-    Tasks that leave files beside their rows (the real model's ``heatmap.json``) get the job's
-    output folder.
-    """
+    """The rows of one valid point, from its task's measurement (:mod:`harness.tasks`)."""
     if point.inputs == "minilm":  # registers the real-model input generator (attnbench[real])
         import harness.realmodel.capture  # noqa: F401
-    if point.task == "realmodel":  # needs the attnbench[real] extra: imported only when asked
-        from harness.realmodel.experiment import measure_realmodel_point
-
-        return measure_realmodel_point(point.as_dict(), point.factory(), out_dir=out_dir)
-    if point.task == "transfer":  # the real model too; saves the fit beside the rows
-        from harness.realmodel.transfer import measure_transfer_point
-
-        return measure_transfer_point(point.as_dict(), point.factory(), out_dir=out_dir)
-    if point.task == "train":
-        from harness.train.experiment import measure_train_point
-
-        return measure_train_point(point.as_dict(), point.factory())
-    return measure_point(point.as_dict(), point.factory())
+    measure = tasks.get(point.task).measure_fn()
+    return measure(point, point.factory(), out_dir)
 
 
 def run_point(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -206,6 +195,7 @@ def cli() -> None:
     """Console script ``attnbench``: no arguments (or only ``hydra.*`` ones) runs the quick
     experiment (:func:`default_args`)."""
     sys.argv[1:] = default_args(sys.argv[1:])
+    register_schema()  # the typed config, with the blocks of every registered task
     register_plugin_configs()  # installed plugins get a variant config: variant=NAME, no YAML
     main()
     if callbacks.LAST_SWEEP is not None and callbacks.LAST_SWEEP.get("failed_all"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.resources
 import inspect
 import pathlib
 import typing
@@ -39,8 +40,8 @@ _PRIMITIVES: tuple[type, ...] = (int, float, str, bool, bytes, pathlib.Path)
 
 
 def default_conf_dir() -> Path:
-    """The app's config folder, ``harness/conf`` (shipped inside the installed package)."""
-    return Path(__file__).resolve().parent.parent / "conf"
+    """The app's config folder, ``conf/`` (installed as the package ``harness.conf``)."""
+    return Path(str(importlib.resources.files("harness.conf")))
 
 
 def plugin_names() -> list[str]:

@@ -1,11 +1,13 @@
 """A measurement point: one job's Hydra config, resolved, validated and identified.
 
 :meth:`Point.from_cfg` checks every field before any work and raises :class:`ConfigError` naming
-the field (integers and choices through ``variants.base``'s validators), applies ``knob`` to the
-variant's own parameters (:func:`variant_params`, the one place it is applied), resolves the
-device, and builds the variant once so that a bad variant parameter fails here too. The config's
-``seq_len`` becomes ``q_len`` (and ``kv_len`` unless that is set); past this module only
-``q_len`` and ``kv_len`` exist.
+the field; types and unknown keys were already checked by Hydra against the schema
+(:mod:`harness.app.config`). It turns the ``measure`` block and the task's own block into their
+dataclasses (whose ``__post_init__`` checks ranges), applies ``knob`` to the variant's own
+parameters (:func:`variant_params`, the one place it is applied), resolves the device, and builds
+the variant once so that a bad variant parameter fails here too. The config's ``seq_len`` becomes
+``q_len`` (and ``kv_len`` unless that is set); past this module only ``q_len`` and ``kv_len``
+exist.
 """
 
 from __future__ import annotations
@@ -18,19 +20,16 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from harness import tasks
 from harness.analysis.rows import DTYPES, PASSES
+from harness.measure.config import ConfigError, MeasureConfig
 from harness.measure.env import resolve_device
 from harness.measure.factory import Factory, describe, make_factory
 from variants.base import AttentionVariant, VariantConfigError, check_choice, check_int
 
-#: Tasks a point can run; each but ``attention`` reads its own config block of the same name.
-TASKS = ("attention", "realmodel", "train", "transfer")
-TASK_BLOCKS = ("realmodel", "train", "transfer")
+__all__ = ["DEVICES", "ConfigError", "Point", "variant_class", "variant_params"]
+
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A config value outside its allowed range (the message names the field)."""
 
 
 def variant_class(cfg: DictConfig) -> type[AttentionVariant]:
@@ -64,25 +63,43 @@ def _int(field: str, value: Any) -> int:
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
-    return check_choice(None, field, value, allowed, error=ConfigError)
+    return check_choice(None, field, value, tuple(allowed), error=ConfigError)
 
 
-def _measure(cfg: DictConfig) -> dict[str, Any]:
-    """The ``measure`` block as a dict; ``reference_max_work`` a positive number or null."""
-    measure = OmegaConf.to_container(cfg.measure, resolve=True)
-    flush = measure.get("flush_l2", False)
-    if not isinstance(flush, bool):
-        raise ConfigError(f"measure.flush_l2={flush!r} must be true or false")
-    work = measure.get("reference_max_work")
-    number = isinstance(work, (int, float)) and not isinstance(work, bool)
-    if work is not None and not (number and work > 0):
-        raise ConfigError(f"measure.reference_max_work={work!r} must be a number > 0 or null")
-    return measure
+def _unknown_keys(node: Any, cls: type, prefix: str) -> list[str]:
+    """Keys of ``node`` that are not fields of the dataclass ``cls`` (nested blocks too)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = []
+    for key in node:
+        if key not in fields:
+            out.append(f"{prefix}.{key}")
+            continue
+        sub = fields[key].default_factory  # a nested block (e.g. train.mqar)
+        if dataclasses.is_dataclass(sub) and isinstance(node[key], DictConfig):
+            out += _unknown_keys(node[key], sub, f"{prefix}.{key}")
+    return out
+
+
+def _block(cfg: DictConfig, name: str, cls: type) -> Any:
+    """``cfg.<name>`` as an instance of its dataclass ``cls`` (ranges checked by the class)."""
+    node = cfg.get(name)
+    if node is None:
+        return cls()
+    unknown = sorted(_unknown_keys(node, cls, name))
+    if unknown:  # added with "+", which Hydra allows even into a typed block
+        raise ConfigError(f"{', '.join(unknown)}: unknown key(s); see `attnbench --cfg job`")
+    if OmegaConf.get_type(node) is cls:
+        return OmegaConf.to_object(node)
+    return cls(**OmegaConf.to_container(node, resolve=True))  # a config composed without schema
 
 
 @dataclasses.dataclass
 class Point:
-    """Everything that defines one measurement (see the module docstring)."""
+    """Everything that defines one measurement (see the module docstring).
+
+    ``task_cfg`` is the task's own config block (its dataclass instance; None for a task
+    without one); ``measure`` the ``measure`` block.
+    """
 
     variant_cls: type[AttentionVariant]
     task: str
@@ -101,15 +118,13 @@ class Point:
     seed: int
     seeds: list[int]
     passes: list[str]
-    measure: dict[str, Any]
-    realmodel: dict[str, Any] | None = None
-    train: dict[str, Any] | None = None
-    transfer: dict[str, Any] | None = None
+    measure: MeasureConfig
+    task_cfg: Any = None
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Point:
         """Validate ``cfg`` and resolve it into a point; raises :class:`ConfigError`."""
-        task = _choice("task", cfg.get("task", "attention"), TASKS)
+        task = _choice("task", cfg.get("task", "attention"), tuple(tasks.names()))
         q_len, batch, heads, head_dim = (
             _int(f, cfg.get(f)) for f in ("seq_len", "batch", "heads", "head_dim")
         )
@@ -124,10 +139,12 @@ class Point:
         inputs = inputs_params.pop("name", None)
         if not inputs:
             raise ConfigError("inputs must be a config group choice with a name (inputs=gaussian)")
-        blocks: dict[str, Any] = {}
-        if task in TASK_BLOCKS:  # the task's own settings, part of the point (and its id)
-            block = cfg.get(task)
-            blocks[task] = {} if block is None else OmegaConf.to_container(block, resolve=True)
+        try:
+            measure = _block(cfg, "measure", MeasureConfig)
+            config_cls = tasks.get(task).config_class()
+            task_cfg = None if config_cls is None else _block(cfg, task, config_cls)
+        except TypeError as exc:  # a key the block's class does not take (no schema)
+            raise ConfigError(f"{task}: {exc}") from exc
         point = cls(
             variant_cls=variant_cls,
             task=task,
@@ -146,8 +163,8 @@ class Point:
             seed=cfg.seed,
             seeds=list(cfg.get("seeds") or [cfg.seed]) if variant_cls.randomized else [cfg.seed],
             passes=passes,
-            measure=_measure(cfg),
-            **blocks,
+            measure=measure,
+            task_cfg=task_cfg,
         )
         point.check_builds()
         return point
@@ -165,23 +182,33 @@ class Point:
         except TypeError as exc:  # a parameter the constructor does not take
             raise ConfigError(f"variant: {exc}") from exc
 
-    def _fields(self) -> dict[str, Any]:
-        """The point's data fields: every field but the first, the class object."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}
-
-    def as_dict(self) -> dict[str, Any]:
-        """The point as the measurement reads it: its fields and the variant's class facts."""
-        return self._fields() | describe(self.variant_cls, self.params)
+    def facts(self) -> dict[str, Any]:
+        """The variant's class facts as row columns (``exact``, ``randomized``, ``knob``, ...)."""
+        return describe(self.variant_cls, self.params)
 
     def point_id(self) -> str:
         """Stable hash of the point's defining fields (the resolved device included).
 
-        The class facts are left out (they follow from the variant), and so is an attention
-        point's empty task blocks, so ids stay those of earlier versions of the harness.
+        The task's block is keyed by the task's name; a task without a block adds nothing.
         """
-        keyed = self._fields()
-        for block in TASK_BLOCKS:
-            if keyed[block] is None:
-                del keyed[block]
+        keyed: dict[str, Any] = {}
+        for f in dataclasses.fields(self)[1:]:
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            if f.name == "task_cfg":
+                if value is not None:
+                    keyed[self.task] = value
+                continue
+            keyed[f.name] = value
         blob = json.dumps(keyed, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The point as a plain dict with the class facts (rows, Ray plans, older readers)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}
+        out["measure"] = dataclasses.asdict(self.measure)
+        task_cfg = out.pop("task_cfg")
+        if task_cfg is not None:
+            out[self.task] = dataclasses.asdict(task_cfg)
+        return out | self.facts()

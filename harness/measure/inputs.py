@@ -27,7 +27,7 @@ Generators (``make_inputs(name, ...)``, parameters as keyword arguments):
     logit matrix) have rank ``rank`` and unit-variance entries; the logits have standard
     deviation about ``t``. ``v ~ N(0, 1)`` is full rank.
 ``structured`` (``bandwidth``, ``shift``, ``gain``, ``sink``, ``temperature``, ``v_mean``,
-``fit``; defaults = the values fitted to all-MiniLM-L6-v2, ``harness/conf/inputs/structured.yaml``)
+``fit``; defaults = the values fitted to all-MiniLM-L6-v2, ``conf/inputs/structured.yaml``)
     Attention with the statistics of a real model's (row entropy, mass by query-key distance,
     mass on the first token), without the model. Per (batch, head) the logits are
     ``gain * cos(z_i, z_{j+shift}) + temperature * c_ij + sink * [j == 0]``: ``z`` is a
@@ -50,6 +50,7 @@ In every generator but ``structured`` ``v ~ N(0, 1)`` independently of q and k.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,9 @@ from variants.base import check_int
 INPUT_GENERATORS: list[str] = ["gaussian", "local", "lowrank", "structured", "minilm"]
 
 #: The fitted ``structured`` parameters: one copy, the Hydra config's, read here for defaults.
-STRUCTURED_YAML = Path(__file__).resolve().parent.parent / "conf" / "inputs" / "structured.yaml"
+STRUCTURED_YAML = (
+    Path(str(importlib.resources.files("harness.conf"))) / "inputs" / "structured.yaml"
+)
 
 
 def _structured_defaults() -> dict[str, Any]:

@@ -17,7 +17,7 @@ passages; :func:`fit_structured` fits the ``structured`` generator's parameters 
 parameter set per quarter of the heads sorted by entropy (sharp to broad), so the fitted input
 mixes kinds of head as the model does. Run once; it writes the Hydra config::
 
-    python -m harness.realmodel.stats --out harness/conf/inputs/structured.yaml
+    python -m harness.realmodel.stats --out conf/inputs/structured.yaml
 
 The statistics of the fitted generator are :func:`generator_stats`, which needs no model.
 """

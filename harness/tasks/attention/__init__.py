@@ -1,0 +1,1 @@
+"""The attention task: one attention operator on synthetic inputs (accuracy, time, memory)."""

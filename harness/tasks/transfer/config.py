@@ -1,0 +1,43 @@
+"""The ``transfer`` config block (its defaults live here only)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def _learnable() -> dict[str, dict[str, Any]]:
+    return {"linformer": {"init": "learned"}, "performer": {"learnable_projection": True}}
+
+
+@dataclasses.dataclass
+class TransferConfig:
+    """Settings of a transfer point (conf/experiment/transfer.yaml is the preset).
+
+    Args:
+        calibration_texts: Passages of the calibration topics the layers are fitted on.
+        eval_texts: Held-out passages (embedding cosine, hidden-state and layer errors).
+        retrieval_pairs: Held-out retrieval pairs; 0 turns the check off.
+        calibration_every: Every n-th pydoc topic (sorted) calibrates, the rest evaluate.
+        steps: Optimiser steps per layer.
+        batch_size: Calibration texts per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay (pulls parameters to 0, not to their init).
+        ce_weight: Cross-entropy to the softmax weights (variants with attention_weights).
+        eval_batch_size: Texts per forward pass when measuring.
+        save: Write transfer_<variant>_<knob>.pt beside the rows.
+        learnable: Constructor settings that give a variant trainable parameters, per variant.
+    """
+
+    calibration_texts: int = 32
+    eval_texts: int = 16
+    retrieval_pairs: int = 200
+    calibration_every: int = 3
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    ce_weight: float = 0.0
+    eval_batch_size: int = 16
+    save: bool = True
+    learnable: dict[str, Any] = dataclasses.field(default_factory=_learnable)

@@ -1,0 +1,17 @@
+"""The transfer task's report section: before / after fitting, beside untrained variants."""
+
+from __future__ import annotations
+
+from harness.report.figures_transfer import plot_transfer
+from harness.report.markdown_transfer import transfer_markdown
+from harness.report.sections import per_device
+from harness.tasks.base import ReportContext
+
+
+def section(ctx: ReportContext) -> list[str]:
+    """Per device the before/after table and the cosine-vs-knob figure."""
+    drawn = plot_transfer(ctx.all_rows, ctx.out, only=ctx.figures)
+    return per_device(
+        "Before / after transfer", "Transfer figures", transfer_markdown, ctx.rows, drawn,
+        ctx.devices, ctx.out,
+    )  # fmt: skip
