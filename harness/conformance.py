@@ -11,13 +11,14 @@ A plugin's own tests run the same kit as the built-ins::
 Each ``check_*`` function raises ``AssertionError`` with a message on failure, so it can be used
 from pytest (``tests/test_conformance.py`` parametrizes every check over
 ``variants.available()``) or from a script. Variants are built with the harness's own shape
-keywords (:func:`harness.measure.factory.shape_kwargs`: ``kv_len``, or ``seq_len`` for a class
-written for that name, ``head_dim`` and ``seed`` where accepted).
+keywords (:func:`harness.measure.factory.shape_kwargs`: ``kv_len``, ``head_dim`` and ``seed``
+where accepted).
 
 Checks: output shape, dtype and device; finite outputs on random inputs; causal outputs do not
 depend on future keys and values (bottom-right aligned); exact variants match the float64
-reference (fp32 within 1e-5 relative); backward runs and gives finite gradients (exact variants:
-gradients match the reference); the same seed gives the same output; cross-attention lengths.
+reference; backward runs and gives finite gradients (exact variants: gradients match the
+reference); the same seed gives the same output; cross-attention lengths. The tolerances are
+the variant's own, per dtype (``AttentionVariant.TOLERANCES`` and ``GRAD_TOLERANCES``).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _runnable(
 
 
 def check_interface(variant: str | Factory) -> None:
-    """Class constants are present and typed; flops and analytic memory are positive ints."""
+    """Class constants are present and typed (tolerances for every supported dtype); flops and
+    analytic memory are positive ints."""
     module = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     assert isinstance(module, AttentionVariant), f"{module!r} is not an AttentionVariant"
     for attr in ("exact", "supports_causal", "supports_cross"):
@@ -108,6 +110,12 @@ def check_interface(variant: str | Factory) -> None:
     assert isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
     if module.supports_causal is False:
         assert module.not_supported_reasons(q, k, v, True), "causal must be reported unsupported"
+    for table in ("TOLERANCES", "GRAD_TOLERANCES"):
+        for dtype in module.supported_dtypes:
+            pair = getattr(module, table).get(dtype)
+            assert isinstance(pair, tuple) and len(pair) == 2 and min(pair) >= 0, (
+                f"{table}[{dtype}] must be (atol, rtol) >= 0, got {pair!r}"
+            )
     json_ok = module.config()
     assert isinstance(json_ok, dict)
 
@@ -147,11 +155,12 @@ def check_causal_no_future(variant: str | Factory) -> None:
         with torch.no_grad():
             a = module(q, k, v, causal=True)[..., :cut, :]
             b = module(q, k2, v2, causal=True)[..., :cut, :]
+        atol, rtol = module.TOLERANCES[q.dtype]
         torch.testing.assert_close(
             a,
             b,
-            rtol=1e-5,
-            atol=1e-6,
+            rtol=rtol,
+            atol=atol,
             msg=lambda m, shape=shape: (
                 f"causal output depends on future keys/values ({shape}): {m}"
             ),
@@ -160,7 +169,8 @@ def check_causal_no_future(variant: str | Factory) -> None:
 
 
 def check_exact_matches_reference(variant: str | Factory) -> None:
-    """Variants declaring ``exact = True`` match float64 attention (fp32: 1e-5 relative)."""
+    """Variants declaring ``exact = True`` match float64 attention: the relative error is at
+    most the ``rtol`` of the variant's ``TOLERANCES`` for the inputs' dtype."""
     probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     if not probe.exact:
         return
@@ -169,11 +179,15 @@ def check_exact_matches_reference(variant: str | Factory) -> None:
             out = module(q, k, v, causal=causal).double()
         ref = reference_attention(q, k, v, causal=causal)
         rel = ((out - ref).norm() / ref.norm()).item()
-        assert rel <= 1e-5, f"exact variant off by rel {rel:.2e} (causal={causal}, {shape})"
+        bound = module.TOLERANCES[q.dtype][1]
+        assert rel <= bound, (
+            f"exact variant off by rel {rel:.2e} > {bound:.0e} ({causal=}, {shape})"
+        )
 
 
 def check_backward(variant: str | Factory) -> None:
-    """Backward runs and gives finite gradients; exact variants' gradients match the reference."""
+    """Backward runs and gives finite gradients; exact variants' gradients match the reference
+    (relative error at most the ``rtol`` of ``GRAD_TOLERANCES`` for the inputs' dtype)."""
     probe = build(variant, SELF_SHAPE[2], SELF_SHAPE[4])
     if not probe.supports_backward:
         return
@@ -185,9 +199,10 @@ def check_backward(variant: str | Factory) -> None:
             assert t.grad is not None and torch.isfinite(t.grad).all(), f"d{name} not finite"
         if probe.exact:
             refs = reference_grads(q, k, v, grad_out, causal=causal)
+            bound = module.GRAD_TOLERANCES[q.dtype][1]
             for name, t, ref in zip("qkv", (q, k, v), refs):
                 rel = ((t.grad.double() - ref).norm() / ref.norm()).item()
-                assert rel <= 1e-4, f"d{name} off by rel {rel:.2e} (causal={causal}, {shape})"
+                assert rel <= bound, f"d{name} off by rel {rel:.2e} ({causal=}, {shape})"
 
 
 def check_seed_determinism(variant: str | Factory) -> None:

@@ -9,23 +9,26 @@ import torch
 
 import variants
 from harness.analysis.rows import COLUMNS, STATUSES
+from harness.app.point import Point
 from harness.measure import budget
+from harness.measure.config import MeasureConfig
 from harness.measure.factory import make_factory
-from harness.measure.point import DEFAULT_MEASURE, classify, measure_point, pass_flops
+from harness.tasks.attention.measure import measure
+from harness.tasks.attention.passes import classify, pass_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (1, 2, 48, 48, 16)
 
 
-def _point(**measure) -> dict:
-    return {
-        "variant": "full", "params": {}, "batch": 1, "heads": 2, "q_len": 48, "kv_len": 48,
-        "head_dim": 16, "dtype": "float32", "device": "cpu", "causal": False,
-        "inputs": "gaussian", "inputs_params": {}, "seed": 0, "seeds": [0],
-        "passes": ["fwd", "bwd", "fwd_bwd"],
-        "measure": {"timing": False, "memory": False, "threads": 1, **measure},
-    }  # fmt: skip
+def _point(**measure) -> Point:
+    return Point(
+        variant_cls=variants.get_class("full"), task="attention", variant="full", params={},
+        batch=1, heads=2, q_len=48, kv_len=48, head_dim=16, dtype="float32", device="cpu",
+        causal=False, inputs="gaussian", inputs_params={}, seed=0, seeds=[0],
+        passes=["fwd", "bwd", "fwd_bwd"],
+        measure=MeasureConfig(timing=False, memory=False, threads=1, **measure),
+    )  # fmt: skip
 
 
 def _full():
@@ -40,13 +43,13 @@ def test_statuses_tell_over_budget_from_oom():
 def test_forward_that_fits_runs_when_forward_backward_does_not():
     # The case (full, 4 heads, n=16384: forward 8.8 GB, fwd_bwd 26 GB, budget 16 GB)
     # at a size a test can run: a budget between the two estimates.
-    m = {**DEFAULT_MEASURE, "accuracy": True, "attn_matrix_max_n": 2048}
+    m = MeasureConfig(accuracy=True, attn_matrix_max_n=2048)
     variant = _full()(0)
     fwd = budget.estimate_bytes(variant, SHAPE, False, 4, "fwd", m)
     both = budget.estimate_bytes(variant, SHAPE, False, 4, "fwd_bwd", m)
     assert fwd < both
     limit_gb = (fwd + both) / 2 / 1e9
-    rows = measure_point(_point(memory_budget_gb=limit_gb), _full())
+    rows = measure(_point(memory_budget_gb=limit_gb), _full())
     by = {r["pass"]: r for r in rows}
     assert by["fwd"]["status"] == "ok", by["fwd"]["reason"]
     assert by["fwd"]["rel_err"] < 1e-5
@@ -65,7 +68,7 @@ def test_forward_that_fits_runs_when_forward_backward_does_not():
 
 
 def test_whole_point_over_budget_allocates_nothing_and_says_so():
-    rows = measure_point(_point(memory_budget_gb=1e-6), _full())
+    rows = measure(_point(memory_budget_gb=1e-6), _full())
     assert {r["status"] for r in rows} == {"over_budget"}
     assert "memory_budget_gb=1e-06" in rows[0]["reason"]
     assert rows[0].get("setup_ms") is None  # refused before the variant ran
@@ -89,7 +92,7 @@ class AllocFails(variants.AttentionVariant):
 
 
 def test_real_allocation_failure_stays_oom():
-    rows = measure_point(_point(accuracy=False), lambda seed: AllocFails())
+    rows = measure(_point(accuracy=False), lambda seed: AllocFails())
     assert [r["status"] for r in rows] == ["ok", "oom", "oom"]
     assert "DefaultCPUAllocator" in rows[2]["reason"]
     assert classify(MemoryError("x"))[0] == "oom"
@@ -115,7 +118,7 @@ def test_pass_models_prefer_the_variants_own():
 
 def test_flops_follow_the_variants_backward_count():
     # bwd is the variant's backward_flops (not a fixed 2.5x), fwd_bwd the sum
-    rows = measure_point(_point(accuracy=False), lambda seed: OwnBackwardModel())
+    rows = measure(_point(accuracy=False), lambda seed: OwnBackwardModel())
     fwd = OwnBackwardModel().flops(*SHAPE, False)
     assert [r["flops"] for r in rows] == [fwd, 7 * fwd, 8 * fwd]
     full = variants.create("full")

@@ -1,5 +1,5 @@
 """The conformance kit over every registered variant (built-ins and installed plugins), and the
-constructor interface they share: the abstract methods, ``kv_len`` and its old name ``seq_len``."""
+interface they share: the abstract methods, ``kv_len``, the tolerances per dtype."""
 
 import functools
 import warnings
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import variants
-from harness.conformance import CHECKS
-from variants.base import AttentionVariant, VariantConfigError
+from harness.conformance import CHECKS, check_exact_matches_reference
+from variants.base import AttentionVariant
+from variants.full import FullAttention
 from variants.linformer import LinformerAttention
 from variants.longformer import LongformerAttention
 from variants.performer import PerformerAttention
@@ -45,30 +46,19 @@ def test_conformance_of_options(option: str, check: str) -> None:
 @pytest.mark.parametrize("name", variants.builtin_names())
 def test_kv_len_is_the_length_parameter(name: str) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the current name warns about nothing
+        warnings.simplefilter("error")  # building for a length warns about nothing
         module = variants.create(name, kv_len=64, head_dim=16)
     assert module.kv_len == 64
     assert module.config()["kv_len"] == 64 and "seq_len" not in module.config()
 
 
-@pytest.mark.parametrize("name", variants.builtin_names())
-def test_seq_len_is_a_deprecated_alias(name: str) -> None:
-    with pytest.warns(DeprecationWarning, match="seq_len= is deprecated, pass kv_len="):
-        module = variants.create(name, seq_len=64, head_dim=16)
-    assert module.kv_len == 64 and module.seq_len == 64
-    with pytest.warns(DeprecationWarning), pytest.raises(VariantConfigError, match="disagree"):
-        variants.create(name, seq_len=64, kv_len=32)
-    with pytest.warns(DeprecationWarning), pytest.raises(VariantConfigError, match="seq_len=0"):
-        variants.create(name, seq_len=0)
+class _TinyPlugin(AttentionVariant):
+    """A minimal variant: both abstract methods implemented, nothing else."""
 
+    name = "tiny_plugin"
 
-class _SeqLenPlugin(AttentionVariant):
-    """A plugin written before the rename: its constructor names the length ``seq_len``."""
-
-    name = "seq_len_plugin"
-
-    def __init__(self, width: int = 2, seq_len=None, head_dim=None, scale=None) -> None:
-        super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+    def __init__(self, width: int = 2, kv_len=None, head_dim=None, scale=None) -> None:
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.width = width
 
     def forward(self, q, k, v, causal=False):
@@ -76,15 +66,6 @@ class _SeqLenPlugin(AttentionVariant):
 
     def flops(self, batch, heads, q_len, kv_len, head_dim, causal):
         return 1
-
-
-def test_plugin_written_for_seq_len_takes_both_names() -> None:
-    with pytest.warns(DeprecationWarning):  # raised by its own super().__init__(seq_len=...)
-        old = _SeqLenPlugin(seq_len=48)
-    with pytest.warns(DeprecationWarning):
-        new = _SeqLenPlugin(kv_len=48, head_dim=8)
-    assert old.kv_len == new.kv_len == 48 and new.seq_len == 48
-    assert new.config() == {"width": 2, "seq_len": 48, "head_dim": 8, "scale": None}
 
 
 def test_forward_and_flops_are_abstract() -> None:
@@ -98,5 +79,30 @@ def test_forward_and_flops_are_abstract() -> None:
 
     with pytest.raises(TypeError, match="flops"):
         NoFlops()
-    module = _SeqLenPlugin()  # both implemented: an ordinary nn.Module
+    module = _TinyPlugin()  # both implemented: an ordinary nn.Module
     assert isinstance(module, torch.nn.Module) and module.flops(1, 1, 1, 1, 1, False) == 1
+
+
+class _NoisyFull(FullAttention):
+    """Exact attention off by a relative 1e-4: beyond the default fp32 tolerance."""
+
+    def forward(self, q, k, v, causal=False):
+        return super().forward(q, k, v, causal) * (1 + 1e-4)
+
+
+class _NoisyFullDeclared(_NoisyFull):
+    TOLERANCES = {**FullAttention.TOLERANCES, torch.float32: (1e-6, 1e-3)}
+
+
+def test_the_kit_holds_a_variant_to_its_declared_tolerances() -> None:
+    assert AttentionVariant.TOLERANCES[torch.float32] == (1e-6, 1e-5)
+    with pytest.raises(AssertionError, match="exact variant off by rel"):
+        check_exact_matches_reference(_NoisyFull)
+    check_exact_matches_reference(_NoisyFullDeclared)  # its own, looser, bound
+
+
+@pytest.mark.parametrize("name", variants.available())
+def test_tolerances_cover_every_supported_dtype(name: str) -> None:
+    cls = variants.get_class(name)
+    for table in (cls.TOLERANCES, cls.GRAD_TOLERANCES):
+        assert set(cls.supported_dtypes) <= set(table)

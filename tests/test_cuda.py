@@ -15,11 +15,13 @@ import pytest
 import torch
 
 import variants
+from harness.app.point import Point
 from harness.conformance import build, make_qkv
 from harness.measure import env
+from harness.measure.config import MeasureConfig
 from harness.measure.factory import make_factory
-from harness.measure.point import measure_point
 from harness.measure.reference import reference_attention, reference_grads
+from harness.tasks.attention.measure import measure
 
 SHAPE = (1, 4, 256, 256, 64)  # (batch, heads, q_len, kv_len, head_dim)
 #: Relative error of a CUDA run against the same variant on the CPU in fp32 (or the float64
@@ -81,14 +83,14 @@ def test_variant_on_cuda_matches_cpu(name: str, dtype: str, causal: bool) -> Non
 
 @pytest.mark.cuda
 def test_cuda_rows_carry_the_gpu_facts() -> None:
-    point = {
-        "variant": "sdpa", "params": {}, "batch": 1, "heads": 4, "q_len": 1024, "kv_len": 1024,
-        "head_dim": 64, "dtype": "bfloat16", "device": "cuda", "causal": False,
-        "inputs": "gaussian", "inputs_params": {}, "seed": 0, "seeds": [0],
-        "passes": ["fwd", "fwd_bwd"],
-        "measure": {"min_run_time": 0.02, "attn_matrix_max_n": 1024, "flush_l2": True},
-    }  # fmt: skip
-    rows = measure_point(point, make_factory(variants.get_class("sdpa"), {}, 1024, 64))
+    point = Point(
+        variant_cls=variants.get_class("sdpa"), task="attention", variant="sdpa", params={},
+        batch=1, heads=4, q_len=1024, kv_len=1024, head_dim=64, dtype="bfloat16", device="cuda",
+        causal=False, inputs="gaussian", inputs_params={}, seed=0, seeds=[0],
+        passes=["fwd", "fwd_bwd"],
+        measure=MeasureConfig(min_run_time=0.02, attn_matrix_max_n=1024, flush_l2=True),
+    )  # fmt: skip
+    rows = measure(point, make_factory(variants.get_class("sdpa"), {}, 1024, 64))
     for row in rows:
         assert row["status"] == "ok", row["reason"]
         assert row["l2_flushed"] is True and row["device_name"] == torch.cuda.get_device_name()
@@ -124,13 +126,13 @@ def test_cuda_point_without_cuda_is_unsupported_before_any_work() -> None:
     def factory(seed):  # never called: the device is refused first
         raise AssertionError("the variant was built")
 
-    point = {
-        "variant": "sdpa", "params": {}, "batch": 1, "heads": 2, "q_len": 64, "kv_len": 64,
-        "head_dim": 16, "dtype": "float32", "device": "cuda", "causal": False,
-        "inputs": "gaussian", "inputs_params": {}, "seed": 0, "seeds": [0],
-        "passes": ["fwd", "fwd_bwd"], "measure": {},
-    }  # fmt: skip
-    rows = measure_point(point, factory)
+    point = Point(
+        variant_cls=variants.get_class("sdpa"), task="attention", variant="sdpa", params={},
+        batch=1, heads=2, q_len=64, kv_len=64, head_dim=16, dtype="float32", device="cuda",
+        causal=False, inputs="gaussian", inputs_params={}, seed=0, seeds=[0],
+        passes=["fwd", "fwd_bwd"], measure=MeasureConfig(),
+    )  # fmt: skip
+    rows = measure(point, factory)
     assert [row["status"] for row in rows] == ["unsupported", "unsupported"]
     assert all(row["reason"].startswith("device=cuda: torch ") for row in rows)
     assert "device=cpu or device=auto" in rows[0]["reason"]

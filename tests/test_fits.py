@@ -112,16 +112,91 @@ def test_too_few_lengths_give_no_interval_and_say_so() -> None:
     assert math.isnan(fits.fit_scaling([], []).slope)
 
 
-def test_flat_noise_gives_an_open_interval_not_a_false_slope() -> None:
-    # nothing grows: any exponent fits a constant plus a tiny term, so the interval is open
+# ------------------------------------------------------------------------ flat series
+def assert_flat(fit: fits.ScalingFit) -> None:
+    """Slope 0, flagged flat, with a finite interval around 0 (the log-log slope's)."""
+    assert fit.flat and fit.note == fits.NO_GROWTH, fit
+    assert fit.slope == 0.0 and fit.method == fits.POWER and fit.curved is False
+    assert math.isfinite(fit.ci_low) and math.isfinite(fit.ci_high)
+    assert fit.ci_low <= 0.0 <= fit.ci_high
+
+
+def test_flat_noise_is_flat_not_a_false_slope() -> None:
+    # nothing grows: any exponent fits a constant plus a tiny term, so no exponent is reported
     fit = fits.fit_scaling(LENGTHS[:5], [1.0, 1.01, 0.99, 1.0, 1.0])
-    assert fit.ci_low == -math.inf or fit.ci_high == math.inf
+    assert_flat(fit)
+    _, low, high = fits.fit_slope(LENGTHS[:5], [1.0, 1.01, 0.99, 1.0, 1.0])
+    assert (fit.ci_low, fit.ci_high) == pytest.approx((low, high))  # the log-log interval
 
 
 def test_a_constant_has_slope_zero_not_an_arbitrary_exponent() -> None:
     fit = fits.fit_scaling(LENGTHS, np.full(len(LENGTHS), 3.0))
     assert (fit.slope, fit.ci_low, fit.ci_high) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
     assert fit.method == fits.POWER and fit.curved is False
+    assert_flat(fit)
+    assert fit.constant == pytest.approx(3.0)
+
+
+def _up(x: float) -> float:
+    return float(np.nextafter(x, np.inf))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.full(7, 3.0) * (1 + 1e-16),
+        np.full(7, 1.7) * (1 + 1e-16),
+        [3.0] * 6 + [_up(3.0)],  # the last value one ulp up
+        [_up(3.0)] + [3.0] * 6,  # the first
+        [3.0, _up(3.0)] * 3 + [3.0],  # alternating
+        [3.0, 3.0, 3.0, _up(_up(3.0)), 3.0, 3.0, 3.0],
+        [0.1 + 0.2, 0.3] * 3 + [0.3],  # 0.30000000000000004 and 0.3
+    ],
+    ids=["x3(1+1e-16)", "x1.7(1+1e-16)", "last", "first", "alternating", "middle+2ulp",
+         "0.1+0.2"],
+)  # fmt: skip
+def test_a_constant_perturbed_in_the_last_bit_is_flat(values) -> None:
+    fit = fits.fit_scaling(LENGTHS, values)
+    assert_flat(fit)
+    assert max(abs(fit.ci_low), abs(fit.ci_high)) < 1e-12  # round-off leaves no room to grow
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, LENGTHS[:5]], ids=["7 lengths", "5 lengths"])
+def test_flat_series_with_one_percent_noise_report_slope_zero(lengths) -> None:
+    # Each draw's F statistic is far below the 95% critical value (at most 3.3 of 6.9 with
+    # seven lengths, 8.3 of 19.0 with five), so no draw sits near the decision.
+    for seed in range(10):
+        values = 3.0 * np.random.default_rng(seed).normal(1.0, 0.01, len(lengths))
+        fit = fits.fit_scaling(lengths, values)
+        assert_flat(fit)
+        assert fit.ci_high - fit.ci_low < 0.1, (seed, fit)  # 1% noise bounds the growth
+        assert fit.constant == pytest.approx(3.0, rel=0.02)
+
+
+def test_small_real_growth_is_not_called_flat() -> None:
+    # 20% growth over the range under 1% noise: the test of a + b n^p against a constant sees it
+    for seed in range(5):
+        noise = np.random.default_rng(seed).normal(1.0, 0.01, len(LENGTHS))
+        fit = fits.fit_scaling(LENGTHS, 3.0 * (1 + 0.2 * LENGTHS / LENGTHS[-1]) * noise)
+        assert not fit.flat and fit.method == fits.ASYMPTOTIC and fit.note == ""
+        assert covers(fit, 1.0), (seed, fit)
+
+
+@pytest.mark.parametrize(
+    "fn, exponent",
+    [
+        (lambda n: n / 400, 1.0),
+        (lambda n: 5 + n / 400, 1.0),
+        (lambda n: 3e-6 * n**2, 2.0),
+        (lambda n: 2 + 3e-6 * n**2, 2.0),
+    ],
+    ids=["n/400", "5+n/400", "3e-6 n^2", "2+3e-6 n^2"],
+)
+def test_exact_linear_and_quadratic_data_give_their_exponent(fn, exponent) -> None:
+    fit = fits.fit_scaling(LENGTHS, fn(LENGTHS))
+    assert not fit.flat and fit.method == fits.ASYMPTOTIC and fit.curved is False
+    assert fit.slope == pytest.approx(exponent, abs=1e-6)
+    assert covers(fit, exponent) and fit.ci_high - fit.ci_low < 1e-6
 
 
 def test_zero_and_nan_values_are_dropped() -> None:

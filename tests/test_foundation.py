@@ -43,11 +43,7 @@ def test_bad_backend_names_allowed_values() -> None:
         variants.create("sdpa", backend="fast")
 
 
-@pytest.mark.parametrize(
-    "field,value",
-    [("kv_len", 0), ("head_dim", -4), ("kv_len", 2.5), ("seq_len", 0), ("seq_len", 2.5)],
-)
-@pytest.mark.filterwarnings("ignore:.*seq_len= is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("field,value", [("kv_len", 0), ("head_dim", -4), ("kv_len", 2.5)])
 def test_sizes_must_be_positive(field: str, value) -> None:
     with pytest.raises(VariantConfigError, match=field):
         variants.create("full", **{field: value})

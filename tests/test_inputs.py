@@ -127,11 +127,11 @@ def test_bad_values_name_the_field(name, params, field):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("harness.realmodel.capture") is None,
-    reason="harness.realmodel.capture not present",
+    importlib.util.find_spec("harness.minilm.capture") is None,
+    reason="harness.minilm.capture not present",
 )
 def test_minilm_is_dispatched_lazily(monkeypatch):
-    import harness.realmodel.capture
+    import harness.minilm.capture
 
     seen = {}
 
@@ -139,7 +139,7 @@ def test_minilm_is_dispatched_lazily(monkeypatch):
         seen.update(kw, seed=seed)
         return make_inputs("gaussian", batch, heads, q_len, kv_len, head_dim, dtype, device, seed)
 
-    monkeypatch.setattr(harness.realmodel.capture, "minilm_qkv", fake)
+    monkeypatch.setattr(harness.minilm.capture, "minilm_qkv", fake)
     q, _, _ = make_inputs("minilm", 1, 2, 8, 8, 16, torch.float32, "cpu", 5, layer=2)
     assert q.shape == (1, 2, 8, 16)
     assert seen == {"layer": 2, "head": None, "text": None, "seed": 5}

@@ -1,5 +1,6 @@
 """Longformer / local sliding-window attention: every backend that runs here vs a float64 dense
-masked reference, limits, gradients and validation (the conformance kit runs in
+masked reference, limits, gradients and validation; the band engine (variants.engines.band) vs
+its naive reference through the chunked backend (the conformance kit runs in
 test_conformance.py)."""
 
 import itertools
@@ -12,6 +13,7 @@ import variants
 from harness.conformance import make_qkv
 from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
+from variants.engines.band_naive import band_attention
 from variants.longformer import LocalAttention, LongformerAttention, longformer_mask
 
 CPU_BACKENDS = ["chunked", "dense_mask", "auto"]
@@ -84,9 +86,8 @@ def test_gradients_match_masked_reference(backend, causal, shape):  # only the g
     module = LongformerAttention(window=7, num_global=2, backend=backend)
     q, k, v = make_qkv((2, 2, nq, nk, 8), seed=3, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(2, 2, nq, 8, dtype=torch.float64)
-    mask = longformer_mask(nq, nk, 7, 2, causal)
     got = torch.autograd.grad(module(q, k, v, causal), (q, k, v), grad_out)
-    ref = torch.autograd.grad(reference_attention_diff(q, k, v, causal, mask), (q, k, v), grad_out)
+    ref = torch.autograd.grad(band_attention(q, k, v, 7, 2, causal), (q, k, v), grad_out)
     for name, a, b in zip("qkv", got, ref):
         assert torch.isfinite(a).all(), f"d{name} not finite"
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name} differs")
@@ -100,29 +101,20 @@ def test_gradients_match_masked_reference(backend, causal, shape):  # only the g
 def test_forward_and_backward_blockings_differ_yet_match(window, shape, num_global, causal):
     # windows >= 128: the fused CPU path blocks its forward by 32 rows and its backward by
     # block_size (37, 64); the backward reads the forward's rows in its own blocking
-    from variants._band import block_size, forward_block_size
+    from variants.engines.band import block_size, forward_block_size
 
     assert forward_block_size(window) != block_size(window)
     nq, nk = shape
     module = LongformerAttention(window=window, num_global=num_global, backend="chunked")
     q, k, v = make_qkv((1, 2, nq, nk, 8), seed=window, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(1, 2, nq, 8, dtype=torch.float64)
-    mask = longformer_mask(nq, nk, window, num_global, causal)
     out = module(q, k, v, causal)
-    ref = reference_attention_diff(q, k, v, causal, mask)
+    ref = band_attention(q, k, v, window, num_global, causal)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     got = torch.autograd.grad(out, (q, k, v), grad_out)
     want = torch.autograd.grad(ref, (q, k, v), grad_out)
     for name, a, b in zip("qkv", got, want):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name} differs")
-
-
-def reference_attention_diff(q, k, v, causal, mask):
-    """Differentiable float64 masked attention (the reference's formula, with autograd)."""
-    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
-    allowed = mask & (torch.arange(k.shape[-2]) <= torch.arange(q.shape[-2])[:, None] +
-                      k.shape[-2] - q.shape[-2]) if causal else mask  # fmt: skip
-    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ v
 
 
 def test_auto_resolves_to_chunked_on_cpu():
@@ -213,7 +205,7 @@ def test_xformers_backend_without_an_operator_is_unsupported(monkeypatch):
 def test_unfused_path_matches_reference(window, num_global, causal, monkeypatch):
     # the chunked path GPUs take (autograd through the slot view, global keys in every
     # stored block; the key buffer a padded copy when there are none), run on the CPU
-    import variants._band as band
+    import variants.engines.band as band
 
     monkeypatch.setattr(band, "fused_available", lambda *tensors: False)
     module = LongformerAttention(window=window, num_global=num_global, backend="chunked")
@@ -221,8 +213,7 @@ def test_unfused_path_matches_reference(window, num_global, causal, monkeypatch)
         if causal and nq > nk:
             continue
         q, k, v = make_qkv((1, 2, nq, nk, 8), seed=nq, dtype=torch.float64, requires_grad=True)
-        mask = longformer_mask(nq, nk, window, num_global, causal)
-        out, ref = module(q, k, v, causal), reference_attention_diff(q, k, v, causal, mask)
+        out, ref = module(q, k, v, causal), band_attention(q, k, v, window, num_global, causal)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
         grad = torch.randn_like(out)
         got = torch.autograd.grad(out, (q, k, v), grad)

@@ -1,7 +1,9 @@
-"""measure_point: every failure becomes a row, ok rows fill every column and explain themselves."""
+"""The attention task's measure: every failure becomes a row, ok rows fill every column and
+explain themselves."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 
 import pytest
@@ -9,9 +11,11 @@ import torch
 
 import variants
 from harness.analysis.rows import COLUMNS
+from harness.app.point import Point
 from harness.measure import env
-from harness.measure.factory import describe, make_factory, shape_kwargs
-from harness.measure.point import measure_point
+from harness.measure.config import MeasureConfig
+from harness.measure.factory import make_factory, shape_kwargs
+from harness.tasks.attention.measure import measure
 
 #: Columns the caller (the app) or the environment may leave empty on an ok CPU row; ``trained``
 #: is null for a variant without trainable parameters, ``ref_rows`` when every row was covered.
@@ -22,14 +26,14 @@ CUDA_ONLY = {"matmul_tflops_bf16", "l2_flushed", "gpu_driver", "gpu_sm_clock_mhz
              "gpu_max_sm_clock_mhz", "gpu_mem_clock_mhz"}  # fmt: skip
 
 
-def _point(variant="full", **measure):
-    return {
-        "variant": variant, "params": {}, "batch": 1, "heads": 2, "q_len": 48, "kv_len": 48,
-        "head_dim": 16, "dtype": "float32", "device": "cpu", "causal": False,
-        "inputs": "gaussian", "inputs_params": {"temperature": 1.0}, "seed": 0,
-        "seeds": [0, 1, 2], "passes": ["fwd", "bwd", "fwd_bwd"],
-        "measure": {"min_run_time": 0.01, "threads": 1, "attn_matrix_max_n": 64, **measure},
-    }  # fmt: skip
+def _point(variant="full", **measure) -> Point:
+    return Point(
+        variant_cls=variants.get_class(variant), task="attention", variant=variant, params={},
+        batch=1, heads=2, q_len=48, kv_len=48, head_dim=16, dtype="float32", device="cpu",
+        causal=False, inputs="gaussian", inputs_params={"temperature": 1.0}, seed=0,
+        seeds=[0, 1, 2], passes=["fwd", "bwd", "fwd_bwd"],
+        measure=MeasureConfig(min_run_time=0.01, threads=1, attn_matrix_max_n=64, **measure),
+    )  # fmt: skip
 
 
 def _factory(name, **params):
@@ -80,7 +84,7 @@ class RandomAttention(NoBackward):
 
 @pytest.mark.parametrize("name", ["full", "sdpa"])
 def test_ok_rows_fill_every_column(name):
-    rows = measure_point(_point(name), _factory(name))
+    rows = measure(_point(name), _factory(name))
     assert [r["pass"] for r in rows] == ["fwd", "bwd", "fwd_bwd"]
     for row in rows:
         assert row["status"] == "ok", row["reason"]
@@ -89,7 +93,7 @@ def test_ok_rows_fill_every_column(name):
         assert set(empty) == CUDA_ONLY, f"{row['pass']}: {empty}"
         assert row["rel_err"] < 1e-5 and row["grad_rel_err"] < 1e-4
         assert row["baseline_zeros_rel_err"] == 1.0 and 0 < row["baseline_uniform_rel_err"] < 1
-    # was: bwd 2.5x and fwd_bwd 3.5x the forward for every variant; now the variant's counts
+    # bwd and fwd_bwd follow the variant's own counts
     variant = _factory(name)(0)
     shape = (1, 2, 48, 48, 16)
     fwd_flops = rows[0]["flops"]
@@ -101,8 +105,8 @@ def test_ok_rows_fill_every_column(name):
 
 def test_rows_explain_themselves():
     # exact / randomized / knob / knob_value from the variant's class; params a dict
-    (row,) = measure_point(
-        {**_point("linformer", timing=False, memory=False), "passes": ["fwd"]},
+    (row,) = measure(
+        dataclasses.replace(_point("linformer", timing=False, memory=False), passes=["fwd"]),
         _factory("linformer", k=8),
     )
     assert row["status"] == "ok", row["reason"]
@@ -110,76 +114,63 @@ def test_rows_explain_themselves():
     assert (row["knob"], row["knob_value"]) == ("k", 8)
     assert isinstance(row["params"], dict) and row["params"]["k"] == 8
     assert row["params"]["kv_len"] == 48 and isinstance(row["inputs_params"], dict)
-    (row,) = measure_point({**_point("sdpa"), "passes": ["fwd"]}, _factory("sdpa"))
+    (row,) = measure(dataclasses.replace(_point("sdpa"), passes=["fwd"]), _factory("sdpa"))
     assert (row["exact"], row["randomized"], row["knob"], row["knob_value"]) == (
         True, False, None, None)  # fmt: skip
-    # a point that fails before its variant is built still carries the facts it was given
-    point = {**_point(), **describe(variants.get_class("full"), {})}
-    (row, *_) = measure_point(point, lambda seed: RaisingAttention(bogus=1))
+    # a point that fails before its variant is built still carries its variant class's facts
+    (row, *_) = measure(_point(), lambda seed: RaisingAttention(bogus=1))
     assert row["status"] == "error" and row["exact"] is True and row["params"] == {}
-
-
-class OldPlugin(NaNAttention):
-    """A plugin written before the rename: its constructor names ``seq_len``."""
-
-    name = "old_plugin"
-
-    def __init__(self, seq_len=None, head_dim=None):
-        super().__init__(seq_len=seq_len, head_dim=head_dim)
 
 
 def test_shape_kwargs_follow_the_constructor():
     assert shape_kwargs(variants.get_class("full"), 64, 16, seed=3) == {
         "kv_len": 64, "head_dim": 16}  # fmt: skip
     assert shape_kwargs(variants.get_class("performer"), 64, 16, seed=3)["seed"] == 3
-    assert shape_kwargs(OldPlugin, 64, 16, seed=3) == {"seq_len": 64, "head_dim": 16}
     assert shape_kwargs(lambda **kw: None, 64, 16, seed=3) == {
         "kv_len": 64, "head_dim": 16, "seed": 3}  # fmt: skip
-    with pytest.warns(DeprecationWarning):  # the old plugin's own super() call warns its author
-        built = make_factory(OldPlugin, {}, 64, 16)(0)
-    assert built.kv_len == 64 and built.head_dim == 16
+    built = make_factory(variants.get_class("linformer"), {"k": 8}, 64, 16)(0)
+    assert built.kv_len == 64 and built.head_dim == 16 and built.seed == 0
 
 
 def test_unsupported_xformers_on_cpu():
-    rows = measure_point(_point("xformers"), _factory("xformers"))
+    rows = measure(_point("xformers"), _factory("xformers"))
     assert {r["status"] for r in rows} == {"unsupported"}
     assert "device cpu not supported" in rows[0]["reason"]
 
 
 def test_over_budget_before_allocating():
-    # was status "oom": a refusal by the estimate is now its own status (real failures: oom)
-    rows = measure_point(_point(memory_budget_gb=1e-6), _factory("full"))
+    # a refusal by the estimate is its own status (real allocation failures read oom)
+    rows = measure(_point(memory_budget_gb=1e-6), _factory("full"))
     assert {r["status"] for r in rows} == {"over_budget"}
     assert "memory_budget_gb=1e-06" in rows[0]["reason"]
 
 
 def test_nan_output():
-    rows = measure_point(_point(), lambda seed: NaNAttention())
+    rows = measure(_point(), lambda seed: NaNAttention())
     assert {r["status"] for r in rows} == {"nan"}
     assert "NaN" in rows[0]["reason"]
 
 
 def test_exception_becomes_error_row():
-    rows = measure_point(_point(), lambda seed: RaisingAttention())
+    rows = measure(_point(), lambda seed: RaisingAttention())
     assert {r["status"] for r in rows} == {"error"}
     assert rows[0]["reason"] == "RuntimeError: boom"
 
 
 def test_bad_input_generator_is_an_error_row():
-    point = _point()
-    point["inputs"] = "uniform"
-    rows = measure_point(point, _factory("full"))
+    point = dataclasses.replace(_point(), inputs="uniform")
+    rows = measure(point, _factory("full"))
     assert {r["status"] for r in rows} == {"error"} and "gaussian" in rows[0]["reason"]
 
 
 def test_no_backward_marks_only_backward_rows():
-    rows = measure_point(_point(), lambda seed: NoBackward())
+    rows = measure(_point(), lambda seed: NoBackward())
     assert [r["status"] for r in rows] == ["ok", "unsupported", "unsupported"]
     assert "backward is not supported" in rows[1]["reason"]
 
 
 def test_randomised_variant_repeats_over_seeds():
-    rows = measure_point(_point(timing=False, memory=False), lambda seed: RandomAttention(seed))
+    rows = measure(_point(timing=False, memory=False), lambda seed: RandomAttention(seed))
     assert rows[0]["status"] == "ok"
     assert rows[0]["seeds"] == "[0, 1, 2]"
     assert rows[0]["rel_err"] > 0 and rows[0]["rel_err_std"] > 0
@@ -204,10 +195,12 @@ def test_row_rel_err_matches_an_independent_computation():
 
     from harness.measure.inputs import make_inputs
 
-    point = _point("local", measure={"timing": False, "memory": False})
-    point["inputs_params"] = {"temperature": 2.0}
-    point["passes"] = ["fwd"]
-    (row,) = measure_point(point, _factory("local", window=5))
+    point = dataclasses.replace(
+        _point("local", timing=False, memory=False),
+        inputs_params={"temperature": 2.0},
+        passes=["fwd"],
+    )
+    (row,) = measure(point, _factory("local", window=5))
     q, k, v = make_inputs("gaussian", 1, 2, 48, 48, 16, torch.float32, "cpu", 0, temperature=2.0)
     out = variants.create("local", window=5)(q, k, v).double().numpy()
     qn, kn, vn = (t.double().numpy() for t in (q, k, v))
@@ -222,9 +215,9 @@ def test_row_rel_err_matches_an_independent_computation():
 def test_trained_column_follows_trainable_parameters():
     # null where a variant has nothing to train (gaussian linformer: fixed buffers), the
     # variant's flag where it has (learned projections: False until fitted)
-    point = {**_point("linformer", timing=False, memory=False), "passes": ["fwd"]}
-    (fixed,) = measure_point(point, _factory("linformer", k=8))
-    (learned,) = measure_point(point, _factory("linformer", k=8, init="learned"))
+    point = dataclasses.replace(_point("linformer", timing=False, memory=False), passes=["fwd"])
+    (fixed,) = measure(point, _factory("linformer", k=8))
+    (learned,) = measure(point, _factory("linformer", k=8, init="learned"))
     assert fixed["trained"] is None and learned["trained"] is False
 
     def fitted(seed):
@@ -232,5 +225,5 @@ def test_trained_column_follows_trainable_parameters():
         variant.trained = True
         return variant
 
-    (row,) = measure_point(point, fitted)
+    (row,) = measure(point, fitted)
     assert row["trained"] is True

@@ -8,9 +8,10 @@ import torch
 
 import variants
 from harness.conformance import make_qkv
-from harness.measure.reference import reference_attention, reference_mask
+from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
-from variants.performer import orthogonal_gaussian_projection, softmax_kernel_features
+from variants.engines.prefix_naive import quadratic_form
+from variants.performer_features import orthogonal_gaussian_projection, softmax_kernel_features
 
 # Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,13 +21,6 @@ def assert_close(actual, expected, rtol, atol):
     # plain allclose: torch.testing.assert_close imports torch.distributed on first use (slow)
     diff = (actual - expected).abs().max().item()
     assert torch.allclose(actual, expected, rtol=rtol, atol=atol), f"max abs diff {diff:.3e}"
-
-
-def quadratic_form(phi_q, phi_k, v, causal):
-    weights = phi_q @ phi_k.transpose(-2, -1)  # (B, H, Nq, Nk)
-    if causal:
-        weights = weights * reference_mask(phi_q.shape[-2], phi_k.shape[-2])
-    return (weights @ v) / weights.sum(-1, keepdim=True)
 
 
 def test_projection_blocks_orthogonal_and_rows_gaussian_sized():

@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.analysis.rows import complete_row
+from harness.analysis.rows import complete_row, write_rows
 from harness.analysis.series import prepare
-from harness.report import figures_accuracy, figures_realmodel, figures_scaling, style
-from harness.report.figures import plot_all
+from harness.report import build, style
 from harness.report.style import SkipFigure
+from harness.tasks.attention import figures_accuracy, figures_scaling
+from harness.tasks.attention.figures import FIGURES, plot_all
+from harness.tasks.realmodel import report_figures as figures_realmodel
 
 
 @pytest.fixture(scope="module")
@@ -255,16 +257,16 @@ def test_plot_all_splits_devices(frame: pd.DataFrame, tmp_path: Path, check_png)
     results = plot_all(frame, tmp_path, only=["time_fwd", "realmodel"])
     drawn = [r for r in results if r.path]
     assert {r.device for r in drawn} == set(frame["device_key"])
+    assert {r.name for r in results} == {"time_fwd"} and len(drawn) == len(results)
     for r in drawn:
         assert "__" in r.path.name  # device suffix with two devices
         check_png(r.path)
-    skipped = {r.name for r in results if r.skipped}
-    assert skipped == {"realmodel"}
+    assert "realmodel" not in FIGURES  # the realmodel section draws it
 
 
 def test_realmodel_rows_draw_no_empty_scaling_figure(tmp_path: Path) -> None:
-    # A realmodel sweep: whole-model time at one length per point. The time figure must be
-    # skipped with a reason (it once came out as empty axes), the realmodel figure drawn.
+    # A realmodel sweep: whole-model time at one length per point. Its report draws the
+    # realmodel figure and no attention time figure (which would come out as empty axes).
     rows = [
         complete_row(
             {
@@ -291,10 +293,10 @@ def test_realmodel_rows_draw_no_empty_scaling_figure(tmp_path: Path) -> None:
         for v in ("local", "longformer")
         for x in (8, 64)
     ]
-    results = {r.name: r for r in plot_all(pd.DataFrame(rows), tmp_path)}
-    assert results["realmodel"].path is not None
-    assert results["time_fwd"].path is None and results["time_fwd"].skipped
-    assert not (tmp_path / "time_fwd.png").exists()
+    write_rows(tmp_path / "rows.jsonl", rows)
+    path = build.build_report([tmp_path], heatmap=False, figures=["time_fwd", "realmodel"])
+    assert (path.parent / "realmodel.png").exists()
+    assert not (path.parent / "time_fwd.png").exists() and "time_fwd" not in path.read_text()
 
 
 def _heatmap_file(folder: Path, layer: int, panels: dict, skipped=(), tokens=("a", "b", "c")):

@@ -6,9 +6,8 @@ The example (``examples/plugin-variant``, distribution ``attnbench-cosformer``, 
 environment itself is left untouched. Where the example is already installed (CI installs it so
 that ``tests/test_conformance.py`` covers it), that installation is used as it is.
 
-Broken plugins, and a plugin written before ``seq_len`` was renamed ``kv_len``, need no
-installation: a ``*.dist-info`` folder with an ``entry_points.txt`` on ``sys.path`` is all
-``importlib.metadata`` looks for.
+Broken plugins, and a minimal hand-written plugin, need no installation: a ``*.dist-info``
+folder with an ``entry_points.txt`` on ``sys.path`` is all ``importlib.metadata`` looks for.
 """
 
 from __future__ import annotations
@@ -137,21 +136,21 @@ BROKEN_REASONS = {
 }
 
 
-LEGACY_DIST = {
-    "attnbench_legacy/__init__.py": "",
-    "attnbench_legacy/legacy.py": textwrap.dedent(
+HANDMADE_DIST = {
+    "attnbench_handmade/__init__.py": "",
+    "attnbench_handmade/handmade.py": textwrap.dedent(
         """
         import torch.nn.functional as F
         from variants import AttentionVariant, causal_mask
 
-        class LegacyAttention(AttentionVariant):
-            \"\"\"Exact attention whose constructor still names the length seq_len.\"\"\"
+        class HandmadeAttention(AttentionVariant):
+            \"\"\"Exact attention with one parameter of its own.\"\"\"
 
-            name = "legacy"
+            name = "handmade"
             exact = True
 
-            def __init__(self, width=2, seq_len=None, head_dim=None, scale=None):
-                super().__init__(seq_len=seq_len, head_dim=head_dim, scale=scale)
+            def __init__(self, width=2, kv_len=None, head_dim=None, scale=None):
+                super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
                 self.width = width
 
             def forward(self, q, k, v, causal=False):
@@ -162,11 +161,11 @@ LEGACY_DIST = {
                 return 4 * batch * heads * q_len * kv_len * head_dim
         """
     ),
-    "attnbench_legacy-0.0.1.dist-info/METADATA": (
-        "Metadata-Version: 2.1\nName: attnbench-legacy\nVersion: 0.0.1\n"
+    "attnbench_handmade-0.0.1.dist-info/METADATA": (
+        "Metadata-Version: 2.1\nName: attnbench-handmade\nVersion: 0.0.1\n"
     ),
-    "attnbench_legacy-0.0.1.dist-info/entry_points.txt": (
-        "[attnbench.variants]\nlegacy = attnbench_legacy.legacy:LegacyAttention\n"
+    "attnbench_handmade-0.0.1.dist-info/entry_points.txt": (
+        "[attnbench.variants]\nhandmade = attnbench_handmade.handmade:HandmadeAttention\n"
     ),
 }
 
@@ -299,8 +298,8 @@ def test_hydra_config_is_generated_without_yaml(plugin_paths: list[Path], tmp_pa
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("harness.app.main") is None
-    or importlib.util.find_spec("harness.measure.point") is None,
-    reason="the Hydra app (harness.app.main, harness.measure.point) is not written yet",
+    or importlib.util.find_spec("harness.tasks.attention.measure") is None,
+    reason="the Hydra app (harness.app.main, harness.tasks.attention.measure) is not written yet",
 )
 def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: Path) -> None:
     """``attnbench -m variant=cosformer,full seq_len=128`` writes ok rows for the plugin, and
@@ -340,11 +339,10 @@ def test_attnbench_runs_plugin_without_yaml(plugin_paths: list[Path], tmp_path: 
         assert csvs and PLUGIN in csvs[0].read_text()
 
 
-def test_plugin_written_for_seq_len_gets_a_config_and_is_built(tmp_path: Path) -> None:
-    """A plugin whose constructor still names the length ``seq_len`` (before the rename to
-    ``kv_len``): its generated config leaves the length out, the harness's ``kv_len=`` reaches it
-    as ``seq_len``, and it passes the conformance kit."""
-    site = _write_dist(tmp_path / "site", LEGACY_DIST)
+def test_plugin_without_yaml_gets_a_config_and_is_built(tmp_path: Path) -> None:
+    """A plugin with no YAML file: its generated config leaves the per-point parameters out, the
+    harness's ``kv_len=`` and ``head_dim=`` reach it, and it passes the conformance kit."""
+    site = _write_dist(tmp_path / "site", HANDMADE_DIST)
     conf = tmp_path / "conf"
     (conf / "variant").mkdir(parents=True)
     (conf / "config.yaml").write_text("defaults:\n  - variant: full\n  - _self_\n")
@@ -361,14 +359,14 @@ def test_plugin_written_for_seq_len_gets_a_config_and_is_built(tmp_path: Path) -
 
         registered = register_plugin_configs(conf_dir={str(conf)!r})
         with initialize_config_dir(config_dir={str(conf)!r}, version_base="1.3"):
-            cfg = compose("config", overrides=["variant=legacy", "variant.width=3"])
+            cfg = compose("config", overrides=["variant=handmade", "variant.width=3"])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             module = instantiate(cfg.variant, kv_len=48, head_dim=8)
-        run_conformance("legacy")
+        run_conformance("handmade")
         print(json.dumps({{
             "registered": registered, "keys": sorted(cfg.variant), "config": module.config(),
-            "kv_len": module.kv_len, "created": variants.create("legacy", kv_len=32).kv_len,
+            "kv_len": module.kv_len, "created": variants.create("handmade", kv_len=32).kv_len,
             "warnings": [str(w.category.__name__) for w in caught],
         }}))
         """,
@@ -376,11 +374,11 @@ def test_plugin_written_for_seq_len_gets_a_config_and_is_built(tmp_path: Path) -
         )
     )
     info = json.loads(out.strip().splitlines()[-1])
-    assert "legacy" in info["registered"]
-    assert info["keys"] == ["_target_", "scale", "width"]  # no seq_len, head_dim: per point
-    assert info["config"] == {"width": 3, "seq_len": 48, "head_dim": 8, "scale": None}
+    assert "handmade" in info["registered"]
+    assert info["keys"] == ["_target_", "scale", "width"]  # no kv_len, head_dim: per point
+    assert info["config"] == {"width": 3, "kv_len": 48, "head_dim": 8, "scale": None}
     assert info["kv_len"] == 48 and info["created"] == 32
-    assert info["warnings"] == ["DeprecationWarning"]  # tells the plugin's author to rename
+    assert info["warnings"] == []
 
 
 # ------------------------------------------------------------------------------ broken plugins

@@ -6,7 +6,7 @@ import io
 
 from tqdm import tqdm
 
-from harness.measure import point as measure
+from harness.measure.progress import progress
 
 
 class FakeTTY(io.StringIO):
@@ -17,13 +17,13 @@ class FakeTTY(io.StringIO):
 def test_no_bar_when_stderr_is_not_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stderr", io.StringIO())
     items = [0, 1, 2]
-    assert measure.progress(items, "seeds") is items
+    assert progress(items, "seeds") is items
 
 
 def test_bar_on_a_terminal_lists_every_item(monkeypatch):
     fake = FakeTTY()
     monkeypatch.setattr("sys.stderr", fake)
-    bar = measure.progress([0, 1, 2], "performer accuracy seeds")
+    bar = progress([0, 1, 2], "performer accuracy seeds")
     assert isinstance(bar, tqdm)
     assert list(bar) == [0, 1, 2]
     assert bar.n == 3 and bar.total == 3
@@ -32,4 +32,4 @@ def test_bar_on_a_terminal_lists_every_item(monkeypatch):
 
 def test_single_item_gets_no_bar(monkeypatch):
     monkeypatch.setattr("sys.stderr", FakeTTY())
-    assert measure.progress([0], "seeds") == [0]
+    assert progress([0], "seeds") == [0]

@@ -16,33 +16,39 @@ import torch
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_thread")]
 pytest.importorskip("transformers")
 
-from harness.realmodel import model as minilm  # noqa: E402
+from harness.minilm import model as minilm  # noqa: E402
 
 _missing = minilm.unavailable_reason()
 if _missing:
     pytest.skip(_missing, allow_module_level=True)
 
+from minilm_points import minilm_point  # noqa: E402
+
 import variants  # noqa: E402
 from harness.analysis.rows import COLUMNS, complete_row  # noqa: E402
 from harness.app.main import CONF_DIR  # noqa: E402
 from harness.measure.accuracy import effective_attention  # noqa: E402
-from harness.realmodel import embed as embed_module  # noqa: E402
-from harness.realmodel import experiment as realmodel  # noqa: E402
-from harness.realmodel.adapter import VariantUnsupported  # noqa: E402
-from harness.realmodel.capture import minilm_qkv, sentence_qkv  # noqa: E402
-from harness.realmodel.embed import Embeddings, embed, paired_timed_embed  # noqa: E402
-from harness.realmodel.heatmap import (  # noqa: E402
-    HEATMAP_FILE,
-    attention_heatmap_data,
-    variant_heatmap,
-)
-from harness.realmodel.retrieval import (  # noqa: E402
+from harness.measure.config import ConfigError  # noqa: E402
+from harness.minilm import embed as embed_module  # noqa: E402
+from harness.minilm.adapter import VariantUnsupported  # noqa: E402
+from harness.minilm.capture import minilm_qkv, sentence_qkv  # noqa: E402
+from harness.minilm.embed import Embeddings, embed, paired_timed_embed  # noqa: E402
+from harness.minilm.limits import NUM_LAYERS  # noqa: E402
+from harness.minilm.retrieval import (  # noqa: E402
     mcnemar_p,
     retrieval_check,
     retrieval_pairs,
     wilson_interval,
 )
-from harness.realmodel.texts import pydoc_texts  # noqa: E402
+from harness.minilm.texts import pydoc_texts  # noqa: E402
+from harness.tasks.realmodel.columns import work_columns  # noqa: E402
+from harness.tasks.realmodel.config import RealmodelConfig  # noqa: E402
+from harness.tasks.realmodel.heatmap import (  # noqa: E402
+    HEATMAP_FILE,
+    attention_heatmap_data,
+    variant_heatmap,
+)
+from harness.tasks.realmodel.measure import measure  # noqa: E402
 from variants.full import FullAttention  # noqa: E402
 
 LENGTHS = [12, 40, 24]  # mixed, so that one batch is padded
@@ -135,19 +141,17 @@ class _CausalOnly(FullAttention):
 def test_unsupported_variant_is_reported_not_crashed(texts, factory, words) -> None:
     with pytest.raises(VariantUnsupported, match=words):
         embed(texts, factory(0), lengths=LENGTHS, batch_size=3)
-    point = {"variant": "x", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
-             "realmodel": {"lengths": [32], "texts_per_length": 1}}  # fmt: skip
-    (row,) = realmodel.measure_realmodel_point(point, factory)
+    point = minilm_point("realmodel", _CausalOnly, lengths=[32], texts_per_length=1)
+    (row,) = measure(point, factory)
     assert row["status"] == "unsupported" and words in row["reason"]
     assert "retrieval_top1" not in row
     assert minilm.load_model().config._attn_implementation == "sdpa"
 
 
 def test_measure_realmodel_point_row() -> None:
-    point = {"variant": "sdpa", "params": {}, "device": "cpu", "dtype": "float32", "seed": 0,
-             "realmodel": {"lengths": [16, 32], "texts_per_length": 2, "batch_size": 2,
-                           "retrieval_pairs": 200}}  # fmt: skip
-    (row,) = realmodel.measure_realmodel_point(point, lambda seed: variants.create("sdpa"))
+    point = minilm_point("realmodel", "sdpa", lengths=[16, 32], texts_per_length=2,
+                         batch_size=2, retrieval_pairs=200)  # fmt: skip
+    (row,) = measure(point, lambda seed: variants.create("sdpa"))
     assert row["status"] == "ok", row["reason"]
     # the row says what the variant is without its code
     assert row["exact"] is True and row["randomized"] is False
@@ -157,7 +161,7 @@ def test_measure_realmodel_point_row() -> None:
     assert row["task"] == "realmodel" and row["q_len"] == 32 and row["texts"] == 4
     assert row["embed_cosine"] > 1 - 1e-5 and row["embed_cosine_min"] > 1 - 1e-5
     errs = json.loads(row["hidden_rel_err"])
-    assert len(errs) == minilm.NUM_LAYERS and max(errs) < 1e-4
+    assert len(errs) == NUM_LAYERS and max(errs) < 1e-4
     assert set(json.loads(row["embed_cosine_by_length"])) == {"16", "32"}
     assert row["time_ms"] > 0 and row["exact_time_ms"] > 0
     # exact and variant timed in the same loop, >= 10 rounds, each with its spread
@@ -256,13 +260,14 @@ def test_wilson_interval_and_mcnemar() -> None:
 
 
 def test_realmodel_config_and_preset_need_200_pairs_and_10_rounds() -> None:
-    for override, field in [({"retrieval_pairs": 32}, "retrieval_pairs"),
-                            ({"repeats": 3}, "repeats")]:  # fmt: skip
-        with pytest.raises(ValueError, match=field):
-            realmodel.realmodel_config({"realmodel": override})
-    assert realmodel.realmodel_config({"realmodel": {"retrieval_pairs": 0}})
-    defaults = realmodel.realmodel_config({})
-    assert defaults["retrieval_pairs"] >= 200 and defaults["repeats"] >= 10
+    for override, field in [({"retrieval_pairs": 32}, "realmodel.retrieval_pairs=32"),
+                            ({"retrieval_pairs": 5}, "realmodel.retrieval_pairs=5"),
+                            ({"repeats": 3}, "realmodel.repeats=3")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=field):
+            RealmodelConfig(**override)
+    assert RealmodelConfig(retrieval_pairs=0).retrieval_pairs == 0
+    defaults = RealmodelConfig()
+    assert defaults.retrieval_pairs >= 200 and defaults.repeats >= 10
     from omegaconf import OmegaConf
 
     preset = Path(CONF_DIR) / "experiment" / "realmodel.yaml"
@@ -297,12 +302,9 @@ def test_paired_timing_interleaves_exact_and_variant(texts, stock, monkeypatch) 
 
 
 def _tiny_row(name: str, **params) -> dict:
-    point = {"variant": name, "params": params, "device": "cpu", "dtype": "float32", "seed": 0,
-             "realmodel": {"lengths": [16, 32], "texts_per_length": 1, "retrieval_pairs": 0,
-                           "heatmap": False}}  # fmt: skip
-    (row,) = realmodel.measure_realmodel_point(
-        point, lambda seed: variants.create(name, kv_len=32, head_dim=32, **params)
-    )
+    point = minilm_point("realmodel", name, params, lengths=[16, 32], texts_per_length=1,
+                         retrieval_pairs=0, heatmap=False)  # fmt: skip
+    (row,) = measure(point, lambda seed: variants.create(name, kv_len=32, head_dim=32, **params))
     assert row["status"] == "ok", row["reason"]
     return row
 
@@ -312,7 +314,7 @@ def test_work_exceeds_exact_flags_nystrom_with_many_landmarks() -> None:
     row = _tiny_row("nystrom", num_landmarks=16)
     assert row["work_exceeds_exact"] is True and row["flops"] >= row["exact_flops"]
     assert "work_exceeds_exact" in row["notes"] and row.get("tflops") is None
-    few = realmodel._work_columns(variants.create("nystrom", num_landmarks=4), [64, 64])
+    few = work_columns(variants.create("nystrom", num_landmarks=4), [64, 64])
     assert few["work_exceeds_exact"] is False and few["flops"] < few["exact_flops"]
 
 
@@ -366,12 +368,9 @@ def test_variant_heatmap_panels_name_their_settings() -> None:
 
 
 def test_realmodel_job_writes_heatmap_json(tmp_path) -> None:
-    point = {"variant": "local", "params": {"window": 8}, "device": "cpu", "dtype": "float32",
-             "seed": 0, "realmodel": {"lengths": [16], "texts_per_length": 1,
-                                      "retrieval_pairs": 0}}  # fmt: skip
-    (row,) = realmodel.measure_realmodel_point(
-        point, lambda seed: variants.create("local", window=8), out_dir=tmp_path
-    )
+    point = minilm_point("realmodel", "local", {"window": 8}, lengths=[16], texts_per_length=1,
+                         retrieval_pairs=0)  # fmt: skip
+    (row,) = measure(point, lambda seed: variants.create("local", window=8), out_dir=tmp_path)
     assert row["status"] == "ok", row["reason"]
     assert row["knob"] == "window" and row["knob_value"] == 8 and row["exact"] is False
     data = json.loads((tmp_path / HEATMAP_FILE).read_text())
@@ -391,9 +390,7 @@ def test_realmodel_job_writes_heatmap_json(tmp_path) -> None:
     torch.testing.assert_close(torch.tensor(panel["matrix"], dtype=torch.float64), expected)
     assert not torch.allclose(expected, exact)  # a 2-token window is not the exact matrix
     # switched off: no file
-    point["realmodel"]["heatmap"] = False
+    point.task_cfg.heatmap = False
     (tmp_path / HEATMAP_FILE).unlink()
-    realmodel.measure_realmodel_point(
-        point, lambda seed: variants.create("local"), out_dir=tmp_path
-    )
+    measure(point, lambda seed: variants.create("local"), out_dir=tmp_path)
     assert not (tmp_path / HEATMAP_FILE).exists()

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import variants
+from harness.app.point import Point
 from harness.measure import accuracy
+from harness.measure.config import MeasureConfig
 from harness.measure.factory import make_factory
 from harness.measure.inputs import make_inputs
-from harness.measure.point import measure_point
 from harness.measure.reference import reference_attention, reference_grads
+from harness.tasks.attention.measure import measure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,21 +92,21 @@ def test_accuracy_on_sampled_rows_matches_numpy():
     assert 0 < got["grad_rel_err"] < 10
 
 
-def _point(q_len: int, **measure) -> dict:
-    return {
-        "variant": "local", "params": {}, "batch": 1, "heads": 1, "q_len": q_len,
-        "kv_len": q_len, "head_dim": 8, "dtype": "float32", "device": "cpu", "causal": True,
-        "inputs": "gaussian", "inputs_params": {}, "seed": 0, "seeds": [0], "passes": ["fwd"],
-        "measure": {"timing": False, "memory": False, "threads": 1, **measure},
-    }  # fmt: skip
+def _point(q_len: int, **measure) -> Point:
+    return Point(
+        variant_cls=variants.get_class("local"), task="attention", variant="local", params={},
+        batch=1, heads=1, q_len=q_len, kv_len=q_len, head_dim=8, dtype="float32", device="cpu",
+        causal=True, inputs="gaussian", inputs_params={}, seed=0, seeds=[0], passes=["fwd"],
+        measure=MeasureConfig(timing=False, memory=False, threads=1, **measure),
+    )  # fmt: skip
 
 
 def test_rows_say_how_many_query_rows_the_reference_covered():
     factory = make_factory(variants.get_class("local"), {"window": 8}, 512, 8)
-    (row,) = measure_point(_point(512), factory)
+    (row,) = measure(_point(512), factory)
     assert row["status"] == "ok" and row["ref_rows"] is None  # all rows
     work = accuracy.reference_flops(1, 1, 512, 512, 8, backward=True)
-    (sampled,) = measure_point(_point(512, reference_max_work=work / 2), factory)
+    (sampled,) = measure(_point(512, reference_max_work=work / 2), factory)
     assert sampled["status"] == "ok", sampled["reason"]
     assert sampled["ref_rows"] == 256
     # the same variant on a sample of its rows: the same error, within sampling noise

@@ -12,15 +12,14 @@ from harness.analysis import scaling
 from harness.analysis.rows import complete_row, flat_frame, write_rows
 from harness.analysis.series import prepare
 from harness.report import build as report
-from harness.report.markdown import (
+from harness.report.markdown import failures_markdown, fmt
+from harness.report.style import inputs_label
+from harness.tasks.attention.markdown import (
     divergence_markdown,
-    failures_markdown,
     fitted_inputs_markdown,
-    fmt,
-    realmodel_markdown,
     summary_markdown,
 )
-from harness.report.style import inputs_label
+from harness.tasks.realmodel.report_markdown import realmodel_markdown
 
 FIGURES = ("time_fwd", "memory_fwd", "tradeoff", "realmodel")
 
@@ -55,7 +54,7 @@ def test_report_files_and_table(sweep: Path, built: Path, check_png) -> None:
     for png in pngs:
         check_png(png)
         assert f"]({png.name})" in text  # embedded
-    assert "realmodel: no realmodel rows" in text  # skipped with its reason
+    assert "realmodel" not in text  # no real-model rows: no real-model section, no figure
     # The markdown table carries scaling's numbers.
     with pytest.warns(UserWarning):
         df = prepare(report.load_rows([sweep]))
@@ -271,7 +270,9 @@ def test_report_names_the_inputs_first_and_the_uniform_baseline(tmp_path: Path) 
     write_rows(tmp_path / "s" / "rows.jsonl", rows)
     path = report.build_report([tmp_path / "s"], tmp_path / "r", heatmap=False, figures=[])
     lines = path.read_text().splitlines()
-    assert "Accuracy measured on inputs: MiniLM q,k,v (real text; layer=0); gaussian." in lines[:6]
+    results = lines.index("## Results")  # the inputs open the attention section
+    inputs = "Accuracy measured on inputs: MiniLM q,k,v (real text; layer=0); gaussian."
+    assert lines[results + 2] == inputs
     assert "rel_err at n_ref on inputs MiniLM q,k,v (real text; layer=0)." in lines
     table = "\n".join(lines)
     assert "| uniform attention rel_err |" in table

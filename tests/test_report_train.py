@@ -23,16 +23,17 @@ import pytest
 from harness.analysis.rows import complete_row, flat_frame, read_rows, write_rows
 from harness.analysis.series import prepare
 from harness.report import build
-from harness.report.figures import attention_rows, plot_all
-from harness.report.figures_train import (
+from harness.report.sections import task_rows
+from harness.tasks.attention.figures import plot_all
+from harness.tasks.train.report_data import curve_points, state_size, train_frame
+from harness.tasks.train.report_figures import (
     TRAIN_FIGURES,
     plot_train_curves,
     plot_train_lr,
     plot_train_vs_knob,
     plot_train_vs_time,
 )
-from harness.report.markdown_train import which_attention, which_markdown
-from harness.report.train_data import curve_points, state_size, train_frame
+from harness.tasks.train.report_markdown import which_attention, which_markdown
 
 LRS = (1e-3, 3e-3, 1e-2)
 #: (variant, knob, knob value) of every arm.
@@ -169,6 +170,11 @@ def report(tmp_path_factory) -> Path:
     return build.build_report([folder], heatmap=False, figures=figures)
 
 
+def _attention(df: pd.DataFrame) -> pd.DataFrame:
+    """The attention rows (what the section compares the training rows with)."""
+    return df[task_rows(df, "attention")]
+
+
 def _legend_labels(fig) -> set[str]:
     return {t.get_text() for legend in fig.legends for t in legend.get_texts()}
 
@@ -233,7 +239,7 @@ def test_figures_are_written_and_embedded(report: Path, check_png) -> None:
 
 def test_which_attention_picks_the_fastest_within_tolerance(frame: pd.DataFrame) -> None:
     rows = train_frame(frame)
-    entries = {(e["task"], e["n"]): e for e in which_attention(rows, attention_rows(frame))}
+    entries = {(e["task"], e["n"]): e for e in which_attention(rows, _attention(frame))}
     short = entries[("mqar", 64)]  # nothing but exact attention is within 0.05
     assert short["arm"] == "sdpa" and short["speedup"] == pytest.approx(1.0)
     assert short["qualified"] == 1
@@ -245,7 +251,7 @@ def test_which_attention_picks_the_fastest_within_tolerance(frame: pd.DataFrame)
     chars = entries[("chars", 256)]  # lower is better: the window of 8 beats exact attention
     assert chars["arm"] == "local(window=8)" and chars["speedup"] == pytest.approx(40 / 15)
     # a tighter tolerance leaves exact attention at n = 128
-    strict = which_attention(rows, attention_rows(frame), {"accuracy": 0.01})
+    strict = which_attention(rows, _attention(frame), {"accuracy": 0.01})
     assert {e["n"]: e["arm"] for e in strict if e["task"] == "mqar"}[128] == "sdpa"
 
 
@@ -261,12 +267,13 @@ def test_untrained_error_figure_needs_accuracy_rows(tmp_path: Path) -> None:
     out = build.build_report([tmp_path], heatmap=False, figures=TRAIN_FIGURES)
     text = out.read_text()
     assert "train_vs_error: no accuracy rows (rel_err)" in text
-    assert "Only training rows from this device" in text
+    assert "## Results" not in text, "no attention section without attention rows"
+    assert "## Quality after training" in text
     assert f"{N128} 1.67× | 0.60 | – | 2 of 6 |" in text  # no attention rows: no ratio
 
 
 def test_training_rows_stay_out_of_attention_figures(frame: pd.DataFrame, tmp_path) -> None:
-    assert not (attention_rows(frame)["task"].astype(str) == "train").any()
+    assert not (_attention(frame)["task"].astype(str) == "train").any()
     only_train = frame[frame["task"].astype(str) == "train"]
     results = plot_all(only_train, tmp_path, only=["time_fwd", "realmodel"])
     assert all(r.path is None and r.skipped for r in results)

@@ -21,10 +21,13 @@ from matplotlib.colors import to_hex
 from harness.analysis.rows import complete_row, flat_frame, read_rows, write_rows
 from harness.analysis.series import prepare
 from harness.report import build
-from harness.report.figures import plot_all
-from harness.report.figures_transfer import plot_transfer, plot_transfer_cosine, transfer_lines
-from harness.report.markdown_transfer import transfer_markdown, transfer_pairs
 from harness.report.style import color_for
+from harness.tasks.transfer.report_figures import (
+    plot_transfer,
+    plot_transfer_cosine,
+    transfer_lines,
+)
+from harness.tasks.transfer.report_markdown import transfer_markdown, transfer_pairs
 
 DEVICE = {"device": "cpu", "device_name": "Test CPU", "host": "host-t", "threads": 2,
           "dtype": "float32", "heads": 12, "head_dim": 32, "causal": False, "seed": 0,
@@ -161,7 +164,8 @@ def test_section_table_has_both_stages_fit_and_settings(report: Path) -> None:
     assert section.index("| linformer | k | 32") < section.index("| linformer | k | 64")
     assert "- nystrom: unsupported: not transferable: no trainable parameters" in section
     # transfer rows are not real-model rows: the real-model table has none of them
-    real = text[text.index("### Real-model fidelity") : text.index("## Before / after")]
+    real = text[text.index("## Real-model fidelity") : text.index("## Before / after")]
+    assert "| longformer | window=16 |" in real  # the slice is the real-model table
     assert "hedgehog" not in real and "learnable_projection" not in real
 
 
@@ -210,12 +214,11 @@ def test_without_transfer_rows_nothing_changes(tmp_path: Path) -> None:
     assert transfer_markdown(df) == [] and plot_transfer(df, tmp_path) == []
     assert transfer_pairs(df).empty
     # the real-model figure draws the same lines with or without transfer rows beside
-    mixed = prepare(pd.DataFrame(realmodel_rows() + transfer_rows()))
-    for frame, out in ((df, tmp_path / "alone"), (mixed, tmp_path / "mixed")):
-        (result,) = plot_all(frame, out, only=["realmodel"])
-        assert result.path is not None
-    assert (tmp_path / "alone" / "realmodel.png").read_bytes() == (
-        tmp_path / "mixed" / "realmodel.png"
+    for name, rows in (("alone", realmodel_rows()), ("mixed", realmodel_rows() + transfer_rows())):
+        write_rows(tmp_path / name / "rows.jsonl", rows)
+        build.build_report([tmp_path / name], heatmap=False, figures=["realmodel"])
+    assert (tmp_path / "alone" / "report" / "realmodel.png").read_bytes() == (
+        tmp_path / "mixed" / "report" / "realmodel.png"
     ).read_bytes()
 
 

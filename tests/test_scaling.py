@@ -10,6 +10,7 @@ import pytest
 
 from harness.analysis import scaling, series
 from harness.analysis.rows import complete_row
+from harness.report import style
 
 LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
 LONG = LENGTHS + [16384]  # so that 8192 is not the last length
@@ -206,6 +207,29 @@ def test_summary_reads_the_uniform_baseline_and_says_what_each_slope_covers() ->
     full = table.loc["full"]  # three lengths: a slope, no interval
     assert full["time_slope"] == pytest.approx(2.0) and math.isnan(full["time_ci_low"])
     assert full["time_note"] == "3 lengths: too few for an interval"
+
+
+def test_a_flat_series_is_reported_as_no_growth() -> None:
+    # an overhead-dominated series (time within 1% of 2 ms at every length) beside a growing one
+    noise = np.random.default_rng(3).normal(1.0, 0.01, len(LONG))
+    flat_ms = dict(zip(LONG, 2.0 * noise))
+    df = pd.DataFrame(
+        rows_for("sdpa", lambda n: flat_ms[n], LONG) + rows_for("linear", lambda n: 4 * n, LONG)
+    )
+    slopes = scaling.time_slopes(df).set_index("series")
+    assert slopes.loc["sdpa", "flat"] and not slopes.loc["linear", "flat"]
+    assert slopes.loc["sdpa", "slope"] == 0.0 and slopes.loc["linear", "slope"] == pytest.approx(1)
+    table = scaling.summary_table(df).set_index("series")
+    flat = table.loc["sdpa"]
+    assert flat["time_flat"] and flat["time_slope"] == 0.0
+    assert flat["time_ci_low"] <= 0.0 <= flat["time_ci_high"]
+    fit = {k[5:]: v for k, v in flat.items() if k.startswith("time_")}
+    text = style.slope_text(fit)
+    interval = f"[{flat['time_ci_low']:.2f}, {flat['time_ci_high']:.2f}]"
+    assert text == f"0.00 {interval} over 256–16384, no growth measured"
+    assert style.slope_text(fit, with_range=False) == f"0.00 {interval}, no growth measured"
+    linear = {k[5:]: v for k, v in table.loc["linear"].items() if k.startswith("time_")}
+    assert style.slope_text(linear) == "1.00 [1.00, 1.00] over 256–16384"
 
 
 def test_series_labels_say_untrained_and_name_eps_always() -> None:

@@ -2,7 +2,7 @@
 themselves, and which inputs each experiment uses (issue 13, item 5).
 
 Stated tolerances for the fitted input against all-MiniLM-L6-v2 at 512 tokens (the statistics
-stored in ``conf/inputs/structured.yaml`` by ``python -m harness.realmodel.stats``):
+stored in ``conf/inputs/structured.yaml`` by ``python -m harness.minilm.stats``):
 mean row entropy within 0.15 nats (uniform attention is log 512 = 6.24), the attention mass in
 every query-key distance bin within 0.03, the mass on the first token within 0.03 and the values'
 mean fraction within 0.02.
@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from harness.app.main import CONF_DIR
 from harness.app.point import Point
 from harness.measure import inputs
-from harness.realmodel.stats import (
+from harness.minilm.stats import (
     DISTANCE_BINS,
     attention_stats,
     generator_stats,
@@ -140,7 +140,7 @@ def test_quick_needs_no_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.real
 def test_real_model_statistics_cover_every_head() -> None:
-    from harness.realmodel.model import unavailable_reason
+    from harness.minilm.model import unavailable_reason
 
     if unavailable_reason():
         pytest.skip(unavailable_reason())

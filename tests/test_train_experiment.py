@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import ClassVar
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 import variants
-from harness.train.experiment import describe_row, measure_train_point, train_config, train_point
-from harness.train.loop import LoopConfig, lr_at
-from harness.train.model import ModelConfig, TinyTransformer, parameter_counts
+from harness.app.main import CONF_DIR
+from harness.app.point import Point
+from harness.measure.config import ConfigError
+from harness.tasks.train.config import MqarConfig, TrainConfig
+from harness.tasks.train.loop import LoopConfig, lr_at
+from harness.tasks.train.measure import describe_row, measure, train_point
+from harness.tasks.train.model import ModelConfig, TinyTransformer, parameter_counts
 from variants.base import AttentionVariant
 
 N, HEAD_DIM = 16, 16
@@ -19,8 +26,12 @@ SMALL = {"steps": 12, "batch": 4, "eval_every": 4, "warmup": 2, "target": None,
          "mqar": {"vocab": 16, "num_pairs": 2, "eval_examples": 8}}  # fmt: skip
 
 
-def _point(name: str, causal: bool = True, **train) -> dict:
+def _point(name, causal: bool = True, **train):
     return train_point(name, N, HEAD_DIM, SMALL | train, causal=causal, memory=False)
+
+
+def _measure(point, factory) -> list[dict]:
+    return measure(point, factory, None)
 
 
 def _factory(name: str, **params):
@@ -47,7 +58,7 @@ class NaNAfter(AttentionVariant):
 
 
 def test_a_diverging_run_is_a_nan_row_with_its_step(one_thread):
-    (row,) = measure_train_point(_point("nan_after"), lambda seed: NaNAfter(fail_at=5))
+    (row,) = _measure(_point(NaNAfter), lambda seed: NaNAfter(fail_at=5))
     assert row["status"] == "nan"
     assert row["nan_step"] == 5 and row["steps_run"] == 5
     assert "step 5" in row["reason"]
@@ -55,23 +66,23 @@ def test_a_diverging_run_is_a_nan_row_with_its_step(one_thread):
 
 
 def test_a_bidirectional_only_variant_on_causal_mqar_is_unsupported(one_thread):
-    (row,) = measure_train_point(_point("linformer"), _factory("linformer", k=4))
+    (row,) = _measure(_point("linformer"), _factory("linformer", k=4))
     assert row["status"] == "unsupported"
     assert "causal" in row["reason"]
     assert row["knob"] == "k" and row["knob_value"] == 4 and row["params"]["k"] == 4
-    (row,) = measure_train_point(_point("linformer", causal=False), _factory("linformer", k=4))
+    (row,) = _measure(_point("linformer", causal=False), _factory("linformer", k=4))
     assert row["status"] == "ok", row["reason"]
     assert row["task_params"]["form"] == "bidirectional"
 
 
 def test_character_modelling_is_causal_only(one_thread):
-    (row,) = measure_train_point(_point("sdpa", causal=False, task="chars"), _factory("sdpa"))
+    (row,) = _measure(_point("sdpa", causal=False, task="chars"), _factory("sdpa"))
     assert row["status"] == "unsupported" and "causal" in row["reason"]
 
 
 def test_character_row_reports_bits_per_character(one_thread):
     point = _point("sdpa", task="chars", steps=4, chars={"eval_chars": 256})
-    (row,) = measure_train_point(point, _factory("sdpa"))
+    (row,) = _measure(point, _factory("sdpa"))
     assert row["status"] == "ok", row["reason"]
     assert row["metric"] == "bpc" and row["final_bpc"] == row["final_eval"]
     assert 0 < row["final_bpc"] < 2 * row["chance"]  # chance: log2(alphabet size)
@@ -81,17 +92,67 @@ def test_character_row_reports_bits_per_character(one_thread):
 
 @pytest.mark.parametrize(
     "train, field",
-    [({"task": "copy"}, "task"), ({"lr": 0}, "lr"), ({"steps": 0}, "steps"), ({"lrs": 1}, "lrs")],
+    [
+        ({"task": "copy"}, "train.task='copy'"),
+        ({"lr": 0}, "train.lr=0"),
+        ({"steps": 0}, "train.steps=0"),
+        ({"warmup": -1}, "train.warmup=-1"),
+        ({"grad_clip": -1.0}, "train.grad_clip=-1.0"),
+        ({"mqar": {"vocab": 16, "num_pairs": 20}}, "train.mqar.num_pairs=20"),
+        ({"mqar": {"vocab": 15}}, "train.mqar.vocab=15"),
+        ({"mqar": {"power_a": 0}}, "train.mqar.power_a=0"),
+        ({"chars": {"eval_chars": 0}}, "train.chars.eval_chars=0"),
+    ],
 )
-def test_bad_train_blocks_are_error_rows_naming_the_field(train, field):
-    (row,) = measure_train_point(_point("sdpa", **train), _factory("sdpa"))
-    assert row["status"] == "error" and field in row["reason"]
-    with pytest.raises(ValueError, match=field):
-        train_config({"train": train})
+def test_bad_train_blocks_raise_a_config_error_naming_the_field(train, field):
+    with pytest.raises(ConfigError, match=re.escape(field)) as caught:
+        TrainConfig(**train)
+    assert "\n" not in str(caught.value), "one line"
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        _point("sdpa", **train)
 
 
-def test_a_bad_task_parameter_is_an_error_row():
-    (row,) = measure_train_point(_point("sdpa", mqar={"num_pairs": 20}), _factory("sdpa"))
+def test_an_unknown_train_key_is_rejected():
+    with pytest.raises(TypeError, match="lrs"):
+        TrainConfig(lrs=1)
+
+
+def test_the_train_blocks_defaults_are_the_dataclass_fields():
+    cfg = TrainConfig(mqar={"vocab": 16})
+    assert cfg.mqar == MqarConfig(vocab=16) and cfg.mqar.num_pairs == MqarConfig().num_pairs
+    assert cfg.lr == 3e-3 and cfg.task == "mqar" and cfg.chars.eval_chars == 32768
+
+
+def _preset(*overrides: str, experiment: str = "train") -> Point:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[f"+experiment={experiment}", "variant=sdpa", *overrides]
+        )
+    return Point.from_cfg(cfg)
+
+
+def test_the_presets_compose_into_the_typed_train_block():
+    cfg = _preset().task_cfg
+    assert isinstance(cfg, TrainConfig) and isinstance(cfg.mqar, MqarConfig)
+    assert (cfg.task, cfg.steps, cfg.chars.eval_chars) == ("mqar", 600, 16384)
+    chars = _preset("train_setting=chars_256")
+    assert (chars.task_cfg.task, chars.task_cfg.steps, chars.q_len) == ("chars", 200, 256)
+    assert chars.task_cfg.chars.eval_chars == 8192
+    gpu = _preset("device=cpu", experiment="train_gpu").task_cfg
+    assert (gpu.steps, gpu.mqar.vocab, gpu.mqar.eval_examples) == (20000, 8192, 3000)
+
+
+def test_a_bad_train_value_stops_the_point_before_any_work():
+    with pytest.raises(ConfigError, match=re.escape("train.lr=0")):
+        _preset("train.lr=0")
+    with pytest.raises(ConfigError, match=re.escape("train.mqar.num_pairs=200")):
+        _preset("train.mqar.num_pairs=200")
+
+
+def test_a_task_parameter_that_does_not_fit_the_length_is_an_error_row():
+    # 7 pairs fill 14 of the 16 positions: one query slot is left for 7 queries
+    (row,) = _measure(_point("sdpa", mqar={"num_pairs": 7}), _factory("sdpa"))
     assert row["status"] == "error" and "num_pairs" in row["reason"]
 
 

@@ -9,8 +9,8 @@ early at 0.95; the budget of 800 steps leaves room. Both models get the same bud
 from __future__ import annotations
 
 import variants
-from harness.train.experiment import measure_train_point, train_point
-from harness.train.tasks_mqar import MQARConfig, key_to_query_distances, mqar_eval_set
+from harness.tasks.train.data_mqar import MQARConfig, key_to_query_distances, mqar_eval_set
+from harness.tasks.train.measure import measure, train_point
 
 N, HEAD_DIM, WINDOW = 32, 32, 2
 TRAIN = {
@@ -27,7 +27,7 @@ TRAIN = {
 
 def _train(name: str, **params) -> dict:
     factory = lambda seed: variants.create(name, kv_len=N, head_dim=HEAD_DIM, **params)
-    (row,) = measure_train_point(train_point(name, N, HEAD_DIM, TRAIN, params=params), factory)
+    (row,) = measure(train_point(name, N, HEAD_DIM, TRAIN, params=params), factory, None)
     assert row["status"] == "ok", row["reason"]
     return row
 

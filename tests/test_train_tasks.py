@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.train import tasks_chars
-from harness.train.tasks_mqar import (
+from harness.tasks.train import data_chars
+from harness.tasks.train.data_mqar import (
     IGNORE,
     PAD,
     MQARConfig,
@@ -127,7 +127,7 @@ def test_bad_settings_name_the_field(kwargs, field):
 
 
 def test_character_validation_text_never_appears_in_training():
-    corpus = tasks_chars.load_corpus()
+    corpus = data_chars.load_corpus()
     assert corpus.valid_topics and corpus.train_topics
     assert not set(corpus.valid_topics) & set(corpus.train_topics)
     assert 0.08 < len(corpus.valid_text) / (len(corpus.valid_text) + len(corpus.train_text))
@@ -145,11 +145,11 @@ def test_character_validation_text_never_appears_in_training():
 
 
 def test_character_batches_come_from_training_text_and_eval_from_validation():
-    train_ids, valid_ids = tasks_chars.encoded_corpus()
-    inputs, targets = tasks_chars.char_batch(train_ids, 64, 8, torch.Generator().manual_seed(0))
+    train_ids, valid_ids = data_chars.encoded_corpus()
+    inputs, targets = data_chars.char_batch(train_ids, 64, 8, torch.Generator().manual_seed(0))
     assert inputs.shape == targets.shape == (8, 64)
     assert torch.equal(inputs[:, 1:], targets[:, :-1]), "targets are the next characters"
-    ev_inputs, ev_targets = tasks_chars.eval_windows(valid_ids, 256, 4096)
+    ev_inputs, ev_targets = data_chars.eval_windows(valid_ids, 256, 4096)
     assert ev_inputs.shape == (16, 256)
-    text = "".join(tasks_chars.load_corpus().alphabet[i] for i in ev_inputs[3].tolist())
-    assert text in tasks_chars.load_corpus().valid_text
+    text = "".join(data_chars.load_corpus().alphabet[i] for i in ev_inputs[3].tolist())
+    assert text in data_chars.load_corpus().valid_text

@@ -10,10 +10,11 @@ import json
 
 import pytest
 import torch
+from minilm_points import minilm_point
 
-from harness.measure.factory import make_factory
-from harness.realmodel.model import unavailable_reason
-from variants import get_class
+from harness.measure.config import ConfigError
+from harness.minilm.model import unavailable_reason
+from harness.tasks.transfer.config import TransferConfig
 from variants.base import AttentionVariant
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
@@ -22,31 +23,27 @@ pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(una
 SMALL = {"eval_texts": 8, "retrieval_pairs": 0, "batch_size": 8, "lr": 0.01, "save": True}
 
 
-def _point(variant: str, params: dict, transfer: dict) -> tuple[dict, object]:
-    length = transfer["length"]
-    point = {"variant": variant, "params": params, "device": "cpu", "dtype": "float32",
-             "seed": 0, "kv_len": length, "transfer": transfer}  # fmt: skip
-    return point, make_factory(get_class(variant), params, length, 32)
+def _run(variant: str, params: dict, kv_len: int, out_dir=None, **transfer) -> list[dict]:
+    """The rows of a transfer point whose texts are ``kv_len`` tokens long."""
+    from harness.tasks.transfer.measure import measure
 
-
-def _run(variant: str, params: dict, transfer: dict, out_dir=None) -> list[dict]:
-    from harness.realmodel.transfer import measure_transfer_point
-
-    point, factory = _point(variant, params, transfer)
-    return measure_transfer_point(point, factory, out_dir=out_dir)
+    point = minilm_point("transfer", variant, params, kv_len=kv_len, **transfer)
+    return measure(point, point.factory(), out_dir=out_dir)
 
 
 @pytest.mark.parametrize(
-    "variant, params, setting",
+    "variant, params, kv_len, setting",
     [
         # k=64 of 128 keys: a real compression
-        ("linformer", {"k": 64}, {"length": 128, "calibration_texts": 32, "steps": 100}),
+        ("linformer", {"k": 64}, 128, {"calibration_texts": 32, "steps": 100}),
         # 64 features over 32 tokens; W is 32 x 32 per head
-        ("hedgehog", {}, {"length": 32, "calibration_texts": 128, "steps": 150}),
+        ("hedgehog", {}, 32, {"calibration_texts": 128, "steps": 150}),
     ],
 )
-def test_transfer_halves_the_held_out_layer_error(one_thread, tmp_path, variant, params, setting):
-    rows = _run(variant, params, SMALL | setting, out_dir=tmp_path)
+def test_transfer_halves_the_held_out_layer_error(
+    one_thread, tmp_path, variant, params, kv_len, setting
+):
+    rows = _run(variant, params, kv_len, out_dir=tmp_path, **(SMALL | setting))
     before, after = rows
     assert [r["stage"] for r in rows] == ["before", "after"]
     assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("reason") for r in rows]
@@ -61,40 +58,52 @@ def test_transfer_halves_the_held_out_layer_error(one_thread, tmp_path, variant,
         assert after["params"]["init"] == "learned"  # transfer.learnable made it trainable
 
     # the saved fit reproduces the fitted model's held-out errors
-    from harness.realmodel.transfer import _exact, _layer_errors, transfer_config
-    from harness.realmodel.transfer_fit import load_fit
-    from harness.realmodel.transfer_texts import transfer_texts
+    from harness.minilm.layerwise import load_fit
+    from harness.tasks.transfer.evaluate import exact_measures, layer_errors
+    from harness.tasks.transfer.texts import transfer_texts
 
     fitted = load_fit(tmp_path / after["fit_file"])
     knob = after["knob_value"] or "default"
     assert fitted.trained and after["fit_file"] == f"transfer_{variant}_{knob}.pt"
-    cfg = transfer_config({"transfer": SMALL | setting})
-    texts = transfer_texts(cfg["length"], cfg["calibration_texts"], cfg["eval_texts"], 0)
-    errors = _layer_errors(fitted, _exact(texts, cfg, "cpu")[2], 8)
+    cfg = TransferConfig(**(SMALL | setting))
+    texts = transfer_texts(kv_len, cfg.calibration_texts, cfg.eval_texts, 0)
+    errors = layer_errors(fitted, exact_measures(texts, kv_len, cfg.eval_batch_size, "cpu")[1], 8)
     assert errors == pytest.approx(json.loads(after["layer_out_rel_err"]), rel=1e-5)
 
 
 def test_variant_without_parameters_is_not_transferable() -> None:
-    rows = _run("nystrom", {"num_landmarks": 8}, {"length": 32})
+    rows = _run("nystrom", {"num_landmarks": 8}, 32)
     assert len(rows) == 1
     assert rows[0]["status"] == "unsupported"
     assert rows[0]["reason"] == "not transferable: no trainable parameters"
     assert rows[0]["task"] == "transfer" and rows[0]["variant"] == "nystrom"
 
 
-def test_bad_transfer_settings_are_an_error_row() -> None:
-    (row,) = _run("hedgehog", {}, {"length": 32, "steps": 0})
-    assert row["status"] == "error" and "steps=0" in row["reason"]
-    (row,) = _run("hedgehog", {}, {"length": 32, "bogus": 1})
-    assert row["status"] == "error" and "bogus" in row["reason"]
+def test_bad_transfer_settings_are_refused_naming_the_field() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.app.main import CONF_DIR
+    from harness.app.point import Point
+
+    with pytest.raises(ConfigError, match=r"^transfer\.steps=0 "):
+        TransferConfig(steps=0)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=transfer", "+transfer.bogus=1"])
+    with pytest.raises(ConfigError, match="transfer.bogus"):
+        Point.from_cfg(cfg)
+    # texts longer than the model's 512 positions: an error row naming the length
+    (row,) = _run("hedgehog", {}, 600)
+    assert row["status"] == "error" and "kv_len=600" in row["reason"]
 
 
 def test_no_evaluation_text_is_seen_in_fitting(monkeypatch) -> None:
     """Every text the fitted layers were trained on is a calibration text, and no held-out
     passage, paragraph or retrieval half occurs in any of them."""
-    import harness.realmodel.transfer as transfer
-    from harness.realmodel.texts import pydoc_paragraphs
-    from harness.realmodel.transfer_texts import transfer_texts
+    import harness.tasks.transfer.measure as transfer
+    from harness.minilm.texts import pydoc_paragraphs
+    from harness.tasks.transfer.texts import transfer_texts
 
     captured: dict[int, list[str]] = {}
     fitted_on: list[int] = []
@@ -111,9 +120,9 @@ def test_no_evaluation_text_is_seen_in_fitting(monkeypatch) -> None:
 
     monkeypatch.setattr(transfer, "capture_layers", capture)
     monkeypatch.setattr(transfer, "fit_layer", fit)
-    setting = {"length": 32, "calibration_texts": 6, "eval_texts": 4, "retrieval_pairs": 4,
-               "steps": 1, "save": False}  # fmt: skip
-    rows = _run("hedgehog", {}, setting)
+    setting = {"calibration_texts": 6, "eval_texts": 4, "retrieval_pairs": 4, "steps": 1,
+               "save": False}  # fmt: skip
+    rows = _run("hedgehog", {}, 32, **setting)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert rows[1]["retrieval_pairs"] == 4 and rows[1]["retrieval_top1"] is not None
     assert len(fitted_on) == 6
@@ -135,8 +144,8 @@ def test_no_evaluation_text_is_seen_in_fitting(monkeypatch) -> None:
 
 
 def test_split_is_disjoint_for_every_length() -> None:
-    from harness.realmodel.texts import pydoc_paragraphs
-    from harness.realmodel.transfer_texts import split_topics, transfer_texts
+    from harness.minilm.texts import pydoc_paragraphs
+    from harness.tasks.transfer.texts import split_topics, transfer_texts
 
     calibration, evaluation = split_topics(3)
     assert calibration and evaluation and not set(calibration) & set(evaluation)
@@ -171,9 +180,9 @@ class _Recorder(AttentionVariant):
 
 
 def test_layerwise_attention_runs_each_layers_own_instance() -> None:
-    from harness.realmodel.embed import embed
-    from harness.realmodel.model import load_model
-    from harness.realmodel.transfer_fit import LayerwiseAttention
+    from harness.minilm.embed import embed
+    from harness.minilm.layerwise import LayerwiseAttention
+    from harness.minilm.model import load_model
 
     lw = LayerwiseAttention([_Recorder(i) for i in range(6)])
     _Recorder.calls = []
@@ -189,7 +198,7 @@ def test_layerwise_attention_runs_each_layers_own_instance() -> None:
 
 
 def test_loss_curve_summary_keeps_first_and_last() -> None:
-    from harness.realmodel.transfer import _curve
+    from harness.tasks.transfer.measure import _curve
 
     curves = [[float(i) for i in range(200)], [float(2 * i) for i in range(200)]]
     curve = _curve(curves, points=50)

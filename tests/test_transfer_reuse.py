@@ -1,8 +1,8 @@
-"""A saved transfer fit measured by the real-model experiment (``realmodel.fit_path``).
+"""A saved transfer fit measured by a realmodel point (``realmodel.fit_path``).
 
 The fit is made here without fitting: six Linformer instances with learned projections, each
 seeded differently (so that a layer running another layer's instance would show), saved with
-:func:`harness.realmodel.transfer_fit.save_fit` as the transfer step saves them. The checks of
+:func:`harness.minilm.layerwise.save_fit` as a transfer point saves them. The checks of
 the file (missing, another variant, knob or length) need no model; measuring with the fit
 needs the ``attnbench[real]`` extra and is skipped without it. Texts are short, so it takes
 seconds.
@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from minilm_points import minilm_point
 
 import variants
-from harness.measure.factory import make_factory
-from harness.realmodel.experiment import measure_realmodel_point
-from harness.realmodel.model import unavailable_reason
-from harness.realmodel.transfer_fit import LayerwiseAttention, save_fit
-from variants import get_class
+from harness.measure.config import ConfigError
+from harness.minilm.layerwise import LayerwiseAttention, save_fit
+from harness.minilm.model import unavailable_reason
+from harness.tasks.realmodel.config import RealmodelConfig
+from harness.tasks.realmodel.measure import measure
 
 LENGTH = 32
 #: Few short texts, no retrieval, no heatmap: a point in seconds.
@@ -37,22 +38,21 @@ def fit_file(tmp_path_factory) -> Path:
         for i in range(6)
     ]
     path = tmp_path_factory.mktemp("fit") / "transfer_linformer_8.pt"
-    return save_fit(path, LayerwiseAttention(layers), length=LENGTH, seed=0)
+    return save_fit(path, LayerwiseAttention(layers), kv_len=LENGTH, seed=0)
 
 
 def _measure(variant: str, params: dict, kv_len: int = LENGTH, **realmodel) -> dict:
-    point = {"variant": variant, "params": params, "device": "cpu", "dtype": "float32",
-             "seed": 0, "kv_len": kv_len, "realmodel": REALMODEL | realmodel}  # fmt: skip
-    (row,) = measure_realmodel_point(point, make_factory(get_class(variant), params, kv_len, 32))
+    point = minilm_point("realmodel", variant, params, kv_len=kv_len, **(REALMODEL | realmodel))
+    (row,) = measure(point, point.factory())
     return row
 
 
 @needs_model
 def test_saved_fit_is_measured_layer_by_layer(one_thread, fit_file: Path) -> None:
-    from harness.realmodel.embed import embed
-    from harness.realmodel.model import load_model
-    from harness.realmodel.texts import realmodel_texts
-    from harness.realmodel.transfer_fit import load_fit
+    from harness.minilm.embed import embed
+    from harness.minilm.layerwise import load_fit
+    from harness.minilm.model import load_model
+    from harness.tasks.realmodel.measure import realmodel_texts
 
     row = _measure("linformer", {"k": 8}, fit_path=str(fit_file))
     assert row["status"] == "ok", row["reason"]
@@ -94,8 +94,8 @@ def test_a_missing_or_bad_fit_path_is_an_error_row(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a fit")
     row = _measure("linformer", {"k": 8}, fit_path=str(tmp_path / "junk.pt"))
     assert row["status"] == "error" and "cannot be loaded" in row["reason"]
-    row = _measure("linformer", {"k": 8}, fit_path=5)
-    assert row["status"] == "error" and "realmodel.fit_path=5 must be" in row["reason"]
+    with pytest.raises(ConfigError, match="realmodel.fit_path=5 must be"):
+        RealmodelConfig(fit_path=5)
 
 
 def test_presets_give_valid_blocks() -> None:
@@ -106,8 +106,8 @@ def test_presets_give_valid_blocks() -> None:
     from omegaconf import OmegaConf
 
     from harness.app.main import CONF_DIR
-    from harness.realmodel.experiment import realmodel_config
-    from harness.realmodel.transfer import transfer_config
+    from harness.minilm.limits import MAX_TOKENS
+    from harness.tasks.transfer.config import TransferConfig
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -115,9 +115,10 @@ def test_presets_give_valid_blocks() -> None:
         cpu = compose("config", overrides=["+experiment=transfer"])
         real = compose("config", overrides=["+experiment=realmodel"])
     assert gpu.device == "cuda" and gpu.experiment_name == "transfer_gpu"
-    block = OmegaConf.to_container(gpu.transfer)
-    cfg = transfer_config({"transfer": block, "kv_len": gpu.seq_len})
-    assert cfg["steps"] > cpu.transfer.steps and cfg["eval_texts"] > cpu.transfer.eval_texts
-    assert (
-        realmodel_config({"realmodel": OmegaConf.to_container(real.realmodel)})["fit_path"] is None
-    )
+    assert 2 <= gpu.seq_len <= MAX_TOKENS  # the texts' length, within the model's positions
+    cfg = OmegaConf.to_object(gpu.transfer)
+    assert isinstance(cfg, TransferConfig)
+    assert cfg.steps > cpu.transfer.steps and cfg.eval_texts > cpu.transfer.eval_texts
+    assert TransferConfig(**OmegaConf.to_container(gpu.transfer)) == cfg
+    real_cfg = RealmodelConfig(**OmegaConf.to_container(real.realmodel))
+    assert real_cfg.fit_path is None

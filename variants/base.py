@@ -16,31 +16,48 @@ Conventions shared by every variant:
 * Every constructor accepts ``kv_len`` and ``head_dim``, the shape the variant is built for
   (``kv_len`` is the key/value length: Linformer's projections are ``k x kv_len``); variants that
   do not need them ignore them. Randomised variants also accept ``seed``.
-* ``seq_len=`` is the deprecated name of ``kv_len``: every constructor still takes it (with a
-  ``DeprecationWarning``), and a plugin whose constructor still names it ``seq_len`` is handed
-  callers' ``kv_len=`` under that name (:meth:`AttentionVariant.__init_subclass__`).
 * Parameters are validated in the constructor; a bad value raises :class:`VariantConfigError`
-  naming the field and the allowed values.
+  naming the field and the allowed values (:mod:`variants.validation`).
 """
 
 from __future__ import annotations
 
 import abc
-import functools
 import inspect
 import math
-import warnings
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from variants.validation import (
+    VariantConfigError,
+    check_choice,
+    check_int,
+    check_nonneg_int,
+    check_positive_int,
+)
+
+__all__ = [
+    "ALL_DTYPES",
+    "AttentionVariant",
+    "Tolerances",
+    "VariantConfigError",
+    "causal_mask",
+    "check_choice",
+    "check_int",
+    "check_nonneg_int",
+    "check_positive_int",
+    "check_qkv",
+    "exact_attention_flops",
+    "recomputing_backward_flops",
+    "visible_pairs",
+]
+
 ALL_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-
-class VariantConfigError(ValueError):
-    """A variant parameter has a value outside its allowed range (message names the field)."""
+#: ``dtype -> (atol, rtol)`` of a variant's outputs (or gradients) against the float64 reference.
+Tolerances = dict[torch.dtype, tuple[float, float]]
 
 
 class AttentionVariant(torch.nn.Module, abc.ABC):
@@ -54,7 +71,6 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         kv_len: Key/value length the variant is built for (e.g. Linformer's projections).
         head_dim: Head dimension the variant is built for (used by e.g. Performer's features).
         scale: Softmax temperature; ``None`` means ``1 / sqrt(head_dim)`` of the inputs.
-        seq_len: Deprecated name of ``kv_len`` (``DeprecationWarning``).
     """
 
     name: ClassVar[str] = "base"
@@ -73,6 +89,22 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
     #: True when the variant runs fused (FlashAttention-style) kernels whose backward recomputes
     #: the scores: :meth:`backward_flops` is then 2.5x the forward instead of 2x.
     recomputes_scores: ClassVar[bool] = False
+    #: ``dtype -> (atol, rtol)`` the conformance kit holds the outputs to: elementwise where an
+    #: output is compared with another output (causal independence), and ``rtol`` as the bound
+    #: of the relative Frobenius error against the float64 reference (exact variants).
+    TOLERANCES: ClassVar[Tolerances] = {
+        torch.float16: (1e-3, 5e-3),
+        torch.bfloat16: (1e-2, 3e-2),
+        torch.float32: (1e-6, 1e-5),
+        torch.float64: (1e-12, 1e-10),
+    }
+    #: The same for the gradients of q, k and v (exact variants, against the reference's).
+    GRAD_TOLERANCES: ClassVar[Tolerances] = {
+        torch.float16: (1e-2, 2e-2),
+        torch.bfloat16: (5e-2, 6e-2),
+        torch.float32: (1e-5, 1e-4),
+        torch.float64: (1e-10, 1e-9),
+    }
 
     def __init__(
         self,
@@ -94,21 +126,6 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         #: attention transfer); False for a freshly built variant, meaningful only for variants
         #: with trainable parameters (rows record it as ``trained``).
         self.trained = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Give every subclass constructor both names of the length (see :func:`_kv_len_alias`)."""
-        super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__:
-            cls.__init__ = _kv_len_alias(cls.__dict__["__init__"])
-
-    @property
-    def seq_len(self) -> int | None:
-        """Deprecated name of :attr:`kv_len`, kept for plugins written before the rename."""
-        return self.kv_len
-
-    @seq_len.setter
-    def seq_len(self, value: int | None) -> None:
-        self.kv_len = value
 
     # ----------------------------------------------------------------------------- interface
     @abc.abstractmethod
@@ -217,45 +234,6 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
 
-def _kv_len_alias(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a constructor so that it takes both ``kv_len=`` and the deprecated ``seq_len=``.
-
-    A constructor with a ``kv_len`` parameter gets ``seq_len=`` mapped onto it, with a
-    ``DeprecationWarning``; one written before the rename, with ``seq_len`` only, gets ``kv_len=``
-    passed on as ``seq_len`` (its ``super().__init__(seq_len=...)`` then warns its author). The
-    signature seen by ``inspect`` (configs, ``variants.create``'s messages) stays the class's own.
-    """
-    params = inspect.signature(init).parameters
-    takes_kv, takes_seq = "kv_len" in params, "seq_len" in params
-    if takes_kv == takes_seq:  # both: the class decides; neither: **kwargs reach the base
-        return init
-
-    missing, own = ("seq_len", "kv_len") if takes_kv else ("kv_len", "seq_len")
-
-    @functools.wraps(init)
-    def init_with_alias(self: AttentionVariant, *args: Any, **kwargs: Any) -> None:
-        value = kwargs.pop(missing, None)  # None: no length under that name
-        if value is not None:
-            if missing == "seq_len":
-                warnings.warn(
-                    f"{type(self).__name__}: seq_len= is deprecated, pass kv_len=",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                check_positive_int(type(self).name, "seq_len", value)  # named as the caller did
-            if kwargs.setdefault(own, value) != value:
-                raise VariantConfigError(
-                    f"{type(self).name}: {missing}={value} and {own}={kwargs[own]} disagree; "
-                    "pass kv_len only"
-                )
-        init(self, *args, **kwargs)
-
-    return init_with_alias
-
-
-AttentionVariant.__init__ = _kv_len_alias(AttentionVariant.__init__)
-
-
 # ------------------------------------------------------------------------------- cost helpers
 def visible_pairs(q_len: int, kv_len: int, causal: bool) -> int:
     """Number of (query, key) pairs the bottom-right causal mask leaves visible (all if not).
@@ -290,69 +268,6 @@ def recomputing_backward_flops(forward_flops: int) -> int:
     ``torch.utils.flop_counter`` for the fused SDPA kernels).
     """
     return forward_flops * 5 // 2
-
-
-# --------------------------------------------------------------------------------- validators
-def check_int(
-    owner: str | None,
-    field: str,
-    value: Any,
-    low: int | None = None,
-    high: int | None = None,
-    error: type[Exception] = VariantConfigError,
-) -> int:
-    """Raise ``error`` unless ``value`` is an int (not a bool) in ``[low, high]``.
-
-    The one integer validator of the project (variants, the harness's config and experiment
-    checks all call it). The message names the owner and field and the allowed range, e.g.
-    ``linformer: k=0 must be an integer >= 1``.
-
-    Args:
-        owner: Prefix of the message (a variant or experiment name), or None.
-        field: The parameter's name.
-        value: The value to check.
-        low: Smallest allowed value (None: no bound).
-        high: Largest allowed value (None: no bound).
-        error: Exception class to raise (the harness passes its ``ConfigError``).
-    """
-    ok = not isinstance(value, bool) and isinstance(value, int)
-    ok = ok and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        if low is not None and high is not None:
-            allowed = f"in {low}..{high}"
-        elif low is not None:
-            allowed = f">= {low}"
-        elif high is not None:
-            allowed = f"<= {high}"
-        else:
-            allowed = ""
-        prefix = f"{owner}: " if owner else ""
-        raise error(f"{prefix}{field}={value!r} must be an integer {allowed}".rstrip())
-    return value
-
-
-def check_positive_int(variant: str, field: str, value: Any) -> int:
-    """Raise :class:`VariantConfigError` unless ``value`` is an int >= 1."""
-    return check_int(variant, field, value, low=1)
-
-
-def check_nonneg_int(variant: str, field: str, value: Any) -> int:
-    """Raise :class:`VariantConfigError` unless ``value`` is an int >= 0."""
-    return check_int(variant, field, value, low=0)
-
-
-def check_choice(
-    variant: str | None,
-    field: str,
-    value: Any,
-    allowed: tuple[str, ...],
-    error: type[Exception] = VariantConfigError,
-) -> str:
-    """Raise ``error`` unless ``value`` is one of ``allowed`` (prefix and error as check_int)."""
-    if value not in allowed:
-        prefix = f"{variant}: " if variant else ""
-        raise error(f"{prefix}{field}={value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:

@@ -15,9 +15,9 @@ Approximates softmax attention by a block-sparse pattern: the sequence is cut in
 
 Within the selected blocks attention is token-exact (the causal mask is applied per token).
 Cost is O(N * block_size * (window + random blocks) + N * global tokens), computed with one
-gather of key/value blocks and the fused SDPA kernel of :mod:`variants._blocksparse`, in which
-the query blocks play the role of heads (a 4-d block mask); there is no loop over tokens or
-heads. Lengths that are not a multiple of ``block_size`` are padded and the padding masked.
+gather of key/value blocks and the fused SDPA kernel of :mod:`variants.engines.blocksparse`, in
+which the query blocks play the role of heads (a 4-d block mask); there is no loop over tokens
+or heads. Lengths that are not a multiple of ``block_size`` are padded and the padding masked.
 
 Cross-attention (``q_len != kv_len``) is not supported: the block pattern pairs query block i
 with key block i, which only has a meaning in self-attention (BigBird's encoder-decoder models
@@ -32,17 +32,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from variants._blocksparse import (
-    block_sparse_attention,
-    block_sparse_flops,
-    keep_dropped_rows,
-    to_blocks,
-)
 from variants.base import (
     AttentionVariant,
     VariantConfigError,
     check_nonneg_int,
     check_positive_int,
+)
+from variants.engines.blocksparse import (
+    block_sparse_attention,
+    block_sparse_flops,
+    keep_dropped_rows,
+    to_blocks,
 )
 
 

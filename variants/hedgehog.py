@@ -2,32 +2,17 @@
 
 "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax Mimicry" (ICLR 2024)
 replaces ``exp(q . k)`` by ``phi(q) . phi(k)`` with a trainable feature map per head,
-``phi(x) = [softmax(W x), softmax(-W x)]`` (softmax over the feature dimension; ``2 * D``
-features for a ``D x D`` matrix ``W``), fitted so that the linear attention mimics a pretrained
-model's softmax attention ("attention transfer", :mod:`harness.realmodel.transfer`). Both halves
-are positive, so the normalised attention ``phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T
-sum_j phi(k_j)`` is a proper weighted mean of the values. Bidirectional attention costs
-``O(n * D^2)``; causal attention uses streamed chunked prefix sums (:mod:`variants._prefix`),
-which apply the feature map group by group, with the suite's bottom-right alignment for
-``q_len < kv_len``.
+``phi(x) = [softmax(W x), softmax(-W x)]`` (``2 * D`` features for a ``D x D`` matrix ``W``),
+fitted so that the linear attention mimics a pretrained model's softmax attention ("attention
+transfer", :mod:`harness.realmodel.transfer`). Both halves are positive, so the normalised
+attention is a weighted mean of the values. Bidirectional attention costs ``O(n * D^2)``; causal
+attention streams chunked prefix sums (:mod:`variants.engines.prefix`), bottom-right aligned.
 
 ``W`` starts as the identity (the paper's initialisation): an untrained Hedgehog is the fixed
-kernel ``softmax(q) . softmax(k) + softmax(-q) . softmax(-k)``, a poor approximation of softmax
-attention until fitted. Like linear attention the feature map has no temperature, so there is
-no ``scale`` parameter (the fit absorbs any temperature into ``W``).
-
-Heads. ``W`` is one ``(D, D)`` matrix per head, an ``(H, D, D)`` ``nn.Parameter``. The number
-of heads is not part of the variant interface, so ``heads`` is optional: given with
-``head_dim``, ``W`` is built in the constructor; left ``None``, ``W`` is built (identity) at the
-first forward for that call's heads and head dimension, and later calls must match them
-(``not_supported_reasons`` says so otherwise). A fitting step must therefore run one forward
-before collecting the parameters; loading a saved ``state_dict`` into an unbuilt instance builds
-``W`` from the saved shape. ``trained`` (from the base class) is False until a fitting step sets
-it.
-
-:meth:`HedgehogAttention.attention_weights` returns the normalised feature products, the
-``(Nq, Nk)`` weights the variant applies to V, which the transfer step's optional cross-entropy
-loss compares with the softmax weights (the paper's loss).
+kernel ``softmax(q) . softmax(k) + softmax(-q) . softmax(-k)``, a poor approximation until
+fitted. The feature map has no temperature, so there is no ``scale`` parameter (the fit absorbs
+it into ``W``). :meth:`HedgehogAttention.attention_weights` returns the ``(Nq, Nk)`` weights
+the variant applies to V, which the transfer step's cross-entropy loss compares with softmax's.
 """
 
 from __future__ import annotations
@@ -37,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from variants._prefix import FeatureMaps, causal_linear_attention, kernel_attention
-from variants._prefix_costs import StreamedKernelAttention
 from variants.base import AttentionVariant, causal_mask, check_positive_int, check_qkv
+from variants.engines.prefix import FeatureMaps, causal_linear_attention, kernel_attention
+from variants.engines.prefix_costs import StreamedKernelAttention
 
 
 def softmax_feature_map(x: Tensor, w: Tensor) -> Tensor:
@@ -48,12 +33,20 @@ def softmax_feature_map(x: Tensor, w: Tensor) -> Tensor:
     return torch.cat([proj.softmax(dim=-1), (-proj).softmax(dim=-1)], dim=-1)
 
 
-#: The causal prefix sums apply the map group by group (:mod:`variants._prefix`).
+#: The causal prefix sums apply the map group by group (:mod:`variants.engines.prefix`).
 SOFTMAX_MAPS = FeatureMaps(query=softmax_feature_map, key=softmax_feature_map)
 
 
 class HedgehogAttention(StreamedKernelAttention, AttentionVariant):
     """Linear attention with the learnable feature map ``[softmax(W x), softmax(-W x)]``.
+
+    ``W`` is one ``(D, D)`` matrix per head, an ``(H, D, D)`` ``nn.Parameter``. The number of
+    heads is not part of the variant interface: given with ``head_dim``, ``W`` is built here;
+    left ``None``, ``W`` is built (identity) at the first forward for that call's heads and head
+    dimension, and later calls must match them (``not_supported_reasons`` says so otherwise). A
+    fitting step must therefore run one forward before collecting the parameters; loading a
+    saved ``state_dict`` into an unbuilt instance builds ``W`` from the saved shape. ``trained``
+    is False until a fitting step sets it.
 
     Args:
         heads: Number of heads (one ``W`` each); ``None`` builds ``W`` at the first forward.

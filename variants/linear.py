@@ -5,7 +5,7 @@ softmax kernel ``exp(q . k)`` by ``phi(q) . phi(k)`` with ``phi(x) = elu(x) + 1`
 that ``out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / phi(q_i)^T sum_j phi(k_j)``. It does not
 approximate softmax attention: it is a different (positive) kernel of the same form, included
 as the cheapest baseline. Bidirectional attention costs ``O(n * d * Dv)``; causal attention uses
-streamed chunked prefix sums (:mod:`variants._prefix`), ``O(n * chunk * d + n * d * Dv)``.
+streamed chunked prefix sums (:mod:`variants.engines.prefix`), ``O(n * chunk * d + n * d * Dv)``.
 
 The feature map has no temperature, so this variant has no ``scale`` parameter (the paper
 applies ``phi`` to the raw projections). There is no accuracy knob (``knob = None``).
@@ -18,9 +18,9 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants._prefix import FeatureMaps, causal_linear_attention
-from variants._prefix_costs import StreamedKernelAttention
 from variants.base import AttentionVariant, check_positive_int, check_qkv
+from variants.engines.prefix import FeatureMaps, causal_linear_attention
+from variants.engines.prefix_costs import StreamedKernelAttention
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ def elu_feature_map(x: Tensor) -> Tensor:
     return F.elu(x).add_(1.0)  # in place: elu's backward needs its input, not its output
 
 
-#: The causal prefix sums apply the map group by group (:mod:`variants._prefix`).
+#: The causal prefix sums apply the map group by group (:mod:`variants.engines.prefix`).
 ELU_MAPS = FeatureMaps(query=elu_feature_map, key=elu_feature_map)
 
 

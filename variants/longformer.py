@@ -2,67 +2,39 @@
 
 Approximates softmax attention by letting each query see only the keys within a one-sided radius
 ``window`` of its position, plus ``num_global`` global tokens that see, and are seen by, every
-position. Cost falls from O(Nq * Nk) to O(Nq * window). ``local`` is the same variant with no
-global tokens. The function is defined by :func:`longformer_mask` (True where query i may attend
-key j); every backend computes softmax attention restricted to that mask:
+position: O(Nq * window) instead of O(Nq * Nk). ``local`` is the same variant with no global
+tokens. The pattern is :func:`longformer_mask` (bottom-right aligned: query ``i`` sits at key
+position ``p = i + Nk - Nq``; in cross-attention "global" names key positions ``j < num_global``
+and query positions ``i < num_global`` independently); it is exact when the window covers every
+key. Every backend computes softmax attention restricted to that mask:
 
-* positions are aligned to the **bottom right** (``variants.base``): query ``i`` sits at key
-  position ``p = i + (Nk - Nq)``; it sees key ``j`` iff ``p - window <= j <= p + window``
-  (causal: ``p - window <= j <= p``);
-* global tokens: the first ``num_global`` keys are visible to every query, and the first
-  ``num_global`` queries attend to every key (both subject to the causal mask). In
-  cross-attention "global" therefore names key positions ``j < num_global`` and query positions
-  ``i < num_global`` independently (clamped to each length);
-* it is exact when the window covers every key (``window >= max(Nq, Nk)``).
-
-Backends (``backend``):
-
-* ``chunked`` (pure torch, runs everywhere, O(Nq * window) time and memory): query blocks with
-  their contiguous key spans through one fused SDPA call (:mod:`variants._band`), global query
-  rows with full attention.
-* ``flex``: ``torch.nn.attention.flex_attention`` with a block mask, compiled with
-  ``torch.compile`` (CPU needs a C++ compiler). Compilation and the block mask are built in
-  :meth:`LongformerAttention.setup` and cached per shape; dynamo's recompile limit is raised and
-  set to fail loudly, so a sweep never silently falls back to the unfused eager path.
+* ``chunked`` (pure torch, everywhere): query blocks with their contiguous key spans through one
+  fused SDPA call (:mod:`variants.engines.band`), global query rows with full attention.
+* ``flex``: compiled ``flex_attention`` with a block mask (:mod:`variants.engines.flex`; the
+  CPU needs a C++ compiler), compiled and masked in :meth:`LongformerAttention.setup`.
 * ``xformers``: ``memory_efficient_attention`` with ``LocalAttentionFromBottomRightMask`` (CUDA
   only; no global tokens).
-* ``dense_mask``: ``F.scaled_dot_product_attention`` with the boolean ``(Nq, Nk)`` mask; the
-  O(n^2) baseline.
-* ``auto``: CPU -> chunked; CUDA -> flex when available, else xformers (no globals), else chunked.
-  The choice is reported by :meth:`LongformerAttention.resolved_backend` and in ``config()``.
+* ``dense_mask``: ``F.scaled_dot_product_attention`` with the boolean mask; the O(n^2) baseline.
+* ``auto``: CPU -> chunked; CUDA -> flex when available, else xformers (no globals), else chunked
+  (:meth:`LongformerAttention.resolved_backend`, recorded in ``config()``).
 
-Costs follow the backend (``flops``, ``backward_flops``, ``analytic_mem_bytes``): ``chunked``
-counts every slot of the blocks' key spans (masked ones included), the global rows and, on the
-fused CPU path, the global keys scored apart (:class:`variants._blocksparse.GlobalKeys`: their
-backward recomputes the scores and adds four products); elsewhere they sit in every stored key
-block's slots. The fused path blocks its forward by 32 rows and its backward by 64 (window 256),
-each counted in its own blocking. ``dense_mask`` counts the whole ``Nq x Nk`` matrix (the mask
-skips nothing); ``flex`` every 128 x 128 tile of its block mask that holds a visible pair;
-``xformers`` the band's pairs. Every backend is a fused kernel whose backward recomputes the
-scores: 2.5x the forward (chunked: the forward in the backward's blocking). ``auto`` is counted
-as the backend of the last call (``chunked``, its CPU choice, before any call).
+Costs follow the backend (:mod:`variants.longformer_costs`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants._band import block_size, chunked_attention, forward_block_size, geometry
-from variants._blocksparse import block_sparse_flops, fused_available, global_key_flops
-from variants._flex import FLEX_BLOCK, block_mask_pairs, flex_attention_cached, flex_reasons
-from variants.base import (
-    AttentionVariant,
-    VariantConfigError,
-    check_choice,
-    check_nonneg_int,
-    exact_attention_flops,
-    recomputing_backward_flops,
-)
+from variants.base import AttentionVariant, VariantConfigError, check_choice, check_nonneg_int
+from variants.engines.band import chunked_attention
+from variants.engines.band_naive import band_mask
+from variants.engines.blocksparse import fused_available
+from variants.engines.flex import flex_attention_cached, flex_reasons
+from variants.longformer_costs import LongformerCosts
 from variants.xformers_attn import (
     memory_efficient_attention,
     xformers_dispatch_error,
@@ -71,17 +43,9 @@ from variants.xformers_attn import (
 
 BACKENDS = ("auto", "chunked", "flex", "xformers", "dense_mask")
 
-
-def longformer_mask(
-    q_len: int, kv_len: int, window: int, num_global: int, causal: bool, device=None
-) -> Tensor:
-    """Boolean ``(q_len, kv_len)`` mask, True where query i may attend key j (module docstring)."""
-    i = torch.arange(q_len, device=device)[:, None]
-    j = torch.arange(kv_len, device=device)[None, :]
-    pos = i + (kv_len - q_len)  # query position in key coordinates (bottom-right)
-    right = 0 if causal else window
-    allowed = ((j >= pos - window) & (j <= pos + right)) | (j < num_global) | (i < num_global)
-    return allowed & (j <= pos) if causal else allowed
+#: Boolean ``(q_len, kv_len)`` mask, True where query i may attend key j: the band engine's
+#: pattern, defined beside its reference (:func:`variants.engines.band_naive.band_mask`).
+longformer_mask = band_mask
 
 
 def _xformers_reasons(q: Tensor, num_global: int) -> list[str]:
@@ -97,7 +61,7 @@ def _xformers_reasons(q: Tensor, num_global: int) -> list[str]:
     return reasons
 
 
-class LongformerAttention(AttentionVariant):
+class LongformerAttention(LongformerCosts, AttentionVariant):
     """Sliding-window attention plus global tokens, with a choice of backends.
 
     Args:
@@ -241,122 +205,6 @@ class LongformerAttention(AttentionVariant):
     def _xformers(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
         bias = self._xformers_bias(causal)
         return memory_efficient_attention(q, k, v, bias, self.softmax_scale(q.shape[-1]))
-
-    # --------------------------------------------------------------------------- cost models
-    def _cost_backend(self) -> str:
-        """The backend the cost models count: the pinned one; for ``auto`` the last call's.
-
-        Before any call ``auto`` is counted as ``chunked``, its choice on the CPU (the only
-        device where the harness refuses points by the estimate before running them).
-        """
-        if self.backend != "auto":
-            return self.backend
-        return self._last_backend or "chunked"
-
-    def _geometry(
-        self, q_len: int, kv_len: int, causal: bool, backward: bool = False
-    ) -> tuple[tuple, int, int]:
-        """The chunked backend's block layout (:func:`variants._band.geometry`) in the forward
-        (or ``backward``), its query rows per block and the global keys merged apart from the
-        slots: the fused CPU path
-        blocks its forward by :func:`~variants._band.forward_block_size` and its backward by
-        :func:`~variants._band.block_size`, global keys apart; elsewhere both passes by the
-        latter, global keys in the slots."""
-        window = min(self.window, q_len + kv_len)
-        gk = min(self.num_global, kv_len)
-        if not self._fused:
-            block = block_size(window)
-            return geometry(q_len, kv_len, window, causal, gk, block), block, 0
-        block = block_size(window) if backward else forward_block_size(window)
-        return geometry(q_len, kv_len, window, causal, 0, block), block, gk
-
-    def _work(
-        self, q_len: int, kv_len: int, causal: bool, backward: bool = False
-    ) -> tuple[int, int, int, int]:
-        """(rows computed by the block algorithm, key slots per row, global query rows, global
-        keys scored apart from the slots) of the forward (or ``backward``)."""
-        geo, block, merged = self._geometry(q_len, kv_len, causal, backward)
-        nqb, _, _, blocks, stride = geo
-        return nqb * block, blocks * stride, min(self.num_global, q_len), merged
-
-    def _band_pairs(self, q_len: int, kv_len: int, causal: bool) -> int:
-        """Visible (query, key) pairs of the band alone (no global tokens), per head."""
-        pos = torch.arange(q_len, dtype=torch.int64) + (kv_len - q_len)
-        lo = (pos - self.window).clamp(min=0)
-        hi = (pos + (0 if causal else self.window)).clamp(max=kv_len - 1)
-        return int((hi - lo + 1).clamp(min=0).sum())
-
-    def _key_spans(self, q_len: int, kv_len: int, causal: bool):
-        """``spans(first, last)``: key intervals visible to query rows first..last (flex cost)."""
-        off, window, glob = kv_len - q_len, self.window, self.num_global
-        right = 0 if causal else window
-
-        def spans(first: int, last: int) -> list[tuple[int, int]]:
-            top = last + off if causal else kv_len - 1  # last key any of these rows may see
-            if first < glob:  # a global query row sees every key
-                return [(0, top)]
-            return [(first + off - window, last + off + right), (0, min(glob - 1, top))]
-
-        return spans
-
-    def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
-    ) -> int:
-        # The work of the backend that runs (``_cost_backend``), 2 * 2 * D per scored slot.
-        backend, bh = self._cost_backend(), batch * heads
-        if backend == "dense_mask":  # the fused kernel scores every pair; the mask skips none
-            return exact_attention_flops(batch, heads, q_len, kv_len, head_dim)
-        if backend == "flex":  # every FLEX_BLOCK-square tile holding a visible pair, whole
-            pairs = block_mask_pairs(q_len, kv_len, self._key_spans(q_len, kv_len, causal))
-            return 4 * bh * head_dim * pairs
-        if backend == "xformers":  # the band's tiles, counted as its visible pairs
-            return 4 * bh * head_dim * self._band_pairs(q_len, kv_len, causal)
-        # chunked: every query block scores its whole key span (masked slots included), plus
-        # full rows for the global queries and the global keys (in the slots or apart).
-        rows, slots, gq, merged = self._work(q_len, kv_len, causal)
-        return block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len) + bh * (
-            global_key_flops(rows, merged, head_dim)
-        )
-
-    def backward_flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
-    ) -> int:
-        # Fused kernels: 2.5x (the scores recomputed), the chunked path's in the backward's
-        # blocking; its global keys scored apart: their scores again and four products.
-        if self._cost_backend() != "chunked":
-            return super().backward_flops(batch, heads, q_len, kv_len, head_dim, causal)
-        rows, slots, gq, merged = self._work(q_len, kv_len, causal, backward=True)
-        blocks = block_sparse_flops(batch, heads, head_dim, rows, slots, gq, kv_len)
-        keys = batch * heads * global_key_flops(rows, merged, head_dim, backward=True)
-        return recomputing_backward_flops(blocks) + keys
-
-    def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
-    ) -> int:
-        backend, bh = self._cost_backend(), batch * heads
-        out_lse = bh * q_len * (head_dim * element_size + 4)  # output, one log-sum-exp per row
-        if backend == "dense_mask":
-            # the cached boolean (Nq, Nk) mask and the float bias SDPA makes of it; the fused
-            # kernel keeps no score matrix (measured on the CPU: 19.5 MB at n=2048, 4 heads,
-            # d 64 for the call, against 18.9 MB for the bias and the output)
-            return q_len * kv_len * (1 + element_size) + out_lse
-        if backend == "flex":  # plus the block mask's four int32 (q tiles, kv tiles) tables
-            tiles = math.ceil(q_len / FLEX_BLOCK) * math.ceil(kv_len / FLEX_BLOCK)
-            return out_lse + 16 * tiles
-        if backend == "xformers":
-            return out_lse
-        rows, slots, _, merged = self._work(q_len, kv_len, causal)
-        (_, nkb, _, _, stride), _, _ = self._geometry(q_len, kv_len, causal)
-        # the stored k and v blocks (global keys interleaved unless merged apart), the output
-        # blocks, a padded copy of q when q_len is not a multiple of the block (else a view),
-        # one log-sum-exp per row and the global keys' scores; the fused kernel keeps no score
-        # matrix; the block mask, boolean and additive (in the inputs' dtype), is shared by
-        # batch and heads (measured on the CPU at n=8192, 8 heads, d 64, w 256, no globals, 32-row
-        # forward blocks: 70.6 MB for the call, `speedcheck --memory`; this model: 75.0 MB)
-        q_rows = rows if rows != q_len else 0
-        per_head = element_size * (2 * nkb * stride + rows + q_rows) * head_dim + 4 * rows
-        per_head += 4 * rows * (merged + 1) if merged else 0
-        return bh * per_head + (1 + element_size) * rows * slots
 
 
 class LocalAttention(LongformerAttention):

@@ -140,8 +140,7 @@ def get_class(name: str) -> type[AttentionVariant]:
 def create(name: str, **params: Any) -> AttentionVariant:
     """Build the variant ``name`` with ``params`` (always accepts ``kv_len`` and ``head_dim``).
 
-    ``kv_len`` is the key/value length the variant is built for; ``seq_len=`` is its deprecated
-    name, still accepted with a ``DeprecationWarning`` (:mod:`variants.base`).
+    ``kv_len`` is the key/value length the variant is built for.
 
     Example:
         ``variants.create("performer", kv_len=4096, head_dim=64, nb_features=256, seed=0)``

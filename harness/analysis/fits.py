@@ -20,6 +20,12 @@ local slope at the top of the range; the range covered is always returned with t
 An interval needs :data:`MIN_CI_LENGTHS` lengths (three parameters and two degrees of freedom
 left). With fewer, the log-log slope over all lengths is given without an interval, and the
 fit's ``note`` says so: an interval from three points (``2.26 [-3.79, 8.31]``) says nothing.
+
+A series in which nothing grows has no exponent: any ``p`` fits a constant plus a vanishing
+term. So the full model is first tested against a constant (an F test at the fit's 95% level;
+a series whose relative spread is below :data:`RESOLUTION` is constant to round-off and needs
+no test). A series the full model does not fit significantly better is ``flat``: slope 0, with
+the 95% interval of its log-log slope over all lengths (the growth the data leave room for).
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ P_RANGE = (-1.0, 4.0)
 #: A curvature is flagged when the slope it implies changes by more than this across the range
 #: (and it is significant at 95%): smaller bends do not change what a reader concludes.
 CURVE_SLOPE_CHANGE = 0.05
+
+#: Relative deviations below this are round-off, not measurement: far above float64 rounding
+#: in the fit's arithmetic, far below the resolution of any timer or allocator.
+RESOLUTION = 1e-9
+#: The level of the test of growth against a constant (the level of the interval on ``p``).
+LEVEL = 0.95
+#: ``ScalingFit.note`` of a flat series.
+NO_GROWTH = "no growth measured"
 
 #: ``ScalingFit.method`` values.
 ASYMPTOTIC, TOP, POWER = "a+b*n^p", "top", "power"
@@ -111,8 +125,8 @@ class ScalingFit:
 
     Attributes:
         slope: ``p`` of ``a + b n^p`` (method ``a+b*n^p``), or the log-log slope over the top
-            lengths (``top``) or over all lengths (``power``: too few lengths, or a constant
-            fits and nothing grows); NaN with fewer than two lengths.
+            lengths (``top``) or over all lengths (``power``: too few lengths); 0 for a flat
+            series (method ``power``); NaN with fewer than two lengths.
         ci_low: Lower end of the 95% interval (NaN: no interval; -inf: open).
         ci_high: Upper end (NaN: no interval; +inf: open).
         method: ``a+b*n^p``, ``top`` or ``power``.
@@ -120,8 +134,10 @@ class ScalingFit:
         range_high: Largest length the slope describes.
         curved: Whether the ``a + b n^p`` residuals curve (None: too few lengths to tell).
         n_lengths: Distinct lengths measured.
-        constant: The fitted fixed cost ``a`` (NaN unless method ``a+b*n^p``).
-        note: Why there is no interval, when there is none.
+        constant: The fitted fixed cost ``a`` (method ``a+b*n^p``), the fitted level of a flat
+            series, or NaN.
+        note: Why there is no interval, when there is none; :data:`NO_GROWTH` when flat.
+        flat: Whether nothing measurably grows (a constant fits as well as ``a + b n^p``).
     """
 
     slope: float
@@ -134,6 +150,7 @@ class ScalingFit:
     n_lengths: int
     constant: float = float("nan")
     note: str = ""
+    flat: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """The fields by name (one row of a slopes table)."""
@@ -191,7 +208,38 @@ def _curvature(n: np.ndarray, y: np.ndarray, fitted: np.ndarray) -> bool:
     dof = len(n) - 3
     var = float(((r - design @ beta) ** 2).sum()) / dof
     se = math.sqrt(var * np.linalg.inv(design.T @ design)[2, 2])
-    return se == 0.0 or abs(beta[2]) / se > t_quantile(0.975, dof)
+    return abs(beta[2]) > t_quantile(0.975, dof) * se
+
+
+def _constant(y: np.ndarray) -> tuple[float, float]:
+    """The best constant in relative error: (residual sum of squares, level)."""
+    level = float((1.0 / y).sum() / (1.0 / y**2).sum())
+    return float((((y - level) / y) ** 2).sum()), level
+
+
+def _round_off(rss: float, count: int) -> bool:
+    """Whether ``count`` relative residuals with this sum of squares are round-off."""
+    return rss <= count * RESOLUTION**2
+
+
+def _grows(rss_constant: float, rss_full: float, count: int) -> bool:
+    """Whether ``a + b n^p`` fits significantly better than a constant (F test, :data:`LEVEL`).
+
+    ``F = ((rss_constant - rss_full) / 2) / (rss_full / (count - 3))`` over ``count`` points,
+    compared without dividing so that an exact fit (``rss_full`` at round-off) reads as growth.
+    """
+    dof = count - 3
+    critical = float(f_dist.ppf(LEVEL, 2, dof))
+    return (rss_constant - rss_full) * dof > 2.0 * critical * rss_full
+
+
+def _flat_fit(n: np.ndarray, y: np.ndarray, m: int, level: float) -> ScalingFit:
+    """Slope 0 for a series in which nothing grows, with its log-log slope's interval."""
+    _, low, high = fit_slope(n, y)
+    low, high = min(low, 0.0), max(high, 0.0)
+    return ScalingFit(
+        0.0, low, high, POWER, float(n[0]), float(n[-1]), False, m, level, NO_GROWTH, True
+    )
 
 
 def _top_fit(n: np.ndarray, y: np.ndarray, m: int, constant: float) -> ScalingFit:
@@ -221,6 +269,9 @@ def fit_scaling(kv_lens: Sequence[float], values: Sequence[float]) -> ScalingFit
         low, high = (float(n[0]), float(n[-1])) if m else (nan, nan)
         note = f"{m} length{'s' if m != 1 else ''}: too few for an interval"
         return ScalingFit(slope, nan, nan, POWER, low, high, None, m, note=note)
+    rss_constant, level = _constant(y)
+    if _round_off(rss_constant, len(y)):  # constant to round-off: no test needed
+        return _flat_fit(n, y, m, level)
     grid = np.linspace(*P_RANGE, 501)
     rss = [_profile(p, n, y)[0] for p in grid]
     i = int(np.argmin(rss))
@@ -230,12 +281,11 @@ def fit_scaling(kv_lens: Sequence[float], values: Sequence[float]) -> ScalingFit
     )
     p_hat = float(best.x)
     rss_min, (a, b) = _profile(p_hat, n, y)
-    if b <= 0.0:  # nothing grows (a constant fits): p is undefined, the log-log slope is not
-        slope, low, high = fit_slope(n, y)
-        return ScalingFit(slope, low, high, POWER, float(n[0]), float(n[-1]), False, m, float(a))
+    if not _grows(rss_constant, rss_min, len(y)):  # nothing grows: p is undefined
+        return _flat_fit(n, y, m, level)
     if _curvature(n, y, a + b * n**p_hat):
         return _top_fit(n, y, m, float(a))
-    if rss_min == 0.0:  # exact data: no residual spread, the interval is the point
+    if _round_off(rss_min, len(y)):  # exact data: no residual spread, the interval is the point
         low, high = p_hat, p_hat
     else:
         low, high = _profile_interval(n, y, p_hat, rss_min, grid)

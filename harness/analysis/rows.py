@@ -225,6 +225,19 @@ def parse_params(value: Any) -> dict[str, Any]:
     return {}
 
 
+def parse_json(value: Any) -> Any:
+    """A cell that a CSV round trip turned into JSON text (a list or object), parsed back.
+
+    Any other value is returned as it is; JSON text that does not parse is None.
+    """
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return value
+
+
 def deduplicate(df):
     """``df`` without repeated points, oldest first: per :data:`DEDUP_KEY` the newest row.
 

@@ -6,7 +6,7 @@ prepares it (:func:`harness.analysis.series.prepare`, whose module explains kv_l
 series and context) and works on its ``status == "ok"`` rows, except where points that did not
 fit in memory are the point (:func:`memory_limits`, :func:`crossover`). Slopes are fitted per
 (context, series, pass) by :func:`harness.analysis.fits.fit_scaling`, whose module says what a
-slope describes (the asymptote, over which range) and when it is flagged as curved.
+slope describes (the asymptote, over which range) and when it is flagged as curved or flat.
 
 Several rows at one kv_len within a series (seeds, input temperatures) are reduced to their
 median before fitting, so a slope's confidence interval reflects the spread across lengths and
@@ -57,7 +57,8 @@ def time_slopes(df: pd.DataFrame, pass_: str = "fwd") -> pd.DataFrame:
     Returns:
         One row per (context, series): :data:`SERIES_KEYS` and the fit's fields
         (:data:`FIT_COLUMNS`: ``slope``, ``ci_low``, ``ci_high``, ``method``, ``range_low``,
-        ``range_high``, ``curved``, ``n_lengths``, ``constant``, ``note``).
+        ``range_high``, ``curved``, ``n_lengths``, ``constant``, ``note``, ``flat``: nothing
+        measurably grows, slope 0).
     """
     return _slopes(df, "time_ms", pass_)
 

@@ -11,8 +11,8 @@ A job resolves its config into a :class:`~harness.app.point.Point` (validated be
 a bad value is a one-line error naming the field; in single-run mode the run folder is removed
 so nothing half-written is left, in a multirun it is a row with status ``error``), skips it when
 the multirun folder already holds its rows (:mod:`harness.app.resume`; ``force=true`` measures
-again), measures it with :func:`harness.measure.point.measure_point` (or the real-model task)
-and writes the rows atomically to ``<job dir>/rows.jsonl``. When a multirun ends,
+again), measures it with its task's measurement (:mod:`harness.tasks`) and writes the rows
+atomically to ``<job dir>/rows.jsonl``. When a multirun ends,
 :class:`harness.app.callbacks.SweepCallback` aggregates the rows into ``results.csv`` and runs
 the report.
 """
@@ -120,7 +120,7 @@ def config_error_row(cfg: DictConfig, overrides: list[str], exc: ConfigError) ->
 def _measure(point: Point, out_dir: Path) -> list[dict[str, Any]]:
     """The rows of one valid point, from its task's measurement (:mod:`harness.tasks`)."""
     if point.inputs == "minilm":  # registers the real-model input generator (attnbench[real])
-        import harness.realmodel.capture  # noqa: F401
+        import harness.minilm.capture  # noqa: F401
     measure = tasks.get(point.task).measure_fn()
     return measure(point, point.factory(), out_dir)
 

@@ -6,11 +6,9 @@ a structured config node in Hydra's ConfigStore (group ``variant``, name ``<name
 a dataclass made from the constructor's signature: ``_target_`` (``module.Class``, for
 ``hydra.utils.instantiate``) plus every parameter with its default and type, so that the command
 line can override them with type checking (``variant.chunk_size=32``; ``variant.chunk_size=abc``
-and unknown keys are refused). :data:`HARNESS_PARAMS` (``kv_len``, ``head_dim``, ``seed``, and
-``seq_len``, the old name of ``kv_len`` that plugins written before the rename still take) are
-left out: the harness passes them per point (``kv_len=`` reaches such a plugin as ``seq_len``,
-:mod:`variants.base`). A parameter whose type or default cannot live in a config (a
-``torch.dtype``, an object) is left out too and keeps its class default.
+and unknown keys are refused). :data:`HARNESS_PARAMS` (``kv_len``, ``head_dim``, ``seed``) are
+left out: the harness passes them per point. A parameter whose type or default cannot live in a
+config (a ``torch.dtype``, an object) is left out too and keeps its class default.
 
 :func:`describe_variants` reports every variant, built-in or plugin, with its status and the
 reason a broken one cannot be used; ``attnbench-variants`` prints it.
@@ -32,9 +30,8 @@ from typing import Any
 
 import variants
 
-#: Constructor parameters the harness passes per measurement point (not part of a config);
-#: ``seq_len`` is ``kv_len``'s name in plugins written before the rename.
-HARNESS_PARAMS: frozenset[str] = frozenset({"kv_len", "head_dim", "seed", "seq_len"})
+#: Constructor parameters the harness passes per measurement point (not part of a config).
+HARNESS_PARAMS: frozenset[str] = frozenset({"kv_len", "head_dim", "seed"})
 
 _PRIMITIVES: tuple[type, ...] = (int, float, str, bool, bytes, pathlib.Path)
 

@@ -19,9 +19,8 @@ It is a rough model; a real allocation failure is still caught and recorded as `
 
 from __future__ import annotations
 
-from typing import Any
-
 from harness.measure import accuracy
+from harness.measure.config import MeasureConfig
 from variants.base import AttentionVariant
 
 #: Backward (and forward+backward) memory as a multiple of the forward model (module docstring).
@@ -55,27 +54,27 @@ def estimate_bytes(
     causal: bool,
     element_size: int,
     name: str,
-    m: dict[str, Any],
+    measure: MeasureConfig,
     ref_rows: int | None = None,
 ) -> int:
     """Estimated peak bytes of pass ``name`` with the harness's own tensors (module docstring).
 
-    The first five arguments are :func:`pass_model_bytes`'s; ``m`` holds the point's
-    ``measure`` settings (``accuracy``, ``attn_matrix_max_n``) and ``ref_rows`` the query rows
-    the reference covers (``None``: all).
+    The first five arguments are :func:`pass_model_bytes`'s; ``measure`` holds the point's
+    settings (``accuracy``, ``attn_matrix_max_n``) and ``ref_rows`` the query rows the reference
+    covers (``None``: all).
     """
     b, h, nq, nk, d = shape
     backward = name != "fwd"
     inputs = b * h * (nq + 2 * nk) * d * element_size
     total = inputs * (3 if backward else 1)
     total += pass_model_bytes(variant, shape, causal, element_size, name)
-    if m.get("accuracy"):
+    if measure.accuracy:
         rows = nq if ref_rows is None else ref_rows
         inputs64 = inputs * 8 // element_size
         total += inputs64 * (2 if backward else 1)  # float64 copies (and their gradients)
         total += 2 * 8 * b * h * rows * d  # reference output and uniform baseline
         total += 4 * 8 * min(accuracy.REF_BLOCK_ELEMENTS, b * h * rows * nk)
-        if max(nq, nk) <= m.get("attn_matrix_max_n", 0):
+        if max(nq, nk) <= measure.attn_matrix_max_n:
             total += 3 * 8 * h * nq * nk
     return int(total)
 

@@ -1,9 +1,8 @@
 """Building a variant for a point, and what its class says about it.
 
-The harness builds every variant for the point's key length and head dimension. Constructors
-take ``kv_len``; a class written for the interface's earlier name ``seq_len`` (a third-party
-plugin) is given ``seq_len`` instead, so it keeps working unchanged. ``seed`` is passed only where
-the constructor takes it. :func:`shape_kwargs` is the one place that decides.
+The harness builds every variant for the point's key length and head dimension: constructors
+take ``kv_len`` and ``head_dim``, and ``seed`` where the constructor names it.
+:func:`shape_kwargs` is the one place that decides.
 """
 
 from __future__ import annotations
@@ -31,17 +30,14 @@ def shape_kwargs(
             a factory that takes any keyword).
 
     Returns:
-        ``kv_len`` (``seq_len`` where the signature names only that), ``head_dim`` and, where
-        accepted, ``seed``.
+        ``kv_len``, ``head_dim`` and, where accepted, ``seed``.
     """
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
         params = {}  # type: ignore[assignment]
     open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    # A constructor naming only seq_len is a plugin written before the rename.
-    length = "seq_len" if "seq_len" in params and "kv_len" not in params else "kv_len"
-    out: dict[str, Any] = {length: kv_len, "head_dim": head_dim}
+    out: dict[str, Any] = {"kv_len": kv_len, "head_dim": head_dim}
     if seed is not None and ("seed" in params or (open_ended and not isinstance(target, type))):
         out["seed"] = seed
     return out

@@ -42,7 +42,7 @@ Generators (``make_inputs(name, ...)``, parameters as keyword arguments):
     one input holds several kinds of head, as a real layer does. ``fit`` is not used to draw:
     it carries the statistics the defaults were fitted to, so every row reports them.
 ``minilm`` (``layer`` = 4, ``head`` = None, ``text`` = None)
-    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.realmodel.capture``;
+    Real q, k, v captured from all-MiniLM-L6-v2 on English text (``harness.minilm.capture``;
     needs the ``attnbench[real]`` extra). Imported only when used.
 
 In every generator but ``structured`` ``v ~ N(0, 1)`` independently of q and k.
@@ -89,7 +89,7 @@ GENERATOR_PARAMS: dict[str, dict[str, Any]] = {
 QKV = tuple[Tensor, Tensor, Tensor]
 
 #: Generators defined outside measure/, by name. ``minilm`` (captured q, k, v of the pretrained
-#: model) is registered by ``harness.realmodel.capture`` when it is imported: measure/ never
+#: model) is registered by ``harness.minilm.capture`` when it is imported: measure/ never
 #: imports the real-model code, so the dependency runs one way.
 _REGISTERED: dict[str, Callable[..., QKV]] = {}
 
@@ -319,7 +319,7 @@ def make_inputs(
         if generator is None:
             raise ValueError(
                 f"inputs: {name!r} is provided by another package that registers it with "
-                "register_generator (minilm: import harness.realmodel.capture, which needs "
+                "register_generator (minilm: import harness.minilm.capture, which needs "
                 "attnbench[real]; the app does this for you)"
             )
         return generator(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)

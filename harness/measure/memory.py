@@ -19,8 +19,8 @@ Methods (the one used is returned as ``method`` and recorded in the row's notes)
   here, the same linformer call gave 10.2 MB and 18.6 MB on two consecutive measurements (the
   profiler: 10.2 MB both times), because heap pages that stay resident are reused without
   raising the RSS. The harness therefore records the profiler's figure as ``peak_mem_bytes``
-  and the RSS peak in the row's notes; ``python -m harness.measure.speedcheck --memory``
-  measures RSS in a fresh process per point, where it is reliable.
+  and the RSS peak in the row's notes; ``attnbench-speedcheck --memory`` measures RSS in a
+  fresh process per point, where it is reliable.
 
 This module is the one reader of ``/proc/self/status``.
 

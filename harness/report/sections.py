@@ -1,14 +1,42 @@
-"""Pieces every task's report section uses: figure links and one block per device."""
+"""Pieces every task's report section uses: its rows, drawing a figure, figure links and one
+block per device."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
-from harness.report.figures import FigureResult
+from harness.report.style import SkipFigure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FigureResult:
+    """What drawing one figure did: the PNG it wrote, or why it skipped it."""
+
+    name: str
+    device: str | None
+    path: Path | None = None
+    skipped: str | None = None
+
+
+def draw_one(name: str, device: str, path: Path, make: Callable[[], Figure]) -> FigureResult:
+    """Draw one figure with ``make()`` (closed once saved), or record why it was skipped."""
+    try:
+        fig = make()
+    except SkipFigure as exc:
+        log.info("figure %s skipped: %s", name, exc)
+        return FigureResult(name, device, skipped=str(exc))
+    plt.close(fig)
+    return FigureResult(name, device, path=path)
 
 
 def task_rows(df: pd.DataFrame, name: str) -> pd.Series:
@@ -16,6 +44,11 @@ def task_rows(df: pd.DataFrame, name: str) -> pd.Series:
     if "task" not in df.columns:
         return pd.Series(name == "attention", index=df.index)
     return df["task"].fillna("attention").astype(str) == name
+
+
+def attention_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of attention points (task ``attention``, or no task)."""
+    return df[task_rows(df, "attention")]
 
 
 def figure_lines(drawn: list[FigureResult], device: str, out: Path) -> list[str]:

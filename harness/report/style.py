@@ -6,8 +6,7 @@ plot finds it green everywhere. Several configurations of one variant (series, s
 :mod:`harness.analysis.series`) share the colour and differ in line style and marker.
 
 Labels, titles and notes come from the rows alone (their columns and ``params`` mappings); the
-helpers here are shared by the figure modules (:mod:`.figures_scaling`,
-:mod:`.figures_accuracy`, :mod:`.figures_realmodel`).
+helpers here are shared by every task's figure modules (``harness/tasks/<name>/``).
 """
 
 from __future__ import annotations
@@ -350,7 +349,9 @@ def slope_text(fit: Mapping[str, Any], with_range: bool = True) -> str:
 
     ``1.00 [0.94, 1.07] over 256–16384`` (the asymptotic exponent over every length);
     ``1.12 [1.10, 1.13] over 2048–16384, curved`` (the local slope at the top, residuals
-    curved); ``2.26 (3 lengths: too few for an interval)``; ``–`` when nothing was fitted.
+    curved); ``0.00 [-0.01, 0.01] over 256–16384, no growth measured`` (flat: a constant fits
+    as well, the interval is the log-log slope's); ``2.26 (3 lengths: too few for an
+    interval)``; ``–`` when nothing was fitted.
     """
     slope = fit.get("slope")
     if slope is None or not np.isfinite(slope):
@@ -362,9 +363,11 @@ def slope_text(fit: Mapping[str, Any], with_range: bool = True) -> str:
     elif fit.get("note"):
         return f"{text} ({fit['note']})"
     span = f" over {int(fit['range_low'])}–{int(fit['range_high'])}"
-    curved = fit.get("curved")
+    curved, flat = fit.get("curved"), fit.get("flat")
     if isinstance(curved, (bool, np.bool_)) and curved:  # the range is the point: the top
         return f"{text}{span}, curved"
+    if isinstance(flat, (bool, np.bool_)) and flat:
+        return f"{text}{span if with_range else ''}, no growth measured"
     return text + span if with_range else text
 
 

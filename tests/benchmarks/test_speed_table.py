@@ -1,16 +1,16 @@
-"""Issue 16's speed table as a pytest-benchmark group (``speed_table``).
+"""The speed table of ``attnbench-speedcheck`` as a pytest-benchmark group (``speed_table``).
 
 Skipped by the default test run (``--benchmark-skip`` in pyproject); run with::
 
     pytest tests/benchmarks/test_speed_table.py --benchmark-only
 
-One benchmark per (pass, variant) of :mod:`harness.measure.speedcheck`'s table and length of
-``ATTNBENCH_BENCH_SEQ_LENS``, on the benchmark device and dtype (conftest; e.g.
-``ATTNBENCH_BENCH_SEQ_LENS=8192`` for the issue's length). Each
-benchmark times the variant's pass and ``sdpa``'s same pass (same masking) in alternating rounds
-and records their times and the median per-round ratio in ``extra_info``; the benchmark's own
-time is the variant's. No speed is asserted: ``python -m harness.measure.speedcheck`` prints the
-table with its targets.
+One benchmark per (pass, variant) of :mod:`harness.measure.speedcheck`'s table (the variants
+and targets of ``conf/speedcheck.yaml``) and length of ``ATTNBENCH_BENCH_SEQ_LENS``, on the
+benchmark device and dtype (conftest; e.g. ``ATTNBENCH_BENCH_SEQ_LENS=8192`` for the table's
+length). Each benchmark times the variant's pass and ``sdpa``'s same pass (same masking) in
+alternating rounds and records their times and the median per-round ratio in ``extra_info``;
+the benchmark's own time is the variant's. No speed is asserted: ``attnbench-speedcheck`` prints
+the table with its targets.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from harness.measure import speedcheck, timing
 
 HEADS, HEAD_DIM = 8, 64
 ROUNDS = 3
+COLUMNS = speedcheck.load_targets().speed
 
 
-@pytest.mark.parametrize("label, name, params", speedcheck.TABLE_VARIANTS)
+@pytest.mark.parametrize("column", COLUMNS, ids=[str(c.label) for c in COLUMNS])
 @pytest.mark.parametrize("pass_name, causal, row", speedcheck.PASSES)
 def test_speed_table(
     benchmark: Any,
-    label: str,
-    name: str,
-    params: dict,
+    column: speedcheck.SpeedVariant,
     pass_name: str,
     causal: bool,
     row: str,
@@ -42,6 +41,7 @@ def test_speed_table(
     bench_seq_len: int,
 ) -> None:
     n = bench_seq_len
+    label, name, params = str(column.label), column.variant, dict(column.params)
     gen = torch.Generator().manual_seed(0)
     q, k, v, grad = (
         torch.randn(1, HEADS, n, HEAD_DIM, generator=gen).to(bench_device, bench_dtype)
@@ -74,5 +74,5 @@ def test_speed_table(
         variant=label, pass_name=pass_name, causal=causal, seq_len=n,
         time_ms=statistics.median(times[label]), sdpa_ms=statistics.median(times["sdpa"]),
         speedup=statistics.median(ratios),
-        target=speedcheck.TARGETS[(pass_name, causal)].get(name),
+        target=column.target(pass_name, causal),
     )  # fmt: skip

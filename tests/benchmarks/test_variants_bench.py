@@ -26,7 +26,7 @@ import torch
 
 import variants
 from harness.conformance import build
-from harness.measure.point import pass_flops
+from harness.tasks.attention.passes import pass_flops
 
 BATCH, HEADS, HEAD_DIM = 1, 8, 64
 PASSES = ("fwd", "fwd_bwd")

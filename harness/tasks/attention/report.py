@@ -5,15 +5,15 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.analysis import scaling
-from harness.report.figures import plot_all
-from harness.report.markdown import (
-    divergence_markdown,
-    fitted_inputs_markdown,
-    fmt,
-    summary_markdown,
-)
+from harness.report.markdown import fmt
 from harness.report.sections import figure_lines
 from harness.report.style import CONTEXT_COLUMNS, inputs_label
+from harness.tasks.attention.figures import plot_all
+from harness.tasks.attention.markdown import (
+    divergence_markdown,
+    fitted_inputs_markdown,
+    summary_markdown,
+)
 from harness.tasks.base import ReportContext
 
 INTRO = (

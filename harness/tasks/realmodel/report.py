@@ -8,12 +8,11 @@ from functools import partial
 
 import pandas as pd
 
-from harness.report.figures import FigureResult, draw_one
-from harness.report.figures_realmodel import draw_heatmaps, plot_realmodel
-from harness.report.markdown import realmodel_markdown
-from harness.report.sections import per_device
+from harness.report.sections import FigureResult, draw_one, per_device
 from harness.report.style import SkipFigure, slug, style_map
 from harness.tasks.base import ReportContext
+from harness.tasks.realmodel.report_figures import draw_heatmaps, plot_realmodel
+from harness.tasks.realmodel.report_markdown import realmodel_markdown
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from harness.measure.config import ConfigError, check_positive
+
+#: The training tasks a ``train.task`` may name.
+TASKS = ("mqar", "chars")
+
+
+def _int(field: str, value: Any, low: int, high: int | None = None) -> None:
+    from variants.base import check_int  # imported here: importing this module stays light
+
+    check_int(None, field, value, low=low, high=high, error=ConfigError)
+
+
+def _non_negative(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{field}={value!r} must be a number >= 0")
 
 
 @dataclasses.dataclass
@@ -10,10 +28,10 @@ class MqarConfig:
     """Multi-query associative recall (Zoology's generator).
 
     Args:
-        vocab: Token vocabulary.
-        num_pairs: Key-value pairs per sequence.
-        num_queries: Queries per sequence; None = every key once.
-        power_a: Power law of the key-to-query gaps; 1.0 = uniform.
+        vocab: Token vocabulary (even, >= 4: keys are its lower half, values its upper half).
+        num_pairs: Key-value pairs per sequence (at most ``vocab / 2 - 1``).
+        num_queries: Queries per sequence (at most ``num_pairs``); None = every key once.
+        power_a: Power law of the key-to-query gaps, in (0, 1]; 1.0 = uniform.
         eval_examples: The fixed evaluation set, the same for every point.
         eval_seed: Seed of that set.
     """
@@ -25,6 +43,22 @@ class MqarConfig:
     eval_examples: int = 512
     eval_seed: int = 12345
 
+    def __post_init__(self) -> None:
+        _int("train.mqar.vocab", self.vocab, 4)
+        if self.vocab % 2:
+            raise ConfigError(
+                f"train.mqar.vocab={self.vocab} must be even (keys and values split it)"
+            )
+        keys = self.vocab // 2 - 1
+        _int("train.mqar.num_pairs", self.num_pairs, 1, keys)
+        if self.num_queries is not None:
+            _int("train.mqar.num_queries", self.num_queries, 1, self.num_pairs)
+        p = self.power_a
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ConfigError(f"train.mqar.power_a={p!r} must be a number in (0, 1]")
+        _int("train.mqar.eval_examples", self.eval_examples, 1)
+        _int("train.mqar.eval_seed", self.eval_seed, 0)
+
 
 @dataclasses.dataclass
 class CharsConfig:
@@ -35,6 +69,9 @@ class CharsConfig:
     """
 
     eval_chars: int = 32768
+
+    def __post_init__(self) -> None:
+        _int("train.chars.eval_chars", self.eval_chars, 1)
 
 
 @dataclasses.dataclass
@@ -51,9 +88,11 @@ class TrainConfig:
         warmup: Linear warm-up steps, then cosine decay to ``min_lr_ratio * lr``.
         min_lr_ratio: Final learning rate as a fraction of the peak.
         weight_decay: AdamW weight decay (matrices only).
-        grad_clip: Gradient norm clip.
+        grad_clip: Gradient norm clip (0: none).
         layers: Transformer blocks.
         mlp_ratio: MLP hidden width / model width; 0 = attention-only blocks.
+        mqar: The MQAR task's settings (a mapping is turned into :class:`MqarConfig`).
+        chars: The chars task's settings (a mapping is turned into :class:`CharsConfig`).
     """
 
     task: str = "mqar"
@@ -70,3 +109,19 @@ class TrainConfig:
     mlp_ratio: int = 0
     mqar: MqarConfig = dataclasses.field(default_factory=MqarConfig)
     chars: CharsConfig = dataclasses.field(default_factory=CharsConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"train.task={self.task!r} is not one of {', '.join(TASKS)}")
+        check_positive("train.lr", self.lr)
+        lows = {"steps": 1, "batch": 1, "eval_every": 1, "warmup": 0, "layers": 1, "mlp_ratio": 0}
+        for field, low in lows.items():
+            _int(f"train.{field}", getattr(self, field), low)
+        for field in ("min_lr_ratio", "weight_decay", "grad_clip"):
+            _non_negative(f"train.{field}", getattr(self, field))
+        if self.target is not None:
+            _non_negative("train.target", self.target)
+        if isinstance(self.mqar, Mapping):
+            self.mqar = MqarConfig(**self.mqar)
+        if isinstance(self.chars, Mapping):
+            self.chars = CharsConfig(**self.chars)

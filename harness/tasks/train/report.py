@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from harness.report.figures import attention_rows
-from harness.report.figures_train import plot_train
-from harness.report.markdown_train import train_markdown
-from harness.report.sections import per_device
+from harness.report.sections import per_device, task_rows
 from harness.tasks.base import ReportContext
+from harness.tasks.train.report_figures import plot_train
+from harness.tasks.train.report_markdown import train_markdown
 
 
 def section(ctx: ReportContext) -> list[str]:
     """Per device the training tables (with the attention rows' speed) and figures."""
-    drawn = plot_train(ctx.rows, ctx.out, only=ctx.figures)
-    speed = attention_rows(ctx.all_rows)
+    attention = ctx.all_rows[task_rows(ctx.all_rows, "attention")]
+    drawn = plot_train(ctx.rows, ctx.out, only=ctx.figures, attention=attention)
 
     def text(rows):
-        device_speed = speed[speed["device_key"].isin(rows["device_key"].unique())]
+        device_speed = attention[attention["device_key"].isin(rows["device_key"].unique())]
         return train_markdown(rows, device_speed)
 
     return per_device(

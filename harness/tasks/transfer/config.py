@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
+
+from harness.measure.config import ConfigError, check_positive
+from variants.base import check_int
+
+#: Integer fields and their smallest value.
+_INTS = {"calibration_texts": 1, "eval_texts": 1, "retrieval_pairs": 0, "calibration_every": 2,
+         "steps": 1, "batch_size": 1, "eval_batch_size": 1}  # fmt: skip
 
 
 def _learnable() -> dict[str, dict[str, Any]]:
@@ -13,6 +21,8 @@ def _learnable() -> dict[str, dict[str, Any]]:
 @dataclasses.dataclass
 class TransferConfig:
     """Settings of a transfer point (conf/experiment/transfer.yaml is the preset).
+
+    Every text is the point's ``kv_len`` tokens long ([CLS] and [SEP] included, at most 512).
 
     Args:
         calibration_texts: Passages of the calibration topics the layers are fitted on.
@@ -41,3 +51,21 @@ class TransferConfig:
     eval_batch_size: int = 16
     save: bool = True
     learnable: dict[str, Any] = dataclasses.field(default_factory=_learnable)
+
+    def __post_init__(self) -> None:
+        for field, low in _INTS.items():
+            check_int(None, f"transfer.{field}", getattr(self, field), low, error=ConfigError)
+        check_positive("transfer.lr", self.lr)
+        for field in ("weight_decay", "ce_weight"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"transfer.{field}={value!r} must be a number >= 0")
+        if not isinstance(self.save, bool):
+            raise ConfigError(f"transfer.save={self.save!r} must be true or false")
+        if not isinstance(self.learnable, Mapping) or not all(
+            isinstance(v, Mapping) for v in self.learnable.values()
+        ):
+            raise ConfigError(
+                f"transfer.learnable={self.learnable!r} must map variant names to constructor "
+                "settings"
+            )

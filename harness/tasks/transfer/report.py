@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from harness.report.figures_transfer import plot_transfer
-from harness.report.markdown_transfer import transfer_markdown
 from harness.report.sections import per_device
 from harness.tasks.base import ReportContext
+from harness.tasks.transfer.report_figures import plot_transfer
+from harness.tasks.transfer.report_markdown import transfer_markdown
 
 
 def section(ctx: ReportContext) -> list[str]:
