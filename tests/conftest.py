@@ -4,9 +4,9 @@ Shared fixtures: ``one_thread``; ``sweep_rows`` (the rows of a synthetic sweep w
 known) and ``check_png``, used by the report and figure tests.
 
 The default run (``python -m pytest``, what CI and the README run) runs everything except the
-pytest-benchmark suite. Tests in the files below are marked ``slow`` (end-to-end subprocess runs
-of the Hydra app and launchers, the pretrained-model tests, figure rendering, the measurement
-checks): about 4 of the suite's 5 minutes on an idle 2-core CPU. Skip them while iterating with
+pytest-benchmark suite. Slow tests carry the ``slow`` marker in their own file (end-to-end
+subprocess runs of the Hydra app and launchers, the pretrained-model tests, figure rendering, the
+measurement checks). Skip them while iterating with
 ``python -m pytest -m "not slow"`` (about 20 s).
 """
 
@@ -22,22 +22,6 @@ import torch
 
 from harness.analysis.rows import complete_row
 
-#: Test files whose every test is slow (seconds to minutes each on a 2-core CPU).
-SLOW_FILES = {
-    "test_sweeps.py",
-    "test_plugins.py",
-    "test_realmodel.py",
-    "test_plots.py",
-    "test_report.py",
-    "test_measure.py",
-    "test_timing.py",
-    "test_memory.py",
-    "test_cosformer.py",
-    "test_transfer.py",
-    "test_ray.py",
-    "test_task_dispatch.py",
-}
-
 
 def pytest_configure(config: pytest.Config) -> None:
     # scripts/gpu_run.sh selects these on the GPU machine with `-m cuda` (docs/gpu.md).
@@ -47,8 +31,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_cuda = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if Path(str(item.fspath)).name in SLOW_FILES:
-            item.add_marker(pytest.mark.slow)
         if no_cuda and item.get_closest_marker("cuda"):
             item.add_marker(no_cuda)
 

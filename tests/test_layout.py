@@ -76,8 +76,14 @@ def test_variants_import_nothing_from_harness() -> None:
 @pytest.mark.parametrize(
     "package, forbidden",
     [
-        ("harness.measure", ("harness.app", "harness.report", "harness.minilm")),
+        ("harness.measure", ("harness.app", "harness.report", "harness.minilm", "harness.tasks")),
         ("harness.minilm", ("harness.app", "harness.report", "harness.tasks")),
+        (
+            "harness.analysis",
+            ("harness.app", "harness.report", "harness.tasks", "harness.measure"),
+        ),
+        ("harness.report", ("harness.app", "harness.measure", "harness.minilm", "variants")),
+        ("harness.tasks", ("harness.app.main", "harness.app.callbacks", "harness.report.build")),
     ],
 )
 def test_data_flows_one_way(package: str, forbidden: tuple[str, ...]) -> None:
@@ -88,6 +94,36 @@ def test_data_flows_one_way(package: str, forbidden: tuple[str, ...]) -> None:
         if m.startswith(package)
     }
     assert {m: ts for m, ts in bad.items() if ts} == {}
+
+
+def _task_imports_from_outside(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Imports of ``harness.tasks.<name>...`` from modules outside that task's folder."""
+    bad: dict[str, list[str]] = {}
+    for module, targets in graph.items():
+        for target in sorted(targets):
+            parts = target.split(".")
+            if parts[:2] != ["harness", "tasks"] or len(parts) < 3 or parts[2] == "base":
+                continue
+            if module.split(".")[:3] != parts[:3]:
+                bad.setdefault(module, []).append(target)
+    return bad
+
+
+def test_no_module_outside_a_tasks_folder_imports_it() -> None:
+    """A task is its folder: only its own modules import it (the registry names it by string)."""
+    assert _task_imports_from_outside(_import_graph()) == {}
+
+
+def test_task_import_rule_sees_a_violation() -> None:
+    graph = {
+        "harness.app.main": {"harness.tasks.train.measure", "harness.tasks.base"},
+        "harness.tasks.train.report": {"harness.tasks.train.config"},
+        "harness.tasks.transfer.fit": {"harness.tasks.realmodel.config"},
+    }
+    assert _task_imports_from_outside(graph) == {
+        "harness.app.main": ["harness.tasks.train.measure"],
+        "harness.tasks.transfer.fit": ["harness.tasks.realmodel.config"],
+    }
 
 
 def test_library_files_stay_under_the_line_limit() -> None:

@@ -17,6 +17,8 @@ from harness.measure.config import MeasureConfig
 from harness.measure.factory import make_factory, shape_kwargs
 from harness.tasks.attention.measure import measure
 
+pytestmark = pytest.mark.slow
+
 #: Columns the caller (the app) or the environment may leave empty on an ok CPU row; ``trained``
 #: is null for a variant without trainable parameters, ``ref_rows`` when every row was covered.
 MAY_BE_EMPTY = {"run_id", "experiment", "point_id", "reason", "cuda", "xformers", "git_commit",

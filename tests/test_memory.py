@@ -7,6 +7,8 @@ import torch
 
 from harness.measure import memory
 
+pytestmark = pytest.mark.slow
+
 SIZE = 200 * 1024 * 1024  # bytes
 
 

@@ -24,6 +24,8 @@ from harness.tasks.attention import figures_accuracy, figures_scaling
 from harness.tasks.attention.figures import FIGURES, plot_all
 from harness.tasks.realmodel import report_figures as figures_realmodel
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def frame(sweep_rows) -> pd.DataFrame:

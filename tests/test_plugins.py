@@ -26,6 +26,8 @@ import pytest
 
 from harness.conformance import CHECKS
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "plugin-variant"
 PLUGIN = "cosformer"

@@ -43,6 +43,8 @@ EXIT_VARIANT = """
 import os
 from variants.full import FullAttention
 
+pytestmark = pytest.mark.slow
+
 class ExitAttention(FullAttention):
     name = "exit"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.usefixtures("one_thread")]
 pytest.importorskip("transformers")
 
 from harness.minilm import model as minilm  # noqa: E402

@@ -21,6 +21,8 @@ from harness.tasks.attention.markdown import (
 )
 from harness.tasks.realmodel.report_markdown import realmodel_markdown
 
+pytestmark = pytest.mark.slow
+
 FIGURES = ("time_fwd", "memory_fwd", "tradeoff", "realmodel")
 
 

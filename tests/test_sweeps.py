@@ -15,6 +15,8 @@ import pytest
 
 from harness.analysis.rows import read_rows
 
+pytestmark = pytest.mark.slow
+
 TINY = ["batch=1", "heads=2", "head_dim=16", "measure.min_run_time=0.01", "seeds=[0]"]
 
 

@@ -12,7 +12,7 @@ from harness.measure import timing
 from harness.measure.inputs import make_inputs
 
 # One thread: OpenMP spin-waiting on a shared, loaded machine makes two threads erratic.
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def test_time_callable_reports_median_iqr_repeats():

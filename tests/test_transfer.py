@@ -17,7 +17,10 @@ from harness.minilm.model import unavailable_reason
 from harness.tasks.transfer.config import TransferConfig
 from variants.base import AttentionVariant
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
+]
 
 #: A fit that runs in seconds: short texts, no retrieval, few held-out texts.
 SMALL = {"eval_texts": 8, "retrieval_pairs": 0, "batch_size": 8, "lr": 0.01, "save": True}

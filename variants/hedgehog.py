@@ -4,7 +4,7 @@
 replaces ``exp(q . k)`` by ``phi(q) . phi(k)`` with a trainable feature map per head,
 ``phi(x) = [softmax(W x), softmax(-W x)]`` (``2 * D`` features for a ``D x D`` matrix ``W``),
 fitted so that the linear attention mimics a pretrained model's softmax attention ("attention
-transfer", :mod:`harness.realmodel.transfer`). Both halves are positive, so the normalised
+transfer", :mod:`harness.tasks.transfer`). Both halves are positive, so the normalised
 attention is a weighted mean of the values. Bidirectional attention costs ``O(n * D^2)``; causal
 attention streams chunked prefix sums (:mod:`variants.engines.prefix`), bottom-right aligned.
 

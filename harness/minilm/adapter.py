@@ -5,22 +5,9 @@
 as ``fn(module, query, key, value, attention_mask, scaling=..., dropout=..., **kwargs)`` with
 ``query (B, H, Nq, D)``, ``key``/``value (B, H, Nk, D)``, and expects ``(attn_output (B, Nq, H,
 D), attn_weights or None)``. :func:`register_variant` wraps an :class:`AttentionVariant` in such
-a function and also registers ``sdpa``'s mask builder under the same name, because transformers
-hands a custom implementation without a mask builder *no padding mask at all*.
-
-Padding. Variants take no mask, so the adapter runs every sequence at its true length: the
-batch is grouped by the set of valid (unpadded) keys, each group's valid tokens are gathered,
-the variant runs on them, and the outputs are scattered back; outputs at padded query positions
-are zero (nothing reads them: pooling and the next layer's keys exclude them). The loop is over
-groups of batch items, never over tokens. Padding therefore never changes a real token's output,
-whatever the variant (tested). A variant that cannot run a group's inputs
-(``not_supported_reasons``: length limits, causal-only, ...) raises :class:`VariantUnsupported`
-with the reasons; a task turns that into an ``unsupported`` row.
-
-Scale. The model's ``scaling`` is passed to the variant as its ``scale`` for the call when its
-constructor takes ``scale`` (the model's temperature wins over the variant's configured one,
-since the weights were trained with it); a variant without ``scale`` is unsupported when the
-model's scaling differs from ``1/sqrt(D)`` (MiniLM's does not).
+a function (:func:`make_attention_function`: padding and scale) and also registers ``sdpa``'s
+mask builder under the same name, because transformers hands a custom implementation without a
+mask builder *no padding mask at all*.
 
 Public: :class:`VariantUnsupported`, :func:`make_attention_function`, :func:`register_variant`,
 :func:`unregister`, :func:`use_variant`.
@@ -133,7 +120,21 @@ def _run_variant(
 
 
 def make_attention_function(variant: AttentionVariant) -> Callable[..., tuple[Tensor, None]]:
-    """A transformers attention function that runs ``variant`` (see the module docstring).
+    """A transformers attention function that runs ``variant``.
+
+    Padding. Variants take no mask, so the function runs every sequence at its true length: the
+    batch is grouped by the set of valid (unpadded) keys, each group's valid tokens are
+    gathered, the variant runs on them, and the outputs are scattered back; outputs at padded
+    query positions are zero (nothing reads them: pooling and the next layer's keys exclude
+    them). The loop is over groups of batch items, never over tokens. Padding therefore never
+    changes a real token's output, whatever the variant (tested). A variant that cannot run a
+    group's inputs (``not_supported_reasons``: length limits, causal-only, ...) raises
+    :class:`VariantUnsupported` with the reasons.
+
+    Scale. The model's ``scaling`` is passed to the variant as its ``scale`` for the call when
+    its constructor takes ``scale`` (the model's temperature wins over the variant's configured
+    one, since the weights were trained with it); a variant without ``scale`` is unsupported
+    when the model's scaling differs from ``1/sqrt(D)`` (MiniLM's does not).
 
     Args:
         variant: Any attention variant, built-in or plugin.

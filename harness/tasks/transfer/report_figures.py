@@ -21,6 +21,7 @@ import matplotlib.ticker
 import pandas as pd
 from matplotlib.figure import Figure
 
+from harness.analysis.rows import parse_json
 from harness.analysis.series import is_false, prepare, series_labels
 from harness.report.markdown import fmt
 from harness.report.sections import FigureResult, draw_one, task_rows
@@ -28,7 +29,6 @@ from harness.report.style import FIGSIZE, SkipFigure, color_for, finish, slug, t
 from harness.tasks.transfer.report_markdown import (
     STAGES,
     is_transfer,
-    parse_json,
     transfer_pairs,
 )
 

@@ -13,13 +13,13 @@ prepared rows (:func:`harness.analysis.series.prepare`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from harness.analysis.rows import parse_json
 from harness.analysis.series import SHAPE_PARAMS, as_mapping
 from harness.report.markdown import fmt, markdown_table
 from harness.report.sections import task_rows
@@ -50,16 +50,6 @@ INTRO = (
 def is_transfer(df: pd.DataFrame) -> pd.Series:
     """Which rows are transfer rows."""
     return task_rows(df, "transfer")
-
-
-def parse_json(value: Any) -> Any:
-    """A cell that a CSV round trip turned into JSON text, parsed back; others as they are."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return None
-    return value
 
 
 def settings_text(params: Any, knob: Any) -> str:
