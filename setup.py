@@ -5,11 +5,11 @@ The Hydra configs live at the top level (``conf/``) and install as the package `
 Everything else about the distribution is in ``pyproject.toml``.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     packages=[
-        *find_packages(include=["variants*", "harness*", "hydra_plugins*"]),
+        *find_namespace_packages(include=["variants*", "harness*", "hydra_plugins*"]),
         "harness.conf",
     ],
     package_dir={"harness.conf": "conf"},
