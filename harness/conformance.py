@@ -17,8 +17,9 @@ where accepted).
 Checks: output shape, dtype and device; finite outputs on random inputs; causal outputs do not
 depend on future keys and values (bottom-right aligned); exact variants match the float64
 reference; backward runs and gives finite gradients (exact variants: gradients match the
-reference); the same seed gives the same output; cross-attention lengths. The tolerances are
-the variant's own, per dtype (``AttentionVariant.TOLERANCES`` and ``GRAD_TOLERANCES``).
+reference); the same seed gives the same output; cross-attention lengths; grouped-query heads
+and the decode form (:mod:`harness.conformance_decode`). The tolerances are the variant's own,
+per dtype (``AttentionVariant.TOLERANCES`` and ``GRAD_TOLERANCES``).
 """
 
 from __future__ import annotations
@@ -28,42 +29,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-import variants
-from harness.measure.factory import shape_kwargs
+from harness.conformance_decode import check_decode, check_grouped_heads
+from harness.conformance_inputs import CROSS_SHAPE, SELF_SHAPE, Factory, build, make_qkv
 from harness.measure.reference import reference_attention, reference_grads, reference_mask
 from variants.base import AttentionVariant
 
-Factory = Callable[..., AttentionVariant]
-
-#: Shapes the kit runs: (batch, heads, q_len, kv_len, head_dim). Lengths are not multiples of
-#: common block sizes on purpose.
-SELF_SHAPE = (2, 3, 67, 67, 16)
-CROSS_SHAPE = (2, 3, 37, 83, 16)
-
-
-def build(variant: str | Factory, kv_len: int, head_dim: int, seed: int = 0) -> AttentionVariant:
-    """Build a variant for a shape, passing ``seed`` only to variants that accept it."""
-    target = variants.get_class(variant) if isinstance(variant, str) else variant
-    module = target(**shape_kwargs(target, kv_len, head_dim, seed))
-    torch.manual_seed(seed)
-    return module
-
-
-def make_qkv(
-    shape: tuple[int, int, int, int, int],
-    seed: int = 0,
-    dtype=torch.float32,
-    device="cpu",
-    requires_grad: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Random (never zero) q, k, v for ``(batch, heads, q_len, kv_len, head_dim)``."""
-    b, h, nq, nk, d = shape
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(b, h, nq, d, generator=gen, dtype=torch.float64)
-    k = torch.randn(b, h, nk, d, generator=gen, dtype=torch.float64)
-    v = torch.randn(b, h, nk, d, generator=gen, dtype=torch.float64)
-    out = tuple(t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (q, k, v))
-    return out  # type: ignore[return-value]
+__all__ = ["CHECKS", "CROSS_SHAPE", "SELF_SHAPE", "build", "make_qkv", "run_conformance"]
 
 
 def _runs(module: AttentionVariant, q, k, v, causal: bool) -> bool:
@@ -225,6 +196,8 @@ CHECKS: dict[str, Callable[[str | Factory], None]] = {
     "exact_matches_reference": check_exact_matches_reference,
     "backward": check_backward,
     "seed_determinism": check_seed_determinism,
+    "grouped_heads": check_grouped_heads,
+    "decode": check_decode,
 }
 
 

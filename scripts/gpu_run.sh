@@ -4,16 +4,18 @@
 #
 # On a CUDA machine, from a checkout with gpu_wheels/ beside it (scripts/gpu_prepare.py makes it
 # where PyPI is reachable) or with attnbench already installed: installs the missing wheels with
-# no index, runs the CUDA-marked tests, the gpu_smoke sweep, the sdpa_math baseline, the speed
-# table in bf16 and fp32 and the report, then leaves in OUT_DIR at most 8 files of at most 16 MiB:
+# no index, runs the CUDA-marked tests, the gpu_smoke sweep, the sdpa_math baseline, the decode_gpu
+# sweep, the speed table in bf16 and fp32 and the report, then leaves in OUT_DIR at most 8 files of
+# at most 16 MiB:
 #   results.csv, results.tar.gz (every row, run log, report and figure), report.md, speed.md,
 #   environment.txt (GPU name, driver, clocks, versions), gpu_run.log and two figures.
-# Each stage has its own time limit (9 minutes in all on an H100); a failed or cut stage is
+# Each stage has its own time limit (under 10 minutes in all); a failed or cut stage is
 # logged and the run goes on. Exit status: 2 = usage or no CUDA device (nothing run),
 # 1 = the install failed or a stage failed, 0 = every stage passed.
 # Settings (environment): PYTHON (default python3), GPU_WHEELS (default gpu_wheels/), GPU_RUN_WORK
 # (full results, default results/gpu_smoke/<UTC time>), the stage limits below, SMOKE_ARGS (extra
-# Hydra overrides for both sweeps) and GPU_RUN_NO_CUDA_CHECK=1, which runs the flow on a CPU to
+# Hydra overrides for both smoke sweeps), DECODE_ARGS (the same for the decode sweep) and
+# GPU_RUN_NO_CUDA_CHECK=1, which runs the flow on a CPU to
 # test this script (every point then fails; tests/test_gpu_prep.py does that).
 set -uo pipefail # no -e: one failing stage must not stop the others
 
@@ -40,16 +42,18 @@ if not torch.cuda.is_available():
     exit 2
 fi
 
-# Stage limits in seconds (override from the environment); they add up to 525. Measured on an
-# H100: the CUDA tests 89-103 s, the fp32 sweep 155 s, a speed table 42-60 s.
+# Stage limits in seconds (override from the environment); they add up to 585. Measured on an
+# H100: the CUDA tests 89-103 s, the fp32 sweep 155 s, a speed table 42-60 s; the decode sweep
+# has not run on a GPU yet (its limit keeps the batch-1 points, which come first).
 : "${INSTALL_S:=30}" "${ENV_S:=20}" "${TESTS_S:=130}" "${SMOKE_S:=170}" "${MATH_S:=20}"
-: "${SPEED_S:=60}" "${REPORT_S:=20}" "${BUNDLE_S:=15}"
+: "${DECODE_S:=60}" "${SPEED_S:=60}" "${REPORT_S:=20}" "${BUNDLE_S:=15}"
 # The speed table's readings: short, as the sweep's (each call timed alone after an L2 flush).
 : "${SPEED_ARGS:=--min-run-time 0.05 --rounds 2}"
 wheels=${GPU_WHEELS:-$root/gpu_wheels}
 stamp=$(date -u +%Y-%m-%d_%H-%M-%S)
 work=${GPU_RUN_WORK:-$root/results/gpu_smoke/$stamp} # the full folder stays on the machine
 read -r -a smoke_args <<<"${SMOKE_ARGS:-}"
+read -r -a decode_args <<<"${DECODE_ARGS:-}"
 sweep=$work/sweep
 mkdir -p "$out" "$sweep" || exit 2
 log=$out/gpu_run.log
@@ -220,6 +224,8 @@ stage "gpu_smoke sweep" "$SMOKE_S" attnbench +experiment=gpu_smoke "hydra.sweep.
 stage "sdpa_math baseline" "$MATH_S" attnbench +experiment=gpu_smoke variant=sdpa_math \
     seq_len=1024,4096 "hydra.sweep.dir=$sweep" ++hydra.callbacks.sweep.report=false \
     "${smoke_args[@]}"
+stage "decode_gpu sweep" "$DECODE_S" attnbench +experiment=decode_gpu \
+    "hydra.sweep.dir=$sweep/decode" ++hydra.callbacks.sweep.report=false "${decode_args[@]}"
 stage "speed table bf16" "$SPEED_S" speed bfloat16
 stage "speed table fp32" "$SPEED_S" speed float32
 stage report "$REPORT_S" "$py" -m harness.report.build "$sweep" --out "$work/report" --no-heatmap

@@ -13,6 +13,8 @@ measurement checks). Skip them while iterating with
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,11 @@ import pytest
 import torch
 
 from harness.analysis.rows import complete_row
+
+# Engine knobs take their defaults in tests (variants.tuning), in subprocesses too; a test that
+# tunes turns it on with its own cache folder and a fake timer (tests/test_tuning.py).
+os.environ["ATTNBENCH_TUNING"] = "off"
+os.environ["ATTNBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="attnbench-cache-")
 
 
 def pytest_configure(config: pytest.Config) -> None:

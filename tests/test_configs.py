@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 import variants
 from harness import tasks
+from harness.app.config import MainConfig
 from harness.app.main import CONF_DIR
 from harness.app.point import ConfigError, Point
 from harness.measure.config import MeasureConfig
@@ -98,6 +99,18 @@ def test_keys_forced_into_a_block_are_refused_before_any_work(override: str) -> 
     cfg = _compose(["+experiment=train", override])  # Hydra lets "+" add a key
     with pytest.raises(ConfigError, match=re.escape(override[1:].split("=")[0])):
         Point.from_cfg(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_shows_every_field_of_the_schema(experiment: str) -> None:
+    cfg = _compose([f"+experiment={experiment}"])
+    for field in dataclasses.fields(MainConfig):
+        assert field.name in cfg, f"{experiment}: {field.name} missing from the composed config"
+    assert set(cfg.measure) == {f.name for f in dataclasses.fields(MeasureConfig)}
+    for name, task in tasks.tasks().items():
+        if task.config is not None:
+            block = OmegaConf.to_object(cfg[name])  # typed: the task's dataclass, checked
+            assert isinstance(block, task.config_class())
 
 
 def test_every_default_comes_from_the_schema() -> None:

@@ -1,5 +1,6 @@
 """The conformance kit over every registered variant (built-ins and installed plugins), and the
-interface they share: the abstract methods, ``kv_len``, the tolerances per dtype."""
+interface they share: the abstract methods, ``kv_len``, the tolerances per dtype; the kit's
+grouped-heads and decode checks fail on a variant that gets them wrong."""
 
 import functools
 import warnings
@@ -9,10 +10,14 @@ import torch
 
 import variants
 from harness.conformance import CHECKS, check_exact_matches_reference
+from harness.conformance_decode import check_decode, check_grouped_heads
 from variants.base import AttentionVariant
+from variants.engines.prefix_costs import CHUNKS, GROUPS
 from variants.full import FullAttention
+from variants.hedgehog import HedgehogAttention
+from variants.linear import LinearAttention
 from variants.linformer import LinformerAttention
-from variants.longformer import LongformerAttention
+from variants.longformer import LocalAttention, LongformerAttention
 from variants.performer import PerformerAttention
 
 
@@ -34,7 +39,25 @@ OPTIONS = {
         LongformerAttention, window=8, backend="dense_mask"
     ),
     "longformer_chunked": functools.partial(LongformerAttention, window=8, backend="chunked"),
+    "longformer_globals": functools.partial(LongformerAttention, window=5, num_global=3),
+    "local_window": functools.partial(LocalAttention, window=3),
+    "performer_relu": functools.partial(PerformerAttention, nb_features=32, kernel="relu"),
 }
+# Every value the engine tuner may pick (variants.tuning), set by hand: the causal prefix sums'
+# chunks and groups, and Longformer's blockings (each forward and backward candidate once).
+for _chunk in CHUNKS:
+    OPTIONS[f"linear_chunk_{_chunk}"] = functools.partial(LinearAttention, chunk_size=_chunk)
+    OPTIONS[f"performer_chunk_{_chunk}"] = functools.partial(
+        PerformerAttention, nb_features=32, chunk_size=_chunk
+    )
+    OPTIONS[f"hedgehog_chunk_{_chunk}"] = functools.partial(HedgehogAttention, chunk_size=_chunk)
+for _group in GROUPS:
+    OPTIONS[f"linear_group_{_group}"] = functools.partial(LinearAttention, group_elements=_group)
+_forward, _backward = LongformerAttention(window=8).band_knobs(8, fused=True)
+for _fb, _b in zip(_forward.candidates, _backward.candidates[::-1]):
+    OPTIONS[f"longformer_blocks_{_fb}_{_b}"] = functools.partial(
+        LongformerAttention, window=8, backend="chunked", forward_block_size=_fb, block_size=_b
+    )
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
@@ -106,3 +129,61 @@ def test_tolerances_cover_every_supported_dtype(name: str) -> None:
     cls = variants.get_class(name)
     for table in (cls.TOLERANCES, cls.GRAD_TOLERANCES):
         assert set(cls.supported_dtypes) <= set(table)
+
+
+class _ForgetfulLinear(LinearAttention):
+    """A wrong state update: the first step's first token never enters the running sum."""
+
+    def step(self, q, k, v, state):
+        before = state["kv"].clone()
+        out, state = super().step(q, k, v, state)
+        if not getattr(self, "_forgot", False):
+            self._forgot = True
+            state["kv"].copy_(before)
+        return out, state
+
+
+class _ForgetfulFull(FullAttention):
+    """A wrong KV cache: each step's tokens are written one slot too far (the slot of the first
+    new token is never written)."""
+
+    def step(self, q, k, v, state):
+        state.length += 1
+        out, state = super().step(q, k, v, state)
+        state.length -= 1
+        return out, state
+
+
+class _TilesHeads(FullAttention):
+    """Grouped heads handled natively but wrongly: query head h reads KV head h % kv_heads (a
+    tile) where the layout is h // group (an interleave)."""
+
+    gqa = "native"
+
+    def forward(self, q, k, v, causal=False):
+        group = q.shape[1] // k.shape[1]
+        return super().forward(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), causal)
+
+
+@pytest.mark.parametrize("wrong", [_ForgetfulLinear, _ForgetfulFull])
+def test_the_decode_check_fails_on_a_wrong_state_update(wrong) -> None:
+    with pytest.raises(AssertionError, match="decode differs from the causal forward"):
+        check_decode(wrong)
+
+
+def test_the_grouped_heads_check_fails_on_a_wrong_grouping() -> None:
+    with pytest.raises(AssertionError, match="grouped heads differ"):
+        check_grouped_heads(_TilesHeads)
+
+
+class _DeclaresUnsupported(FullAttention):
+    gqa = "unsupported"
+
+
+def test_a_variant_may_refuse_grouped_heads() -> None:
+    check_grouped_heads(_DeclaresUnsupported)  # refused with a reason: passes
+    module = _DeclaresUnsupported()
+    q, k = torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16)
+    assert "grouped heads" in module.not_supported_reasons(q, k, k, False)[0]
+    with pytest.raises(ValueError, match="grouped heads"):
+        module(q, k, k)

@@ -3,20 +3,16 @@
 
 import pytest
 import torch
+from helpers import assert_close
 
 from harness.conformance import make_qkv
 from variants.engines import prefix_naive as naive
 from variants.engines import prefix_stream
 from variants.engines.prefix import FeatureMaps, causal_linear_attention
+from variants.engines.prefix_costs import CHUNKS, DEVICE_GROUPS, GROUPS
 
 # Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def assert_close(actual, expected, rtol, atol):
-    # plain allclose: torch.testing.assert_close imports torch.distributed on first use (slow)
-    diff = (actual - expected).abs().max().item()
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), f"max abs diff {diff:.3e}"
 
 
 @pytest.mark.parametrize("lengths", [(37, 37), (23, 71), (1, 9)])
@@ -49,29 +45,32 @@ LOG_MAPS = FeatureMaps(query=lambda x, w: torch.softmax(x @ w, -1), key=_project
 PATHS = ["adds", "scan", "batched"]
 
 
-def use_path(monkeypatch, path, group_elements):
-    """Makes the CPU take ``path`` with groups of ``group_elements`` query elements."""
-    monkeypatch.setattr(prefix_stream, "GROUP_ELEMENTS", group_elements)
-    monkeypatch.setattr(prefix_stream, "DEVICE_GROUP_ELEMENTS", group_elements)
+def use_path(monkeypatch, path, group_elements=None):
+    """Makes the CPU take ``path``, by default with groups of ``group_elements`` query
+    elements."""
+    if group_elements is not None:
+        monkeypatch.setattr(prefix_stream, "GROUP_ELEMENTS", group_elements)
+        monkeypatch.setattr(prefix_stream, "DEVICE_GROUP_ELEMENTS", group_elements)
     monkeypatch.setattr(prefix_stream, "SMALL_STATE", 1 << 30 if path == "adds" else 0)
     if path == "batched":
         monkeypatch.setattr(prefix_stream, "STREAMED_DEVICES", frozenset())
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16, 64, 500])
+@pytest.mark.parametrize("chunk", sorted({1, 5, 16, 500, *CHUNKS}))  # the tuner's candidates
 @pytest.mark.parametrize("lengths", [(64, 64), (37, 37), (23, 71)])
-@pytest.mark.parametrize("group_elements", [1, 2**18])  # one chunk per group, or one group
+# one chunk per group, or one group (every candidate group of the tuner at these shapes)
+@pytest.mark.parametrize("group_elements", [1, *GROUPS, *DEVICE_GROUPS])
 @pytest.mark.parametrize("path", PATHS)
 def test_chunked_prefix_sums_equal_masked_quadratic(
     chunk, lengths, group_elements, path, monkeypatch
 ):
-    use_path(monkeypatch, path, group_elements)
+    use_path(monkeypatch, path)
     nq, nk = lengths
     gen = torch.Generator().manual_seed(1)
     phi_q = torch.rand(2, 2, nq, 6, generator=gen, dtype=torch.float64)
     phi_k = torch.rand(2, 2, nk, 6, generator=gen, dtype=torch.float64)
     v = torch.randn(2, 2, nk, 5, generator=gen, dtype=torch.float64)
-    out = causal_linear_attention(phi_q, phi_k, v, IDENTITY, chunk)
+    out = causal_linear_attention(phi_q, phi_k, v, IDENTITY, chunk, group=group_elements)
     assert_close(out, naive.quadratic_form(phi_q, phi_k, v, True), rtol=1e-10, atol=1e-12)
 
 
@@ -115,3 +114,26 @@ def test_streamed_backward_can_run_twice_and_leaves_inputs_alone():
         assert torch.equal(a, b)
     for t, b in zip((q, k, v, w), before):
         assert torch.equal(t.detach(), b)
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("group", [*GROUPS, *DEVICE_GROUPS])
+@pytest.mark.parametrize("path", PATHS)
+def test_every_candidate_chunk_and_group_match_autograd_of_the_quadratic_form(
+    chunk, group, path, monkeypatch
+):
+    # the tuner's candidates at a shape where they matter: d = 64 puts 1, 2 and 5 chunks of
+    # 128 in the streamed groups, several groups and a ragged tail (values and gradients)
+    use_path(monkeypatch, path)
+    nq, nk = 700, 741
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 3, n, 64, generator=gen, dtype=torch.float64) for n in (nq, nk, nk))
+    w = 0.2 * torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    grad = torch.randn(2, 3, nq, 64, generator=gen, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = causal_linear_attention(*leaves[:3], LOG_MAPS, chunk, (leaves[3],), group)
+    refs = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    ref = naive.causal_linear_attention(*refs[:3], LOG_MAPS, (refs[3],))
+    assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for g, r in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(ref, refs, grad)):
+        assert_close(g, r, rtol=1e-9, atol=1e-11)

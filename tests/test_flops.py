@@ -10,6 +10,8 @@ the recomputed scores included) for the CUDA kernels only; the tests register th
 for the CPU flash kernel, so variants built on SDPA are counted as they run here.
 """
 
+import itertools
+
 import pytest
 import torch
 from torch.utils.flop_counter import (
@@ -21,6 +23,7 @@ from torch.utils.flop_counter import (
 import variants
 from harness.conformance import make_qkv
 from variants.base import causal_mask, exact_attention_flops, visible_pairs
+from variants.engines.prefix_costs import CHUNKS, GROUPS
 from variants.longformer import longformer_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,9 +48,9 @@ CPU_FLASH = {
 }
 
 
-def counted(module, shape, causal):
+def counted(module, shape, causal, kv_heads=None):
     """(forward, backward) FLOPs FlopCounterMode sees for one call on ``shape``."""
-    q, k, v = make_qkv(shape, seed=0, requires_grad=True)
+    q, k, v = make_qkv(shape, seed=0, requires_grad=True, kv_heads=kv_heads)
     with FlopCounterMode(display=False, custom_mapping=CPU_FLASH) as fwd:
         out = module(q, k, v, causal)
     with FlopCounterMode(display=False, custom_mapping=CPU_FLASH) as bwd:
@@ -92,6 +95,29 @@ CASES = [
 ]
 
 
+def _candidate_cases() -> list:
+    """Every value the tuner may pick (variants.tuning), set by hand: the causal prefix sums'
+    chunks (the group does not change the work) and Longformer's blockings per pass."""
+    cases = []
+    for chunk in CHUNKS:
+        cases += [
+            ("linear", {"chunk_size": chunk, "group_elements": GROUPS[0]}, CROSS, True),
+            ("performer", {"nb_features": 48, "head_dim": 32, "chunk_size": chunk}, SELF, True),
+            ("hedgehog", {"heads": 3, "head_dim": 32, "chunk_size": chunk}, CROSS, True),
+        ]
+    for window, num_global, shape, causal in [(150, 2, SELF, False), (16, 1, CROSS, True)]:
+        probe = variants.create("longformer", window=window, backend="chunked")
+        first, block = probe.band_knobs(window, fused=True)
+        for fb, b in itertools.product(first.candidates, block.candidates):
+            params = {"window": window, "backend": "chunked", "num_global": num_global}
+            params |= {"forward_block_size": fb, "block_size": b}
+            cases.append(("longformer", params, shape, causal))
+    return cases
+
+
+CASES += _candidate_cases()
+
+
 @pytest.mark.parametrize("name, params, shape, causal", CASES)
 def test_counts_match_flop_counter(name, params, shape, causal):
     module = variants.create(name, **params)
@@ -99,6 +125,33 @@ def test_counts_match_flop_counter(name, params, shape, causal):
     assert fwd > 0 and bwd > 0
     assert module.flops(*shape, causal) == pytest.approx(fwd, rel=REL_TOL)
     assert module.backward_flops(*shape, causal) == pytest.approx(bwd, rel=REL_TOL)
+
+
+GROUPED = (2, 4, 120, 120, 32)  # (B, H, Nq, Nk, D) with 2 KV heads
+GROUPED_CASES = [
+    ("full", {}, False),
+    ("sdpa", {}, False),  # enable_gqa: the CPU flash kernel reads the KV heads as they are
+    ("sdpa", {"backend": "math"}, True),
+    ("linear", {}, False),  # the keys' summary per KV head
+    ("linear", {}, True),  # causal: k, v repeated to the query heads
+    ("performer", {"nb_features": 48, "head_dim": 32}, False),
+    ("performer", {"nb_features": 48, "head_dim": 32, "kernel": "relu"}, False),
+    ("linformer", {"k": 40, "kv_len": 120}, False),  # projected once per KV head
+    ("nystrom", {"num_landmarks": 20}, False),  # repeated
+    ("longformer", {"window": 16, "backend": "chunked"}, True),
+    ("hedgehog", {"heads": 4, "head_dim": 32}, False),
+]
+
+
+@pytest.mark.parametrize("name, params, causal", GROUPED_CASES)
+def test_grouped_head_counts_match_flop_counter(name, params, causal):
+    module = variants.create(name, **params)
+    fwd, bwd = counted(module, GROUPED, causal, kv_heads=2)
+    assert module.flops(*GROUPED, causal, kv_heads=2) == pytest.approx(fwd, rel=REL_TOL)
+    assert module.backward_flops(*GROUPED, causal, kv_heads=2) == pytest.approx(bwd, rel=REL_TOL)
+    native = name in ("linear", "performer", "linformer") and not causal
+    grouped, whole = module.flops(*GROUPED, causal, kv_heads=2), module.flops(*GROUPED, causal)
+    assert grouped < whole if native else grouped == whole
 
 
 @pytest.mark.parametrize(

@@ -205,6 +205,7 @@ def test_run_script_flow_on_the_cpu(tmp_path):
         GPU_WHEELS=str(tmp_path / "none"),  # the installed attnbench is used
         GPU_RUN_WORK=str(work),
         SMOKE_ARGS="dtype=bfloat16 seq_len=128 variant=sdpa_flash,performer",
+        DECODE_ARGS="seq_len=128 variant=sdpa batch=1 kv_heads=2",
         TESTS_S="1",  # cut at once: the time-limit path is exercised, the suite is not run
     )
     got = subprocess.run(["bash", str(RUN), str(out)], capture_output=True, text=True, env=env)
@@ -212,6 +213,7 @@ def test_run_script_flow_on_the_cpu(tmp_path):
     assert got.returncode == 1, log  # no point can run on a CPU
     assert "=== install: ok" in log and "=== cuda tests: CUT at its 1s limit" in log
     assert "=== bundle: ok" in log and "=== summary:" in log
+    assert "=== decode_gpu sweep: FAILED" in log  # its one point is unsupported on a CPU
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and all((out / f).stat().st_size <= 16 * 2**20 for f in files)
     for name in ("gpu_run.log", "environment.txt", "results.csv", "results.tar.gz"):

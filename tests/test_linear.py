@@ -4,27 +4,26 @@ tested in test_engine_prefix.py."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close
 
 import variants
 from harness.conformance import make_qkv
 from variants.base import VariantConfigError
+from variants.engines.prefix_costs import CHUNKS, GROUPS
 from variants.engines.prefix_naive import quadratic_form
 
 # Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def assert_close(actual, expected, rtol, atol):
-    # plain allclose: torch.testing.assert_close imports torch.distributed on first use (slow)
-    diff = (actual - expected).abs().max().item()
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), f"max abs diff {diff:.3e}"
-
-
+@pytest.mark.parametrize("chunk", [16, *CHUNKS])  # the tuner's candidates among them
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", [(2, 3, 45, 45, 8), (1, 2, 19, 50, 8), (1, 1, 1, 7, 4)])
-def test_equals_its_quadratic_form(shape, causal):
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 45, 45, 8), (1, 2, 19, 50, 8), (1, 1, 1, 7, 4), (1, 2, 290, 300, 8)]
+)
+def test_equals_its_quadratic_form(shape, causal, chunk):
     q, k, v = make_qkv(shape, seed=0, dtype=torch.float64)
-    out = variants.create("linear", chunk_size=16)(q, k, v, causal=causal)
+    out = variants.create("linear", chunk_size=chunk)(q, k, v, causal=causal)
     ref = quadratic_form(F.elu(q) + 1, F.elu(k) + 1, v, causal)
     assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
@@ -62,6 +61,10 @@ def test_flops_positive_and_linear_in_length():
     assert module.flops(1, 8, 4096, 4096, 64, True) > 0
 
 
+@pytest.mark.parametrize(  # the tuner's candidate chunks and groups among them
+    "knobs",
+    [{}, *({"chunk_size": c} for c in CHUNKS), *({"group_elements": g} for g in GROUPS)],
+)
 @pytest.mark.parametrize(
     "name, params",
     [
@@ -70,10 +73,10 @@ def test_flops_positive_and_linear_in_length():
         ("hedgehog", {"heads": 4}),
     ],
 )
-def test_causal_memory_models_cover_the_measured_peaks(name, params):
+def test_causal_memory_models_cover_the_measured_peaks(name, params, knobs):
     from harness.measure import memory, timing
 
-    module = variants.create(name, **params)
+    module = variants.create(name, **params, **knobs)
     shape = (1, 4, 1024, 1024, 32)
     q, k, v = make_qkv(shape, seed=0)
     for pass_name in ("fwd", "fwd_bwd"):
@@ -84,3 +87,12 @@ def test_causal_memory_models_cover_the_measured_peaks(name, params):
             assert peak <= module.analytic_mem_bytes(*shape, True)
         else:  # the gradients of q, k, v are the harness's to count
             assert peak - 3 * q.numel() * 4 <= module.backward_mem_bytes(*shape, True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_heads_equal_the_quadratic_form_with_keys_repeated(kv_heads, causal):
+    q, k, v = make_qkv((2, 4, 30, 41, 8), seed=5, dtype=torch.float64, kv_heads=kv_heads)
+    out = variants.create("linear", chunk_size=8)(q, k, v, causal=causal)
+    kr, vr = (x.repeat_interleave(4 // kv_heads, dim=1) for x in (k, v))
+    assert_close(out, quadratic_form(F.elu(q) + 1, F.elu(kr) + 1, vr, causal), 1e-10, 1e-12)

@@ -138,3 +138,14 @@ def test_gradients_finite():
 def test_bad_params_name_field(params, match):
     with pytest.raises(VariantConfigError, match=match):
         variants.create("linformer", **params)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_heads_project_each_kv_head_once(kv_heads):
+    q, k, v = make_qkv((2, 4, 21, 48, 16), seed=4, dtype=torch.float64, kv_heads=kv_heads)
+    module = variants.create("linformer", kv_len=48, k=12)
+    kr, vr = (x.repeat_interleave(4 // kv_heads, dim=1) for x in (k, v))
+    ref = manual_linformer(q, kr, vr, module.proj_k, module.proj_v)
+    assert rel_err(module(q, k, v), ref) < 1e-12
+    whole, grouped = (module.flops(2, 4, 21, 48, 16, False, kv_heads=h) for h in (4, kv_heads))
+    assert grouped < whole  # the projections per KV head

@@ -117,6 +117,44 @@ def test_forward_and_backward_blockings_differ_yet_match(window, shape, num_glob
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name} differs")
 
 
+def _candidate_blockings(window: int) -> list[tuple[int, int]]:
+    """Every (forward, backward) blocking the tuner may pick at ``window`` (fused CPU path)."""
+    module = LongformerAttention(window=window, backend="chunked")
+    forward, backward = module.band_knobs(window, fused=True)
+    return list(itertools.product(forward.candidates, backward.candidates))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "window, blocks",
+    [(w, blocks) for w in (9, 150, 256) for blocks in _candidate_blockings(w)],
+)
+def test_every_candidate_blocking_matches_the_reference(
+    window, blocks, causal, fused, monkeypatch
+):
+    # the user's blockings (as the tuner's are passed) on the fused path and off it, where
+    # block_size blocks both passes; values and gradients in float64
+    import variants.engines.band as band
+
+    if not fused:
+        monkeypatch.setattr(band, "fused_available", lambda *tensors: False)
+    forward_block, block = blocks
+    module = LongformerAttention(
+        window=window, num_global=2, backend="chunked", block_size=block,
+        forward_block_size=forward_block,
+    )  # fmt: skip
+    nq, nk = (300, 333) if window > 9 else (45, 60)
+    q, k, v = make_qkv((1, 2, nq, nk, 8), seed=window, dtype=torch.float64, requires_grad=True)
+    out, ref = module(q, k, v, causal), band_attention(q, k, v, window, 2, causal)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert module.engine_config()["block_size"] == block
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    for a, b in zip(got, torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_auto_resolves_to_chunked_on_cpu():
     module = variants.create("longformer", kv_len=64, head_dim=16)
     q, k, v = make_qkv((1, 1, 64, 64, 16))
@@ -219,3 +257,22 @@ def test_unfused_path_matches_reference(window, num_global, causal, monkeypatch)
         got = torch.autograd.grad(out, (q, k, v), grad)
         for a, b in zip(got, torch.autograd.grad(ref, (q, k, v), grad)):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "dense_mask"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_heads_match_the_reference_with_keys_repeated(kv_heads, causal, backend):
+    module = LongformerAttention(window=5, num_global=2, backend=backend)
+    q, k, v = make_qkv((2, 4, 40, 40, 16), seed=6, dtype=torch.float64, kv_heads=kv_heads)
+    mask = longformer_mask(40, 40, 5, 2, causal)
+    ref = reference_attention(q, k, v, causal=causal, mask=mask)  # repeats k, v itself
+    torch.testing.assert_close(module(q, k, v, causal), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_kv_heads_that_do_not_divide_heads_are_refused():
+    q, k, v = make_qkv((1, 4, 20, 20, 8), kv_heads=3)
+    reasons = LongformerAttention(window=4).not_supported_reasons(q, k, v, False)
+    assert reasons == ["longformer: kv_heads=3 must divide heads=4"]
+    with pytest.raises(ValueError, match="kv_heads=3 must divide heads=4"):
+        LongformerAttention(window=4)(q, k, v)

@@ -5,22 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close
 
 import variants
 from harness.conformance import make_qkv
 from harness.measure.reference import reference_attention
 from variants.base import VariantConfigError
+from variants.engines.prefix_costs import CHUNKS
 from variants.engines.prefix_naive import quadratic_form
 from variants.performer_features import orthogonal_gaussian_projection, softmax_kernel_features
 
 # Tiny shapes gain nothing from threads; on a shared box threads only wait on each other.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def assert_close(actual, expected, rtol, atol):
-    # plain allclose: torch.testing.assert_close imports torch.distributed on first use (slow)
-    diff = (actual - expected).abs().max().item()
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), f"max abs diff {diff:.3e}"
 
 
 def test_projection_blocks_orthogonal_and_rows_gaussian_sized():
@@ -81,8 +77,8 @@ def test_output_error_falls_like_inverse_sqrt_features():
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
-@pytest.mark.parametrize("chunk", [1, 8, 64])
-@pytest.mark.parametrize("lengths", [(45, 45), (17, 40)])
+@pytest.mark.parametrize("chunk", [1, 8, *CHUNKS])  # the tuner's candidates among them
+@pytest.mark.parametrize("lengths", [(45, 45), (17, 40), (270, 300)])
 def test_causal_chunked_equals_quadratic_masked_form(kernel, chunk, lengths):
     nq, nk = lengths
     q, k, v = make_qkv((2, 2, nq, nk, 8), seed=3, dtype=torch.float64)
@@ -147,7 +143,10 @@ def test_gradients_finite(causal):
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
-@pytest.mark.parametrize("chunk, lengths", [(8, (45, 45)), (5, (17, 40)), (64, (30, 30))])
+@pytest.mark.parametrize(
+    "chunk, lengths",
+    [(8, (45, 45)), (5, (17, 40)), (64, (30, 30)), *((c, (260, 290)) for c in CHUNKS)],
+)
 def test_causal_gradients_match_autograd_of_the_quadratic_form(kernel, chunk, lengths):
     # the streamed backward (features recomputed group by group) against autograd through
     # the O(n^2) form of module.features, the learnable rows' gradient included
@@ -299,3 +298,14 @@ def test_learnable_projection_is_the_seeded_draw_and_trains():
 def test_bad_params_name_field(params, field):
     with pytest.raises(VariantConfigError, match=f"performer: {field}"):
         variants.create("performer", head_dim=8, **params)
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_heads_equal_the_quadratic_form_with_keys_repeated(kv_heads, causal, kernel):
+    q, k, v = make_qkv((2, 4, 30, 41, 8), seed=5, dtype=torch.float64, kv_heads=kv_heads)
+    module = variants.create("performer", head_dim=8, nb_features=24, kernel=kernel, chunk_size=8)
+    kr, vr = (x.repeat_interleave(4 // kv_heads, dim=1) for x in (k, v))
+    ref = quadratic_form(*module.features(q, kr), vr, causal)
+    assert_close(module(q, k, v, causal=causal), ref, 1e-9, 1e-11)

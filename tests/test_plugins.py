@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 from harness.conformance import CHECKS
 
@@ -36,20 +35,7 @@ TIMEOUT = 1800  # seconds per subprocess; a loaded 2-core machine is slow
 
 def _run(args: list[str], paths: list[Path], cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``python args...`` with ``paths`` in front of PYTHONPATH; output captured as text."""
-    env = dict(os.environ)
-    extra = [str(p) for p in paths]
-    if env.get("PYTHONPATH"):
-        extra.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(extra)
-    env.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add contention
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    return run_python(args, paths=paths, cwd=cwd, timeout=TIMEOUT)
 
 
 def _py(code: str, paths: list[Path]) -> subprocess.CompletedProcess:

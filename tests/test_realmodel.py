@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,14 @@ def test_measure_realmodel_point_row() -> None:
     errs = json.loads(row["hidden_rel_err"])
     assert len(errs) == NUM_LAYERS and max(errs) < 1e-4
     assert set(json.loads(row["embed_cosine_by_length"])) == {"16", "32"}
+    # beside the cosine, its reference: the exact model's cosine between different texts
+    from harness.minilm.point import unrelated_cosine
+    from harness.tasks.realmodel.measure import realmodel_texts
+
+    texts, lengths = realmodel_texts([16, 32], 2, seed=0)
+    reference = unrelated_cosine(embed(texts, None, lengths=lengths).embeddings, lengths)
+    assert row["embed_cosine_unrelated"] == pytest.approx(reference, abs=1e-6)
+    assert 0 < row["embed_cosine_unrelated"] < 0.9
     assert row["time_ms"] > 0 and row["exact_time_ms"] > 0
     # exact and variant timed in the same loop, >= 10 rounds, each with its spread
     assert row["repeats"] >= 10 and row["exact_time_iqr_ms"] >= 0 and row["time_iqr_ms"] >= 0
@@ -180,6 +189,29 @@ def test_measure_realmodel_point_row() -> None:
     assert row["retrieval_mean_rank"] >= 1
     full = complete_row(row)
     assert list(full)[: len(COLUMNS)] == COLUMNS and full["torch"]
+
+
+class _NaNBeyond32(FullAttention):
+    """Exact attention that gives NaN for texts of more than 32 tokens."""
+
+    def forward(self, q, k, v, causal=False):
+        out = super().forward(q, k, v, causal)
+        return out if k.shape[-2] <= 32 else torch.full_like(out, math.nan)
+
+
+def test_non_finite_retrieval_embeddings_make_the_row_nan_naming_them() -> None:
+    """The evaluation texts (16 tokens) embed exactly; some retrieval texts give NaN: the row
+    is no retrieval result but a ``nan`` row saying whose embeddings and which lengths."""
+    point = minilm_point("realmodel", "full", lengths=[16], texts_per_length=2,
+                         batch_size=2, retrieval_pairs=200)  # fmt: skip
+    (row,) = measure(point, lambda seed: _NaNBeyond32())
+    assert row["status"] == "nan" and row["embed_cosine"] > 1 - 1e-5
+    assert re.fullmatch(
+        r"retrieval check: full gave NaN/Inf embeddings for \d+ of 400 retrieval texts "
+        r"\(3[3-9]-\d+ tokens\)",
+        row["reason"],
+    ), row["reason"]
+    assert row.get("retrieval_top1") is None
 
 
 def test_minilm_qkv_shapes_and_errors() -> None:

@@ -242,9 +242,32 @@ def test_realmodel_table_gives_intervals_discordant_pairs_and_flags() -> None:
     assert "Retrieval over 240 pairs." in text and "TFLOP" not in text and "3.5" not in text
     assert "| linformer untrained | k=64 |" in text
     assert "0.8 [0.745, 0.846] (exact 0.78) | 7 / 3 | 0.34 |" in text
-    assert _cells(text, "nystrom")[9] == "yes" and _cells(text, "linformer untrained")[9] == "no"
+    assert _cells(text, "nystrom")[10] == "yes"
+    assert _cells(text, "linformer untrained")[10] == "no"
     older = _cells(text, "performer(eps=0)")
-    assert older[4] == "0.8 (exact 0.78)" and older[5] == older[6] == older[9] == "n/a"
+    assert older[5] == "0.8 (exact 0.78)" and older[6] == older[7] == older[10] == "n/a"
+    assert older[4] == "n/a"  # no unrelated-text cosine in older rows
+
+
+def test_realmodel_cosine_has_its_unrelated_text_reference(tmp_path: Path) -> None:
+    """Beside every embedding cosine, exact MiniLM's cosine between different texts: a column
+    of the table and a grey level in the figure."""
+    from harness.tasks.realmodel.report_figures import plot_realmodel
+
+    rows = [
+        complete_row({"task": "realmodel", "status": "ok", "variant": "local", "device": "cpu",
+                      "host": "h", "knob": "window", "knob_value": w, "params": {"window": w},
+                      "embed_cosine": cos, "embed_cosine_unrelated": 0.29})
+        for w, cos in ((16, 0.9), (64, 0.97))
+    ]  # fmt: skip
+    text = realmodel_markdown(pd.DataFrame(rows))
+    header = _cells(text, "variant")
+    assert header[4] == "cosine of unrelated texts (exact model)"
+    assert _cells(text, "local")[2:5] == ["0.9", "–", "0.29"]
+    fig = plot_realmodel(pd.DataFrame(rows), tmp_path / "real.png")
+    (level,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "baseline_unrelated"]
+    assert list(level.get_ydata()) == [0.29, 0.29]
+    assert level.get_label() == "exact model, unrelated texts: 0.29"
 
 
 @pytest.mark.parametrize(

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
+from helpers import run_python
 
 from harness.report.build import build_report
 
@@ -136,15 +135,7 @@ sys.exit(rc)
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    proc = run_python(args, timeout=TIMEOUT, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 

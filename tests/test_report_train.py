@@ -66,7 +66,14 @@ QUALITY = {
     },
 }  # fmt: skip
 #: The start of the Which-attention row of MQAR at n = 128.
-N128 = "| mqar causal, 4 pairs, vocab 256 | 128 | sdpa: 0.985 | local(window=32): 0.965 |"
+N128 = (
+    "| mqar causal, 4 pairs, vocab 256 | 128 | sdpa: 0.985 [0.98–0.99] | local(window=32): 0.965 |"
+)
+#: Its verdict cells: within, worse (converged, seeds apart), not converged, unresolved.
+N128_VERDICTS = (
+    "| 2 of 6 | 4: linear, local(window=8), performer(nb_features=8), performer(nb_features=32) "
+    "| 0 | 0 |"
+)
 DEVICE = {"device": "cpu", "device_name": "Test CPU", "host": "host-t", "threads": 1}
 
 
@@ -193,9 +200,9 @@ def test_section_appears_with_settings_knobs_and_spreads(report: Path) -> None:
     section = text[text.index("## Quality after training") :]
     assert "min–max over lrs × seeds" in section and "best lr (of n rates)" in section
     lines = section.splitlines()
-    # exact attention at its best rate: mean ± sd over the two seeds, spread over all six runs
+    # exact attention at its best rate: mean [range] over the two seeds, spread over all six runs
     sdpa = next(ln for ln in lines if ln.startswith("| sdpa (exact) |"))
-    assert "0.985 ± 0.00707 (n=2)" in sdpa and "(n=6)" in sdpa and "0.003 (of 3)" in sdpa
+    assert "| 0.985 [0.98–0.99] (n=2) |" in sdpa and "(n=6)" in sdpa and "0.003 (of 3)" in sdpa
     assert "| 64 keys |" in sdpa and "70,000 / 33,000" in sdpa and "| 6/6 |" in sdpa
     window = next(ln for ln in lines if ln.startswith("| local(window=8) |"))
     assert "| window=8 | 9 keys |" in window  # causal: window + 1 keys
@@ -259,7 +266,7 @@ def test_which_attention_table_in_report(report: Path) -> None:
     text = report.read_text()
     which = text[text.index("### Which attention?") :]
     assert "within 0.05 accuracy (absolute), 0.05 bits per char" in which
-    assert f"{N128} 1.67× | 0.60 | 2.00× / 0.25 | 2 of 6 |" in which
+    assert f"{N128} 1.67× | 0.60 | 2.00× / 0.25 {N128_VERDICTS}" in which
 
 
 def test_untrained_error_figure_needs_accuracy_rows(tmp_path: Path) -> None:
@@ -269,7 +276,7 @@ def test_untrained_error_figure_needs_accuracy_rows(tmp_path: Path) -> None:
     assert "train_vs_error: no accuracy rows (rel_err)" in text
     assert "## Results" not in text, "no attention section without attention rows"
     assert "## Quality after training" in text
-    assert f"{N128} 1.67× | 0.60 | – | 2 of 6 |" in text  # no attention rows: no ratio
+    assert f"{N128} 1.67× | 0.60 | – {N128_VERDICTS}" in text  # no attention rows: no ratio
 
 
 def test_training_rows_stay_out_of_attention_figures(frame: pd.DataFrame, tmp_path) -> None:

@@ -79,9 +79,11 @@ def _transfer_row(key: tuple, stage: str, numbers: tuple) -> dict[str, Any]:
         "retrieval_top1_hi": high, "retrieval_agree_top1": agree,
         "retrieval_exact_top1": 0.42, "retrieval_exact_top1_lo": 0.354,
         "retrieval_exact_top1_hi": 0.489, "fit_params": n_params,
+        "embed_cosine_unrelated": 0.29,
     }  # fmt: skip
     if stage == "after":
         row |= {"fit_time_s": fit_time, "fit_steps": 100, "fit_loss_first": 6.5,
+                "fit_loss": "attention" if variant == "hedgehog" else "output",
                 "fit_loss_final": 0.5, "fit_loss_curve": json.dumps([6.5, 1.0, 0.5]),
                 "fit_file": f"transfer_{variant}_{value or 'default'}.pt"}  # fmt: skip
     return complete_row(row)
@@ -150,15 +152,17 @@ def test_section_table_has_both_stages_fit_and_settings(report: Path) -> None:
         section
     )
     k64 = _row_of(section, "| linformer | k | 64 |")
-    assert "| 0.0333 → 0.635 |" in k64  # embedding cosine before -> after
+    assert "| 0.0333 → 0.635 | 0.29 |" in k64  # cosine before -> after, unrelated passages
     assert "| 2.5 (3.47) → 0.823 (0.916) |" in k64  # layer error: mean (worst layer)
     assert "| 0.1 [0.0657, 0.149] → 0.27 [0.213, 0.335] |" in k64  # top-1 [95% CI]
     assert "| 0.12 → 0.36 |" in k64  # agreement with exact
-    assert k64.endswith("| 98304 | 60.7 | 6.5 → 0.5 (100 steps) | init=learned |")
+    assert k64.endswith("| 98304 | 60.7 | 6.5 → 0.5 (100 steps, output loss) | init=learned |")
     perf = _row_of(section, "| performer | nb_features | 32 |")
     assert perf.endswith("| learnable_projection=True |")
     hedgehog = _row_of(section, "| hedgehog | – | – | 0.439 → 0.906 |")
     assert "| 73728 | 92 |" in hedgehog and hedgehog.endswith("| chunk_size=128 |")
+    assert "(100 steps, attention loss)" in hedgehog
+    assert "| cosine of unrelated passages (exact model) |" in section
     # variants sorted, knob values in order
     assert section.index("| hedgehog") < section.index("| linformer | k | 32")
     assert section.index("| linformer | k | 32") < section.index("| linformer | k | 64")
@@ -199,7 +203,11 @@ def test_figure_draws_before_dashed_after_solid_beside_untrained(tmp_path: Path)
     assert list(window.get_ydata()) == [0.9, 0.97]
     assert list(lines["nystrom (num_landmarks), untrained"].get_ydata()) == [0.85]
     assert not any(label.startswith(("sdpa", "linformer (k), untrained")) for label in lines)
-    assert len(lines) == 8
+    # the reference: exact MiniLM's cosine between different held-out passages, a grey level
+    reference = lines["exact model, unrelated held-out passages: 0.29"]
+    assert reference.get_gid() == "baseline_unrelated" and reference.get_linestyle() == "-."
+    assert list(reference.get_ydata()) == [0.29, 0.29]
+    assert len(lines) == 9
     data, note = transfer_lines(df)
     assert [line.kind for line in data].count("untrained") == 2 and "n=128" in note
 

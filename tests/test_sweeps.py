@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_python
 
 from harness.analysis.rows import read_rows
 
@@ -21,16 +22,9 @@ TINY = ["batch=1", "heads=2", "head_dim=16", "measure.min_run_time=0.01", "seeds
 
 
 def attnbench(args: list[str], cwd: Path, timeout: int = 240, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="0")
-    return subprocess.run(
-        [sys.executable, "-m", "harness.app.main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
+    args = ["-m", "harness.app.main", *args]
+    env = {"HYDRA_FULL_ERROR": "0"}
+    return run_python(args, cwd=cwd, env=env, timeout=timeout, one_thread=False, **kw)
 
 
 def rows_below(folder: Path) -> pd.DataFrame:

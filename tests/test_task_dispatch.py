@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 from harness import tasks
 from harness.analysis.rows import read_rows
@@ -33,14 +31,8 @@ def test_a_training_point_runs_through_the_app(tmp_path: Path) -> None:
         "measure.threads=1",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.app.main", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_python(
+        ["-m", "harness.app.main", *args], cwd=tmp_path, timeout=300, one_thread=False
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_rows([tmp_path / "sweep"])

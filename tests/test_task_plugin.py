@@ -6,13 +6,12 @@ The toy package is written to a temporary folder with its entry point declared i
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 from harness.analysis.rows import read_rows
 
@@ -38,6 +37,9 @@ class ToyConfig:
 
 
 def measure(point, factory, out_dir):
+    import torch
+    from variants import tuning
+
     variant = factory(point.seed)
     return [
         {
@@ -51,6 +53,7 @@ def measure(point, factory, out_dir):
             "kv_len": point.kv_len,
             "toy_value": point.task_cfg.scale * point.q_len,
             "toy_exact": bool(variant.exact),
+            "toy_may_tune": tuning.can_tune(torch.zeros(1)),
         }
     ]
 
@@ -75,12 +78,8 @@ def _toy_package(root: Path) -> Path:
 
 
 def _run(args: list[str], cwd: Path, site: Path) -> subprocess.CompletedProcess:
-    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path, MPLBACKEND="Agg")
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    env = {"ATTNBENCH_TUNING": "on"}  # the app, not the environment, must keep the tuner out
+    return run_python(["-m", *args], paths=[site], cwd=cwd, timeout=300, env=env)
 
 
 def test_a_plugin_task_runs_through_the_app_and_draws_its_section(tmp_path: Path) -> None:
@@ -94,6 +93,7 @@ def test_a_plugin_task_runs_through_the_app_and_draws_its_section(tmp_path: Path
     assert set(rows["task"]) == {"toy"} and set(rows["status"]) == {"ok"}
     assert rows["toy_value"].eq(96.0).all()  # scale 3 x q_len 32, from the typed block
     assert rows["point_id"].nunique() == 2
+    assert not rows["toy_may_tune"].any()  # a task that does not tune runs with the tuner off
     report = tmp_path / "report"
     proc = _run(["harness.report.build", str(sweep), "--out", str(report)], tmp_path, site)
     assert proc.returncode == 0, proc.stderr[-3000:]

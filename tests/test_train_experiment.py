@@ -135,10 +135,11 @@ def _preset(*overrides: str, experiment: str = "train") -> Point:
 def test_the_presets_compose_into_the_typed_train_block():
     cfg = _preset().task_cfg
     assert isinstance(cfg, TrainConfig) and isinstance(cfg.mqar, MqarConfig)
-    assert (cfg.task, cfg.steps, cfg.chars.eval_chars) == ("mqar", 600, 16384)
-    chars = _preset("train_setting=chars_256")
-    assert (chars.task_cfg.task, chars.task_cfg.steps, chars.q_len) == ("chars", 200, 256)
-    assert chars.task_cfg.chars.eval_chars == 8192
+    assert (cfg.task, cfg.steps, cfg.chars.eval_chars) == ("mqar", 2000, 16384)
+    chars = _preset("train_setting=chars_64")
+    assert (chars.task_cfg.task, chars.task_cfg.steps, chars.q_len) == ("chars", 4000, 64)
+    assert chars.task_cfg.chars.eval_chars == 8192 and chars.task_cfg.batch == 32
+    assert _preset("train_setting=mqar_128_8").task_cfg.mqar.num_pairs == 8
     gpu = _preset("device=cpu", experiment="train_gpu").task_cfg
     assert (gpu.steps, gpu.mqar.vocab, gpu.mqar.eval_examples) == (20000, 8192, 3000)
 

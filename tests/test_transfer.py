@@ -54,6 +54,11 @@ def test_transfer_halves_the_held_out_layer_error(
     assert after["layer_out_rel_err_mean"] * 2 <= before["layer_out_rel_err_mean"], rows
     assert after["embed_cosine"] > before["embed_cosine"]
     assert before["fit_params"] == after["fit_params"] > 0
+    # hedgehog has attention weights to fit (the default loss); linformer gets the output loss
+    assert after["fit_loss"] == {"hedgehog": "attention", "linformer": "output"}[variant]
+    # the cosine's reference: exact MiniLM between different held-out passages, both stages
+    assert before["embed_cosine_unrelated"] == after["embed_cosine_unrelated"]
+    assert 0 < after["embed_cosine_unrelated"] < 0.9
     curve = json.loads(after["fit_loss_curve"])
     assert curve[-1] < curve[0] and after["fit_time_s"] > 0
     assert after["fit_steps"] == setting["steps"]
@@ -161,6 +166,33 @@ def test_split_is_disjoint_for_every_length() -> None:
         split_topics(1)
     with pytest.raises(ValueError, match="calibration texts requested"):
         transfer_texts(32, 10**6, 1, 0)
+
+
+def _spaced(text: str) -> str:
+    """``text`` with every run of whitespace one space (pydoc uses one or two after a stop)."""
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("length, seed", [(128, 0), (128, 1), (64, 0)])
+def test_held_out_pairs_and_passages_are_unseen_and_distinct(length, seed) -> None:
+    """No held-out retrieval half occurs in calibration text, whitespace aside; every pair
+    comes from an evaluation topic; the held-out passages differ once cut to the length."""
+    from harness.minilm.model import encode
+    from harness.minilm.retrieval import topic_retrieval_pairs
+    from harness.minilm.texts import pydoc_paragraphs
+    from harness.tasks.transfer.texts import transfer_texts
+
+    texts = transfer_texts(length, 48, 16, 200, seed=seed)  # the CPU preset's counts
+    cal_topics = set(texts.calibration_topics)
+    topic_of = {pair: topic for topic, pair in topic_retrieval_pairs()}
+    assert all(topic_of[pair] in set(texts.evaluation_topics) for pair in texts.pairs)
+    calibration = "\n".join(_spaced(p) for t, p in pydoc_paragraphs() if t in cal_topics)
+    fitted = "\n".join(_spaced(t) for t in texts.calibration)
+    halves = [_spaced(half) for pair in texts.pairs for half in pair]
+    assert [h for h in halves if h in calibration or h in fitted] == []
+    assert not any(_spaced(e) in calibration for e in texts.evaluation)
+    ids = encode(texts.evaluation, length)["input_ids"]
+    assert len({tuple(row) for row in ids.tolist()}) == len(texts.evaluation) == 16
 
 
 class _Recorder(AttentionVariant):

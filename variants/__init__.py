@@ -11,6 +11,7 @@ others. A plugin may not reuse a built-in's name (it is reported, not silently o
 from __future__ import annotations
 
 from variants.base import AttentionVariant, VariantConfigError, causal_mask, check_qkv
+from variants.decode import DecodeState
 from variants.mha import MultiHeadAttention
 from variants.registry import (
     BUILTINS,
@@ -27,6 +28,7 @@ __all__ = [
     "BUILTINS",
     "ENTRY_POINT_GROUP",
     "AttentionVariant",
+    "DecodeState",
     "MultiHeadAttention",
     "UnknownVariantError",
     "VariantConfigError",

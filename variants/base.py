@@ -1,10 +1,11 @@
 """The interface every attention variant implements (README.md, "Add a variant", shows one).
 
-A variant is a ``torch.nn.Module`` that maps ``q (B, H, Nq, D)``, ``k (B, H, Nk, D)`` and
-``v (B, H, Nk, Dv)`` to ``(B, H, Nq, Dv)``. It declares what it supports as class constants and
-answers :meth:`AttentionVariant.not_supported_reasons` with the reasons it cannot run a given
-input, so that a sweep records *why* a point did not run instead of crashing or silently falling
-back to another implementation.
+A variant is a ``torch.nn.Module`` that maps ``q (B, H, Nq, D)``, ``k (B, Hkv, Nk, D)`` and
+``v (B, Hkv, Nk, Dv)`` to ``(B, H, Nq, Dv)`` (``Hkv`` dividing ``H``: grouped-query heads). It
+declares what it supports as class constants and answers
+:meth:`AttentionVariant.not_supported_reasons` with the reasons it cannot run a given input, so
+that a sweep records *why* a point did not run instead of crashing or silently falling back to
+another implementation.
 
 Conventions shared by every variant:
 
@@ -30,6 +31,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from variants.decode import DecodeForm, DecodeState
+from variants.grouped import group_size, kv_heads_problem, repeat_bytes, repeat_kv
 from variants.validation import (
     VariantConfigError,
     check_choice,
@@ -41,6 +44,7 @@ from variants.validation import (
 __all__ = [
     "ALL_DTYPES",
     "AttentionVariant",
+    "DecodeState",
     "Tolerances",
     "VariantConfigError",
     "causal_mask",
@@ -60,12 +64,15 @@ ALL_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.floa
 Tolerances = dict[torch.dtype, tuple[float, float]]
 
 
-class AttentionVariant(torch.nn.Module, abc.ABC):
+class AttentionVariant(DecodeForm, torch.nn.Module, abc.ABC):
     """Base class of every attention implementation in the suite.
 
     Subclasses set the capability constants, implement the abstract :meth:`forward` and
     :meth:`flops`, and extend :meth:`not_supported_reasons` for anything beyond the generic
-    checks.
+    checks. Keys and values may have fewer heads than the queries (grouped-query attention,
+    :mod:`variants.grouped`): with ``gqa = "repeat"`` (the default) calling the module repeats
+    them to the query heads before :meth:`forward`; ``"native"`` variants take them as they
+    are. The optional decode form (``prefill``/``step``) is :class:`variants.decode.DecodeForm`.
 
     Args:
         kv_len: Key/value length the variant is built for (e.g. Linformer's projections).
@@ -128,18 +135,43 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         self.trained = False
 
     # ----------------------------------------------------------------------------- interface
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if q.dim() == 4 and k.dim() == 4 and k.shape[1] != q.shape[1]:
+            group = group_size(q, k)  # a kv_heads that does not divide heads: ValueError
+            if self.gqa == "unsupported":
+                raise ValueError(f"{self.name}: grouped heads (kv_heads < heads) not supported")
+            if self.gqa == "repeat":
+                k, v = repeat_kv(k, group), repeat_kv(v, group)  # (B, H, Nk, *)
+        return super().__call__(q, k, v, *args, **kwargs)
+
     @abc.abstractmethod
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        """Attention output (B, H, Nq, Dv) for ``q (B, H, Nq, D)``, ``k``/``v (B, H, Nk, *)``."""
+        """Attention output (B, H, Nq, Dv) for ``q (B, H, Nq, D)``, ``k``/``v (B, Hkv, Nk, *)``
+        (``Hkv == H`` unless ``gqa == "native"``: the call repeats them otherwise)."""
 
     @abc.abstractmethod
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
-        """Analytic forward FLOPs (a multiply-add counts 2) of the work this kernel does."""
+        """Analytic forward FLOPs (a multiply-add counts 2) of the work this kernel does;
+        ``kv_heads`` (default ``heads``) where grouped heads change the work."""
 
     def backward_flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         """Analytic backward FLOPs: by default twice :meth:`flops`.
 
@@ -150,7 +182,8 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         whose backward does other work override it (e.g. a matmul with a fixed operand needs
         one gradient matmul, not two).
         """
-        forward = self.flops(batch, heads, q_len, kv_len, head_dim, causal)
+        grouped = {} if kv_heads is None else {"kv_heads": kv_heads}
+        forward = self.flops(batch, heads, q_len, kv_len, head_dim, causal, **grouped)
         return recomputing_backward_flops(forward) if self.recomputes_scores else 2 * forward
 
     def analytic_mem_bytes(
@@ -162,14 +195,19 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         head_dim: int,
         causal: bool,
         element_size: int = 4,
+        kv_heads: int | None = None,
     ) -> int:
         """Model of the forward pass's peak working memory in bytes (beyond q, k, v).
 
-        The default counts the output only; variants override it with their intermediates. The
+        The default counts the output (and k, v repeated to the query heads when ``kv_heads <
+        heads`` and ``gqa == "repeat"``); variants override it with their intermediates. The
         harness records it beside the measured peak and uses it to refuse points above the
         configured memory budget before allocating.
         """
-        return batch * heads * q_len * head_dim * element_size
+        out = batch * heads * q_len * head_dim * element_size
+        if self.gqa == "repeat":
+            out += repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return out
 
     def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
         """Reasons this variant cannot run these inputs; empty when it can."""
@@ -192,6 +230,11 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
                 f"{self.name}: causal with q_len={q.shape[-2]} > kv_len={k.shape[-2]} leaves "
                 "queries with no visible key (bottom-right alignment); use q_len <= kv_len"
             )
+        if k.shape[1] != q.shape[1]:
+            problem = kv_heads_problem(q.shape[1], k.shape[1])
+            if problem or self.gqa == "unsupported":
+                why = problem or "grouped heads (kv_heads < heads) are not supported"
+                reasons.append(f"{self.name}: {why}")
         if q.shape[-2] != k.shape[-2] and not self.supports_cross:
             reasons.append(
                 f"{self.name}: cross-attention (q_len={q.shape[-2]} != kv_len={k.shape[-2]}) "
@@ -205,6 +248,16 @@ class AttentionVariant(torch.nn.Module, abc.ABC):
         The harness calls and times it once before any timed call and records it as
         ``setup_ms``; the default does nothing.
         """
+
+    def tune(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False, backward=True):
+        """Choose the engine parameters left to the tuner for these inputs, before any timed
+        call (:mod:`variants.tuning`); returns :meth:`engine_config`. Default: none."""
+        return {}
+
+    def engine_config(self) -> dict[str, Any]:
+        """The engine parameters the last call used, each with ``<name>_tuned`` (chosen by
+        measurement); ``{}`` when it had none."""
+        return {}
 
     def config(self) -> dict[str, Any]:
         """The variant's parameters as a JSON-serialisable dict (recorded in every row)."""
@@ -271,16 +324,20 @@ def recomputing_backward_flops(forward_flops: int) -> int:
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    """Validate the shapes of q, k, v against the interface; raise ``ValueError`` naming them."""
+    """Validate the shapes of q, k, v against the interface; raise ``ValueError`` naming them.
+
+    ``k`` and ``v`` may have fewer heads than ``q`` (``kv_heads`` dividing ``heads``).
+    """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"q, k, v must be 4-D (B, H, N, D); got q{tuple(q.shape)} k{tuple(k.shape)} "
             f"v{tuple(v.shape)}"
         )
-    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
+    if q.shape[0] != k.shape[0] or k.shape[:2] != v.shape[:2]:
         raise ValueError(
             f"batch and heads must match: q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
         )
+    group_size(q, k)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"head_dim mismatch: q has {q.shape[-1]}, k has {k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:

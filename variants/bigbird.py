@@ -44,6 +44,7 @@ from variants.engines.blocksparse import (
     keep_dropped_rows,
     to_blocks,
 )
+from variants.grouped import repeat_bytes
 
 
 class BigBirdAttention(AttentionVariant):
@@ -66,6 +67,10 @@ class BigBirdAttention(AttentionVariant):
     supports_cross: ClassVar[bool] = False
     randomized: ClassVar[bool] = True
     knob: ClassVar[str | None] = "num_random_blocks"
+    no_decode_reason: ClassVar[str] = (
+        "no decode form: the random key blocks are drawn over the blocks of the whole "
+        "sequence, so the pattern (and each query's keys) changes as the sequence grows"
+    )
     #: fused SDPA kernels on the blocks and the global rows (backward 2.5x the forward)
     recomputes_scores: ClassVar[bool] = True
 
@@ -196,7 +201,14 @@ class BigBirdAttention(AttentionVariant):
         return nb * bs, slots + glob, glob
 
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # Work actually done: every query block scores its gathered key blocks and the global
         # keys (masked slots included), plus full rows for the global queries.
@@ -204,7 +216,7 @@ class BigBirdAttention(AttentionVariant):
         return block_sparse_flops(batch, heads, head_dim, rows, slots, glob, kv_len)
 
     def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
     ) -> int:
         rows, slots, glob = self._slots(kv_len, causal)
         gathered = rows // self.block_size * slots  # key/value rows after the one gather
@@ -212,4 +224,5 @@ class BigBirdAttention(AttentionVariant):
         # score matrix), plus the shared boolean block mask (1 byte per slot)
         per_head = 4 * rows * head_dim + 2 * gathered * head_dim
         mask = rows * slots // element_size
-        return (batch * heads * per_head + mask) * element_size
+        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return (batch * heads * per_head + mask) * element_size + repeated

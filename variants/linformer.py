@@ -24,7 +24,8 @@ then no longer exact); ``mean_pool`` instead averages the ``n`` keys into ``min(
 so its rows stay means. More keys are unsupported, with that reason. Only the key length is
 projected, so the query length is free (cross-attention). Causal attention is not defined for
 Linformer (projecting along the sequence mixes future keys into every projected key):
-unsupported.
+unsupported, and so is decoding. Grouped heads are native: keys and values are projected once
+per KV head, and the attention over them shares them (``enable_gqa``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class LinformerAttention(AttentionVariant):
     supports_cross: ClassVar[bool] = True
     randomized: ClassVar[bool] = True
     knob: ClassVar[str | None] = "k"
+    gqa: ClassVar[str] = "native"
+    no_decode_reason: ClassVar[str] = (
+        "no decode form: E and F project along the whole sequence, so every projected key "
+        "mixes all the tokens (including future ones) and a new token changes every one"
+    )
 
     def __init__(
         self,
@@ -153,10 +159,14 @@ class LinformerAttention(AttentionVariant):
         if nk > self.kv_len:
             raise ValueError(f"linformer: {self._too_long(nk)}")
         proj_k, proj_v = self._projections(nk, k.dtype)
-        k_proj = project_sequence(proj_k.to(k.dtype), k)  # (B, H, k, D)
-        v_proj = project_sequence(proj_v.to(v.dtype), v)  # (B, H, k, Dv)
+        k_proj = project_sequence(proj_k.to(k.dtype), k)  # (B, Hkv, k, D)
+        v_proj = project_sequence(proj_v.to(v.dtype), v)  # (B, Hkv, k, Dv)
         return F.scaled_dot_product_attention(
-            q, k_proj, v_proj, scale=self.softmax_scale(q.shape[-1])
+            q,
+            k_proj,
+            v_proj,
+            scale=self.softmax_scale(q.shape[-1]),
+            enable_gqa=k.shape[1] != q.shape[1],
         )  # (B, H, Nq, Dv)
 
     def _costs(self, q_len: int, kv_len: int, head_dim: int) -> tuple[int, int]:
@@ -165,25 +175,44 @@ class LinformerAttention(AttentionVariant):
         return 2 * 2 * kp * kv_len * head_dim, 4 * q_len * kp * head_dim
 
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         projections, attention = self._costs(q_len, kv_len, head_dim)
-        return batch * heads * (projections + attention)
+        keys = heads if kv_heads is None else kv_heads  # projected once per KV head
+        return batch * (keys * projections + heads * attention)
 
     def backward_flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # Projections: only d(K) and d(V) unless E, F are trainable (then dE, dF too: 2x);
         # attention: fused SDPA, whose backward recomputes the scores (2.5x).
         projections, attention = self._costs(q_len, kv_len, head_dim)
         factor = 2 if self.init == "learned" else 1
-        return batch * heads * (factor * projections + recomputing_backward_flops(attention))
+        keys = heads if kv_heads is None else kv_heads
+        return batch * (
+            keys * factor * projections + heads * recomputing_backward_flops(attention)
+        )
 
     def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
     ) -> int:
         d, kp = head_dim, self.k
         # projected K and V and the output; the fused SDPA kernel keeps no (q_len, k) scores
         # (measured on the CPU: 18.7 MB at n=8192, 8 heads, d 64, k 256; this model: 18.9 MB)
-        per_head = 2 * kp * d + q_len * d + q_len
-        return batch * heads * per_head * element_size
+        keys = heads if kv_heads is None else kv_heads
+        elements = keys * 2 * kp * d + heads * (q_len * d + q_len)
+        return batch * elements * element_size

@@ -18,7 +18,9 @@ key. Every backend computes softmax attention restricted to that mask:
 * ``auto``: CPU -> chunked; CUDA -> flex when available, else xformers (no globals), else chunked
   (:meth:`LongformerAttention.resolved_backend`, recorded in ``config()``).
 
-Costs follow the backend (:mod:`variants.longformer_costs`).
+Costs follow the backend (:mod:`variants.longformer_costs`). Grouped heads are repeated to the
+query heads (the blocks run as heads); decoding keeps a ring buffer of the window and the global
+keys per KV head (:mod:`variants.engines.ring_cache`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from variants.engines.band import chunked_attention
 from variants.engines.band_naive import band_mask
 from variants.engines.blocksparse import fused_available
 from variants.engines.flex import flex_attention_cached, flex_reasons
+from variants.engines.ring_cache import WindowDecode
 from variants.longformer_costs import LongformerCosts
+from variants.tuning import check_auto, suspended
 from variants.xformers_attn import (
     memory_efficient_attention,
     xformers_dispatch_error,
@@ -61,7 +65,7 @@ def _xformers_reasons(q: Tensor, num_global: int) -> list[str]:
     return reasons
 
 
-class LongformerAttention(LongformerCosts, AttentionVariant):
+class LongformerAttention(WindowDecode, LongformerCosts, AttentionVariant):
     """Sliding-window attention plus global tokens, with a choice of backends.
 
     Args:
@@ -72,6 +76,11 @@ class LongformerAttention(LongformerCosts, AttentionVariant):
         kv_len: Key length the variant is built for; bounds ``num_global``.
         head_dim: Ignored.
         scale: Softmax scale; default ``1/sqrt(head_dim)``.
+        block_size: ``chunked``: query rows per block of the backward (of both passes off the
+            fused CPU path); None (default) chooses it by measurement on this machine
+            (:mod:`variants.tuning`; ``min(64, max(16, window // 4))`` with tuning off).
+        forward_block_size: ``chunked`` on the fused CPU path: query rows per block of the
+            forward; None: tuned likewise (``min(32, block)`` with tuning off).
     """
 
     name: ClassVar[str] = "longformer"
@@ -88,9 +97,13 @@ class LongformerAttention(LongformerCosts, AttentionVariant):
         kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
+        block_size: int | None = None,
+        forward_block_size: int | None = None,
     ) -> None:
         super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
         self.window = check_nonneg_int(self.name, "window", window)
+        self.block_size = check_auto(self.name, "block_size", block_size)
+        self.forward_block_size = check_auto(self.name, "forward_block_size", forward_block_size)
         self.num_global = check_nonneg_int(self.name, "num_global", num_global)
         if kv_len is not None and num_global > kv_len:
             raise VariantConfigError(
@@ -152,7 +165,7 @@ class LongformerAttention(LongformerCosts, AttentionVariant):
             with torch.no_grad():
                 self._flex(q, k, v, causal)
         elif backend in ("chunked", "dense_mask"):
-            with torch.no_grad():
+            with torch.no_grad(), suspended():  # one head: a shape class of its own
                 self.forward(q[:1, :1], k[:1, :1], v[:1, :1], causal)
 
     # --------------------------------------------------------------------------- backends
@@ -161,9 +174,7 @@ class LongformerAttention(LongformerCosts, AttentionVariant):
         scale = self.softmax_scale(q.shape[-1])
         if backend == "chunked":
             self._fused = fused_available(q, k, v)
-            return chunked_attention(
-                q, k, v, self.window, self.num_global, causal, scale, self._masks
-            )
+            return self._chunked(q, k, v, causal, scale)
         if backend == "dense_mask":
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=self._dense_mask(q, k, causal), scale=scale
@@ -171,6 +182,30 @@ class LongformerAttention(LongformerCosts, AttentionVariant):
         if backend == "flex":
             return self._flex(q, k, v, causal)
         return self._xformers(q, k, v, causal)
+
+    def _chunked(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Tensor:
+        """The chunked backend in the blockings of this call's shape class (set, tuned or
+        default)."""
+
+        def run(values: dict, q: Tensor, k: Tensor, v: Tensor, masks=None) -> Tensor:
+            return chunked_attention(
+                q, k, v, self.window, self.num_global, causal, scale,
+                self._masks if masks is None else masks,
+                values.get("block_size"), values.get("forward_block_size"),
+            )  # fmt: skip
+
+        trials: dict = {}  # the tuner's candidates keep their masks apart, dropped after it
+
+        def probe(values: dict, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return run(values, q, k, v, trials)
+
+        window = min(self.window, q.shape[-2] + k.shape[-2])
+        extra = {"window": window, "num_global": self.num_global}
+        knobs = self.band_knobs(window, self._fused)
+        return run(self.engine_values(knobs, q, k, v, causal, probe, extra), q, k, v)
+
+    def engine_tunable(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> bool:
+        return self.resolved_backend(q, k, v, causal) == "chunked"
 
     def _dense_mask(self, q: Tensor, k: Tensor, causal: bool) -> Tensor:
         key = ("dense", q.shape[-2], k.shape[-2], causal, str(q.device))
@@ -214,7 +249,8 @@ class LocalAttention(LongformerAttention):
         window: One-sided radius (see :class:`LongformerAttention`). Default 256.
         num_global: Global tokens; default 0.
         backend: One of auto, chunked, flex, xformers, dense_mask. Default ``auto``.
-        kv_len, head_dim, scale: As in :class:`LongformerAttention`.
+        kv_len, head_dim, scale, block_size, forward_block_size: As in
+            :class:`LongformerAttention`.
     """
 
     name: ClassVar[str] = "local"
@@ -227,5 +263,9 @@ class LocalAttention(LongformerAttention):
         kv_len: int | None = None,
         head_dim: int | None = None,
         scale: float | None = None,
+        block_size: int | None = None,
+        forward_block_size: int | None = None,
     ) -> None:
-        super().__init__(window, num_global, backend, kv_len, head_dim, scale)
+        super().__init__(
+            window, num_global, backend, kv_len, head_dim, scale, block_size, forward_block_size
+        )

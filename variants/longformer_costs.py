@@ -4,8 +4,9 @@ The counts follow the backend that runs. ``chunked`` counts every slot of the qu
 spans (masked ones included), the global rows and, on the fused CPU path, the global keys scored
 apart (:class:`variants.engines.blocksparse.GlobalKeys`: their backward recomputes the scores and
 adds four products); elsewhere the global keys sit in every stored key block's slots. The fused
-path blocks its forward by 32 rows and its backward by 64 (window 256), each counted in its own
-blocking. ``dense_mask`` counts the whole ``Nq x Nk`` matrix (the mask skips nothing); ``flex``
+path blocks its forward and its backward apart (by default 32 and 64 rows at window 256; tuned
+or set, :meth:`LongformerCosts.band_knobs`), each counted in its own blocking as the last call
+ran it. ``dense_mask`` counts the whole ``Nq x Nk`` matrix (the mask skips nothing); ``flex``
 every 128 x 128 tile of its block mask that holds a visible pair; ``xformers`` the band's pairs.
 Every backend is a fused kernel whose backward recomputes the scores: 2.5x the forward
 (chunked: the forward in the backward's blocking). ``auto`` is counted as the backend of the
@@ -19,16 +20,20 @@ import math
 import torch
 
 from variants.base import exact_attention_flops, recomputing_backward_flops
-from variants.engines.band import block_size, forward_block_size, geometry
+from variants.engines.band import block_candidates, block_size, forward_block_size, geometry
 from variants.engines.blocksparse import block_sparse_flops, global_key_flops
 from variants.engines.flex import FLEX_BLOCK, block_mask_pairs
+from variants.grouped import repeat_bytes
+from variants.tuning import Knob, TunedEngine
 
 
-class LongformerCosts:
-    """Mixin of :class:`variants.longformer.LongformerAttention`: its cost models.
+class LongformerCosts(TunedEngine):
+    """Mixin of :class:`variants.longformer.LongformerAttention`: its cost models and the
+    chunked backend's blockings (:meth:`band_knobs`, counted in the values of the last call).
 
     Needs ``window``, ``num_global``, ``backend``, ``_last_backend`` (the backend of the last
-    call) and ``_fused`` (whether the last chunked call ran the fused CPU kernel).
+    call), ``_fused`` (whether the last chunked call ran the fused CPU kernel) and
+    ``block_size``, ``forward_block_size`` (None: tuned).
     """
 
     window: int
@@ -36,6 +41,19 @@ class LongformerCosts:
     backend: str
     _last_backend: str | None
     _fused: bool
+
+    def band_knobs(self, window: int, fused: bool) -> tuple[Knob, ...]:
+        """The chunked backend's query rows per block: on the fused CPU path the forward's
+        (timed in the forward) and the backward's (timed forward+backward); elsewhere one
+        blocking for both passes."""
+        block = block_size(window)
+        if not fused:
+            return (Knob("block_size", block, block_candidates(block)),)
+        first = forward_block_size(window)
+        return (
+            Knob("forward_block_size", first, block_candidates(first), ("fwd",)),
+            Knob("block_size", block, block_candidates(block), ("fwd_bwd",)),
+        )
 
     def _cost_backend(self) -> str:
         """The backend the cost models count: the pinned one; for ``auto`` the last call's.
@@ -58,10 +76,11 @@ class LongformerCosts:
         the latter, global keys in the slots."""
         window = min(self.window, q_len + kv_len)
         gk = min(self.num_global, kv_len)
+        knobs = self.band_knobs(window, self._fused)
         if not self._fused:
-            block = block_size(window)
+            block = self.engine_value(knobs[0])
             return geometry(q_len, kv_len, window, causal, gk, block), block, 0
-        block = block_size(window) if backward else forward_block_size(window)
+        block = self.engine_value(knobs[1] if backward else knobs[0])
         return geometry(q_len, kv_len, window, causal, 0, block), block, gk
 
     def _work(
@@ -94,7 +113,14 @@ class LongformerCosts:
         return spans
 
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # The work of the backend that runs (``_cost_backend``), 2 * 2 * D per scored slot.
         backend, bh = self._cost_backend(), batch * heads
@@ -113,7 +139,14 @@ class LongformerCosts:
         )
 
     def backward_flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # Fused kernels: 2.5x (the scores recomputed), the chunked path's in the backward's
         # blocking; its global keys scored apart: their scores again and four products.
@@ -125,7 +158,16 @@ class LongformerCosts:
         return recomputing_backward_flops(blocks) + keys
 
     def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
+    ) -> int:
+        # k and v repeated to the query heads (grouped heads), then the backend's own
+        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return repeated + self._backend_mem_bytes(
+            batch, heads, q_len, kv_len, head_dim, causal, element_size
+        )
+
+    def _backend_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size
     ) -> int:
         backend, bh = self._cost_backend(), batch * heads
         out_lse = bh * q_len * (head_dim * element_size + 4)  # output, one log-sum-exp per row

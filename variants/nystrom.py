@@ -16,7 +16,8 @@ padding enters the means. With ``m = n`` every landmark is one token and the for
 Cross-attention (``q_len != kv_len``): landmarks of q and of k are segment means of their own
 sequences, so ``softmax(Ql Kl^T)`` stays square. The number of landmarks used in a call is
 ``min(num_landmarks, q_len, kv_len)``. Causal attention is not defined by the paper (landmarks
-mix past and future tokens): unsupported.
+mix past and future tokens): unsupported, and so is decoding. Grouped heads are repeated to the
+query heads.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from variants.base import AttentionVariant, VariantConfigError, check_positive_int, check_qkv
+from variants.grouped import repeat_bytes
 
 
 def segment_mean_matrix(n: int, m: int, dtype: torch.dtype, device) -> Tensor:
@@ -70,6 +72,10 @@ class NystromAttention(AttentionVariant):
     supports_causal: ClassVar[bool] = False
     supports_cross: ClassVar[bool] = True
     knob: ClassVar[str | None] = "num_landmarks"
+    no_decode_reason: ClassVar[str] = (
+        "no decode form: the landmarks are means of segments of the whole sequence, so a new "
+        "token moves the segment boundaries and changes every landmark"
+    )
 
     def __init__(
         self,
@@ -110,7 +116,14 @@ class NystromAttention(AttentionVariant):
         return 2 * min(self.num_landmarks, q_len, kv_len) * (q_len + kv_len) * head_dim
 
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         m = min(self.num_landmarks, q_len, kv_len)
         d = head_dim
@@ -121,7 +134,14 @@ class NystromAttention(AttentionVariant):
         return batch * heads * (landmarks + kernels + pinv + products)
 
     def backward_flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # Every matmul's gradient is two matmuls of its size, except the segment means: the
         # averaging matrix needs no gradient, so only d(q) and d(k) are computed (1x).
@@ -129,8 +149,9 @@ class NystromAttention(AttentionVariant):
         return 2 * fwd - batch * heads * self._landmark_flops(q_len, kv_len, head_dim)
 
     def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
     ) -> int:
         m = min(self.num_landmarks, q_len, kv_len)
         per_head = 2 * (q_len + kv_len) * m + 6 * m * m + q_len * head_dim
-        return batch * heads * per_head * element_size
+        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return batch * heads * per_head * element_size + repeated

@@ -9,10 +9,13 @@ replaced by another kernel: a benchmark row that says ``flash`` ran flash.
 
 Causal attention with ``q_len != kv_len`` uses an explicit bottom-right boolean mask, because
 SDPA's ``is_causal=True`` aligns to the top left; with equal lengths ``is_causal=True`` is used.
+Grouped heads are native (``enable_gqa``); decoding reads a preallocated KV cache
+(:mod:`variants.engines.kv_cache`) with a group's queries as rows of its KV head.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import ClassVar
 
@@ -26,6 +29,8 @@ from variants.base import (
     exact_attention_flops,
     recomputing_backward_flops,
 )
+from variants.engines.kv_cache import ExactCacheDecode
+from variants.grouped import group_size
 
 BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
 
@@ -41,7 +46,16 @@ def _sdp_backend(backend: str):
     }[backend]
 
 
-class SDPAAttention(AttentionVariant):
+def _pinned(backend: str):
+    """A context that pins ``backend`` (none for ``auto``)."""
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel([_sdp_backend(backend)])
+
+
+class SDPAAttention(ExactCacheDecode, AttentionVariant):
     """Exact attention through ``F.scaled_dot_product_attention``.
 
     Args:
@@ -53,6 +67,7 @@ class SDPAAttention(AttentionVariant):
 
     name: ClassVar[str] = "sdpa"
     exact: ClassVar[bool] = True
+    gqa: ClassVar[str] = "native"
 
     def __init__(
         self,
@@ -72,17 +87,24 @@ class SDPAAttention(AttentionVariant):
                 is_causal = True
             else:
                 mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.softmax_scale(q.shape[-1])
-        )
+        return self._sdpa(q, k, v, mask, is_causal)
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask, is_causal: bool = False) -> Tensor:
+        """SDPA with the configured scale, grouped heads through ``enable_gqa``."""
+        scale, gqa = self.softmax_scale(q.shape[-1]), k.shape[1] != q.shape[1]
+        with _pinned(self.backend):
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
+            )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        if self.backend == "auto":
-            return self._call(q, k, v, causal)
-        from torch.nn.attention import sdpa_kernel
+        group_size(q, k)  # a kv_heads that does not divide heads: ValueError naming it
+        return self._call(q, k, v, causal)  # (B, H, Nq, Dv)
 
-        with sdpa_kernel([_sdp_backend(self.backend)]):
-            return self._call(q, k, v, causal)  # (B, H, Nq, Dv)
+    def cached_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """``q (B, Hkv, G T, D)`` over the cache ``k``, ``v (B, Hkv, L, *)``, ``mask (G T, L)``:
+        one pass over each KV head's cache for its whole group."""
+        return self._sdpa(q, k, v, mask)  # (B, Hkv, G * T, Dv)
 
     def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
         reasons = super().not_supported_reasons(q, k, v, causal)
@@ -92,7 +114,8 @@ class SDPAAttention(AttentionVariant):
             return [f"sdpa: backend {self.backend} needs a CUDA device (got {q.device.type})"]
         # Ask PyTorch itself: run on a tiny slice with the backend pinned; a kernel that cannot
         # run raises "No available kernel" and warns why. Cheap next to any real point.
-        probe = (q[:1, :1], k[:1, :1], v[:1, :1])
+        group = q.shape[1] // k.shape[1]  # keep grouped heads grouped in the probe
+        probe = (q[:1, :group], k[:1, :1], v[:1, :1])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -103,7 +126,14 @@ class SDPAAttention(AttentionVariant):
         return reasons
 
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # The work the kernel does. With equal lengths, causal runs with is_causal=True and the
         # fused kernels skip the tiles above the diagonal (about half the work: counted as the
@@ -113,7 +143,14 @@ class SDPAAttention(AttentionVariant):
         return exact_attention_flops(batch, heads, q_len, kv_len, head_dim, skip_masked=skips)
 
     def backward_flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # `math` is autograd through two matmuls (2x); the fused kernels (and `auto`, which
         # picks one on the CPU and, for fp16/bf16/fp32, on CUDA) recompute the scores (2.5x).
@@ -121,7 +158,7 @@ class SDPAAttention(AttentionVariant):
         return 2 * fwd if self.backend == "math" else recomputing_backward_flops(fwd)
 
     def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
     ) -> int:
         out = batch * heads * q_len * head_dim * element_size
         if self.backend == "math":  # materialises the scores and the probabilities

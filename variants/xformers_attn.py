@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from variants.base import AttentionVariant, exact_attention_flops
+from variants.grouped import repeat_bytes
 
 
 def xformers_import_error() -> str | None:
@@ -122,12 +123,20 @@ class XFormersAttention(AttentionVariant):
         return reasons
 
     def flops(
-        self, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, causal: bool
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
     ) -> int:
         # The causal masks (LowerTriangular, ...FromBottomRight) skip the masked tiles.
         return exact_attention_flops(batch, heads, q_len, kv_len, head_dim, skip_masked=causal)
 
     def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
     ) -> int:
-        return batch * heads * q_len * (head_dim * element_size + 4)
+        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return batch * heads * q_len * (head_dim * element_size + 4) + repeated

@@ -44,6 +44,7 @@ COLUMNS: list[str] = [
     "threads",
     "batch",
     "heads",
+    "kv_heads",
     "q_len",
     "kv_len",
     "head_dim",
@@ -74,6 +75,7 @@ COLUMNS: list[str] = [
     "baseline_uniform_rel_err",
     "ref_rows",
     "trained",
+    "tuned",
     "seeds",
     "grad_rel_err",
     "grad_rel_err_std",
@@ -104,8 +106,9 @@ PASSES = ("fwd", "bwd", "fwd_bwd")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 ROWS_FILE = "rows.jsonl"
 RESULTS_CSV = "results.csv"
-#: Columns that hold a mapping: JSON objects in rows.jsonl, JSON text in results.csv.
-MAPPING_COLUMNS: tuple[str, ...] = ("params", "inputs_params")
+#: Columns that hold a mapping: JSON objects in rows.jsonl, JSON text in results.csv (``tuned``:
+#: the engine knobs a row ran with, ``{"chunk_size": 64, "chunk_size_tuned": true}``).
+MAPPING_COLUMNS: tuple[str, ...] = ("params", "inputs_params", "tuned")
 #: A point measured twice (a resumed or repeated sweep) is the same row: the newest is kept.
 #: A point measured again keeps its newest row per key; ``stage`` separates a transfer point's
 #: before and after rows.

@@ -36,6 +36,7 @@ class MainConfig:
     task: str = "attention"  # one of harness.tasks.names()
     batch: int = 1
     heads: int = 8
+    kv_heads: int | None = None  # key/value heads (grouped-query attention); None = heads
     seq_len: int = 1024  # query length (and key length unless kv_len is set)
     kv_len: int | None = None  # key/value length for cross-attention; None = seq_len
     head_dim: int = 64

@@ -43,6 +43,7 @@ from harness.app.point import ConfigError, Point, variant_class, variant_params
 from harness.app.resume import already_measured, skip_line
 from harness.measure.env import resolve_device
 from harness.measure.factory import describe
+from variants import tuning
 
 #: The configs (conf/ at the top level, installed as the package harness.conf).
 CONF_DIR = conf_dir()
@@ -64,8 +65,9 @@ def hygiene() -> None:
 
 def progress_line(index: str, point: Point, rows: list[dict[str, Any]]) -> str:
     """One line per point: index, variant, shape, status and the headline figure."""
+    grouped = f"/{point.kv_heads}" if point.kv_heads != point.heads else ""
     shape = (
-        f"B{point.batch} H{point.heads} q{point.q_len} kv{point.kv_len} "
+        f"B{point.batch} H{point.heads}{grouped} q{point.q_len} kv{point.kv_len} "
         f"d{point.head_dim} {point.dtype}{' causal' if point.causal else ''}"
     )
     parts = []
@@ -99,6 +101,7 @@ def config_error_row(cfg: DictConfig, overrides: list[str], exc: ConfigError) ->
     blob = json.dumps(sorted(overrides)).encode()
     return {
         "experiment": cfg.get("experiment_name"),
+        "task": cfg.get("task"),
         "point_id": "cfg-" + hashlib.sha256(blob).hexdigest()[:12],
         "variant": name,
         **facts,
@@ -106,6 +109,7 @@ def config_error_row(cfg: DictConfig, overrides: list[str], exc: ConfigError) ->
         "pass": "fwd",
         "batch": cfg.get("batch"),
         "heads": cfg.get("heads"),
+        "kv_heads": cfg.get("kv_heads") or cfg.get("heads"),
         "q_len": cfg.get("seq_len"),
         "kv_len": cfg.get("kv_len") or cfg.get("seq_len"),
         "head_dim": cfg.get("head_dim"),
@@ -121,8 +125,11 @@ def _measure(point: Point, out_dir: Path) -> list[dict[str, Any]]:
     """The rows of one valid point, from its task's measurement (:mod:`harness.tasks`)."""
     if point.inputs == "minilm":  # registers the real-model input generator (attnbench[real])
         import harness.minilm.capture  # noqa: F401
-    measure = tasks.get(point.task).measure_fn()
-    return measure(point, point.factory(), out_dir)
+    task = tasks.get(point.task)
+    if task.tunes:
+        return task.measure_fn()(point, point.factory(), out_dir)
+    with tuning.suspended():  # no tuning search inside a task's timed calls
+        return task.measure_fn()(point, point.factory(), out_dir)
 
 
 def run_point(cfg: DictConfig) -> list[dict[str, Any]]:

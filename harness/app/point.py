@@ -7,7 +7,11 @@ dataclasses (whose ``__post_init__`` checks ranges), applies ``knob`` to the var
 parameters (:func:`variant_params`, the one place it is applied), resolves the device, and builds
 the variant once so that a bad variant parameter fails here too. The config's ``seq_len`` becomes
 ``q_len`` (and ``kv_len`` unless that is set); past this module only ``q_len`` and ``kv_len``
-exist.
+exist. ``kv_heads`` (grouped-query attention: k and v have that many heads, each shared by
+``heads // kv_heads`` query heads) is resolved to ``heads`` when unset and must divide it. A
+task's config block may check itself against the whole point: its ``check_point(point)``
+method, when it has one, runs here and raises :class:`ConfigError` (the decode task's prompt
+against its cache).
 """
 
 from __future__ import annotations
@@ -120,6 +124,11 @@ class Point:
     passes: list[str]
     measure: MeasureConfig
     task_cfg: Any = None
+    kv_heads: int | None = None  # None: resolved to heads
+
+    def __post_init__(self) -> None:
+        if self.kv_heads is None:
+            self.kv_heads = self.heads
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Point:
@@ -129,6 +138,9 @@ class Point:
             _int(f, cfg.get(f)) for f in ("seq_len", "batch", "heads", "head_dim")
         )
         kv_len = q_len if cfg.get("kv_len") is None else _int("kv_len", cfg.kv_len)
+        kv_heads = heads if cfg.get("kv_heads") is None else _int("kv_heads", cfg.kv_heads)
+        if heads % kv_heads:
+            raise ConfigError(f"kv_heads={kv_heads} must divide heads={heads}")
         passes = [_choice("passes", p, PASSES) for p in cfg.passes]
         if not passes:
             raise ConfigError(f"passes is empty; choose from {', '.join(PASSES)}")
@@ -165,7 +177,11 @@ class Point:
             passes=passes,
             measure=measure,
             task_cfg=task_cfg,
+            kv_heads=kv_heads,
         )
+        check_point = getattr(task_cfg, "check_point", None)
+        if callable(check_point):
+            check_point(point)
         point.check_builds()
         return point
 
@@ -190,10 +206,14 @@ class Point:
         """Stable hash of the point's defining fields (the resolved device included).
 
         The task's block is keyed by the task's name; a task without a block adds nothing.
+        ``kv_heads`` enters only where it differs from ``heads``, so the ids of points without
+        grouped heads are those they had before the field existed (resume keeps working).
         """
         keyed: dict[str, Any] = {}
         for f in dataclasses.fields(self)[1:]:
             value = getattr(self, f.name)
+            if f.name == "kv_heads" and value == self.heads:
+                continue
             if dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
             if f.name == "task_cfg":

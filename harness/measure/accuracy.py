@@ -25,6 +25,9 @@ so a block needs ``block x Nk`` float64 scores, never the whole ``Nq x Nk`` matr
 * Effective attention matrix: every variant is linear in V, so feeding V = identity returns the
   ``Nq x Nk`` matrix ``A`` it applies (batch element 0, all heads). Its divergences from the
   exact matrix ``P`` are in :mod:`harness.measure.divergence`.
+* Grouped-query heads (k, v with ``Hkv`` < ``H`` heads): the reference repeats each key/value
+  head for its group (:func:`harness.measure.reference.repeat_kv`); the gradients of k and v are
+  the sums over their group's query heads.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from torch import Tensor
 
 from harness.measure.divergence import attention_divergence
-from harness.measure.reference import reference_probs
+from harness.measure.reference import reference_probs, repeat_kv
 
 #: Float64 elements of one reference score block (query rows x keys x batch x heads).
 REF_BLOCK_ELEMENTS = 2**24  # 128 MB in float64
@@ -107,7 +110,7 @@ def reference_output(
     q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, rows: Tensor | None = None
 ) -> Tensor:
     """Exact float64 output ``(B, H, R, Dv)`` of the query rows ``rows`` (all when ``None``)."""
-    v64 = v.detach().double()
+    v64 = repeat_kv(v.detach().double(), q.shape[1])
     out = [torch.matmul(block_probs(q, k, causal, scale, i), v64) for i in _blocks(q, k, rows)]
     return torch.cat(out, dim=2)
 
@@ -134,9 +137,12 @@ def reference_gradients(
         rows: Ascending query rows, or ``None`` for all.
 
     Returns:
-        ``dq (B, H, Nq, D)`` (zero outside ``rows``), ``dk``, ``dv``, float64.
+        ``dq (B, H, Nq, D)`` (zero outside ``rows``), ``dk``, ``dv``, float64 (``dk``, ``dv``
+        with the heads of ``k``, ``v``).
     """
-    q64, k64, v64 = (t.detach().double() for t in (q, k, v))
+    heads, kv_heads = q.shape[1], k.shape[1]
+    q64 = q.detach().double()
+    k64, v64 = (repeat_kv(t.detach().double(), heads) for t in (k, v))
     go = grad_out.detach().double()
     dq = torch.zeros_like(q64)
     dk = torch.zeros_like(k64)
@@ -152,6 +158,8 @@ def reference_gradients(
         ds = p * (dp - (go_blk * out_blk).sum(-1, keepdim=True))
         dq[:, :, index] = torch.matmul(ds, k64) * scale
         dk += torch.matmul(ds.transpose(-2, -1), q64[:, :, index]) * scale
+    if kv_heads != heads:  # a shared key/value head gets the sum over its group
+        dk, dv = (t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2) for t in (dk, dv))
     return dq, dk, dv
 
 
@@ -207,13 +215,13 @@ def effective_attention(variant: torch.nn.Module, q: Tensor, k: Tensor, causal: 
     has the shape of an ordinary call with batch 1.
     """
     q0, k0 = q[:1], k[:1]
-    _, h, nq, d = q0.shape
-    nk = k0.shape[-2]
+    _, _, nq, d = q0.shape
+    h, nk = k0.shape[1], k0.shape[-2]  # v takes the heads of k (grouped heads: fewer)
     blocks = []
     with torch.no_grad():
         for start in range(0, nk, d):
             width = min(d, nk - start)
-            v_blk = torch.zeros(1, h, nk, d, dtype=q.dtype, device=q.device)  # (1, H, Nk, D)
+            v_blk = torch.zeros(1, h, nk, d, dtype=q.dtype, device=q.device)  # (1, Hkv, Nk, D)
             idx = torch.arange(width, device=q.device)
             v_blk[:, :, start + idx, idx] = 1
             out = variant(q0, k0, v_blk, causal=causal)  # (1, H, Nq, D): columns of A
@@ -279,7 +287,8 @@ def accuracy_once(
     if rows is not None:
         out = out[:, :, rows.to(out.device)]
     result = output_errors(out, ref)
-    result.update(baselines(ref, uniform_output(v, q.shape[-2], causal, rows)))
+    uniform = uniform_output(repeat_kv(v, q.shape[1]), q.shape[-2], causal, rows)
+    result.update(baselines(ref, uniform))
     del out, ref
     if backward:
         result["grad_rel_err"] = _gradient_error(variant, q, k, v, causal, scale, seed, rows)

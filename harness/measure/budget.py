@@ -19,6 +19,8 @@ It is a rough model; a real allocation failure is still caught and recorded as `
 
 from __future__ import annotations
 
+import inspect
+
 from harness.measure import accuracy
 from harness.measure.config import MeasureConfig
 from variants.base import AttentionVariant
@@ -27,8 +29,24 @@ from variants.base import AttentionVariant
 BACKWARD_MEM_FACTOR = 3
 
 
+def grouped_kwargs(method, kv_heads: int | None) -> dict[str, int]:
+    """``{"kv_heads": kv_heads}`` where grouped heads are asked for and ``method`` takes them."""
+    if kv_heads is None:
+        return {}
+    try:
+        takes = "kv_heads" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"kv_heads": kv_heads} if takes else {}
+
+
 def pass_model_bytes(
-    variant: AttentionVariant, shape: tuple[int, ...], causal: bool, element_size: int, name: str
+    variant: AttentionVariant,
+    shape: tuple[int, ...],
+    causal: bool,
+    element_size: int,
+    name: str,
+    kv_heads: int | None = None,
 ) -> int:
     """The variant's memory model of pass ``name`` (``fwd``, ``bwd``, ``fwd_bwd``) in bytes.
 
@@ -38,13 +56,17 @@ def pass_model_bytes(
         causal: Causal attention.
         element_size: Bytes per element of the point's dtype.
         name: The pass.
+        kv_heads: Key/value heads where fewer than ``heads`` (given to the models that take
+            it); None: ``heads``.
     """
-    forward = variant.analytic_mem_bytes(*shape, causal, element_size=element_size)
+    model = variant.analytic_mem_bytes
+    forward = model(*shape, causal, element_size=element_size, **grouped_kwargs(model, kv_heads))
     if name == "fwd":
         return int(forward)
     backward_model = getattr(variant, "backward_mem_bytes", None)
     if callable(backward_model):
-        return int(backward_model(*shape, causal, element_size=element_size))
+        grouped = grouped_kwargs(backward_model, kv_heads)
+        return int(backward_model(*shape, causal, element_size=element_size, **grouped))
     return int(BACKWARD_MEM_FACTOR * forward)
 
 
@@ -56,18 +78,20 @@ def estimate_bytes(
     name: str,
     measure: MeasureConfig,
     ref_rows: int | None = None,
+    kv_heads: int | None = None,
 ) -> int:
     """Estimated peak bytes of pass ``name`` with the harness's own tensors (module docstring).
 
-    The first five arguments are :func:`pass_model_bytes`'s; ``measure`` holds the point's
-    settings (``accuracy``, ``attn_matrix_max_n``) and ``ref_rows`` the query rows the reference
-    covers (``None``: all).
+    The first five arguments and ``kv_heads`` are :func:`pass_model_bytes`'s; ``measure`` holds
+    the point's settings (``accuracy``, ``attn_matrix_max_n``) and ``ref_rows`` the query rows
+    the reference covers (``None``: all). The inputs are counted with ``heads`` key/value heads
+    (an upper bound with grouped heads).
     """
     b, h, nq, nk, d = shape
     backward = name != "fwd"
     inputs = b * h * (nq + 2 * nk) * d * element_size
     total = inputs * (3 if backward else 1)
-    total += pass_model_bytes(variant, shape, causal, element_size, name)
+    total += pass_model_bytes(variant, shape, causal, element_size, name, kv_heads)
     if measure.accuracy:
         rows = nq if ref_rows is None else ref_rows
         inputs64 = inputs * 8 // element_size

@@ -46,6 +46,14 @@ Generators (``make_inputs(name, ...)``, parameters as keyword arguments):
     needs the ``attnbench[real]`` extra). Imported only when used.
 
 In every generator but ``structured`` ``v ~ N(0, 1)`` independently of q and k.
+
+Grouped-query heads (``kv_heads`` < ``heads``): the generator draws q, k and v with ``heads``
+heads as without grouping (the same draw), then k and v keep the first head of each group of
+``g = heads // kv_heads`` (heads ``0, g, 2g, ...``). Query head ``h`` reads key/value head
+``h // g`` (the convention of SDPA's ``enable_gqa`` and of the float64 reference), so query head
+``j g``, the group's first, keeps the generator's relation to its keys; the group's other query
+heads are the generator's own draws for their heads (on ``gaussian`` inputs every head is
+independent anyway).
 """
 
 from __future__ import annotations
@@ -289,9 +297,10 @@ def make_inputs(
     dtype: torch.dtype | str,
     device: torch.device | str,
     seed: int,
+    kv_heads: int | None = None,
     **params: Any,
 ) -> QKV:
-    """Seeded ``q (B, H, Nq, D)``, ``k (B, H, Nk, D)``, ``v (B, H, Nk, D)`` from a generator.
+    """Seeded ``q (B, H, Nq, D)``, ``k (B, Hkv, Nk, D)``, ``v (B, Hkv, Nk, D)`` from a generator.
 
     Args:
         name: One of :data:`INPUT_GENERATORS`.
@@ -303,6 +312,8 @@ def make_inputs(
         dtype: Output dtype (``torch.float32`` or its name, ``"float32"``).
         device: Output device.
         seed: Seed of the generator's own ``torch.Generator``.
+        kv_heads: Key/value heads ``Hkv`` (must divide ``heads``; see the module docstring);
+            None = ``heads``.
         **params: The generator's parameters (see the module docstring).
 
     Returns:
@@ -314,6 +325,7 @@ def make_inputs(
     full = check_params(name, params)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    group = _group(name, heads, kv_heads)
     if name not in _SYNTHETIC:
         generator = _REGISTERED.get(name)
         if generator is None:
@@ -322,7 +334,8 @@ def make_inputs(
                 "register_generator (minilm: import harness.minilm.capture, which needs "
                 "attnbench[real]; the app does this for you)"
             )
-        return generator(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)
+        q, k, v = generator(batch, heads, q_len, kv_len, head_dim, dtype, device, seed, **full)
+        return q, *(t[:, ::group].contiguous() for t in (k, v))  # type: ignore[return-value]
     shape = {
         "batch": batch,
         "heads": heads,
@@ -336,4 +349,15 @@ def make_inputs(
     drawn = _SYNTHETIC[name](gen, batch, heads, q_len, kv_len, head_dim, **full)
     # v ~ N(0, 1) unless the generator draws its own (structured: values with a shared mean)
     q, k, v = drawn if len(drawn) == 3 else (*drawn, _normal(gen, batch, heads, kv_len, head_dim))
+    k, v = k[:, ::group], v[:, ::group]  # the first head of each group (module docstring)
     return tuple(t.to(dtype=dtype).to(device).contiguous() for t in (q, k, v))  # type: ignore[return-value]
+
+
+def _group(name: str, heads: int, kv_heads: int | None) -> int:
+    """Query heads per key/value head; ValueError unless ``kv_heads`` divides ``heads``."""
+    if kv_heads is None:
+        return 1
+    check_int(f"inputs {name}", "kv_heads", kv_heads, low=1, error=ValueError)
+    if not isinstance(heads, int) or heads % kv_heads:
+        raise ValueError(f"inputs {name}: kv_heads={kv_heads} must divide heads={heads}")
+    return heads // kv_heads

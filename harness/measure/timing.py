@@ -6,9 +6,8 @@ read mid-kernel. The loop is ``blocked_autorange``'s, with one difference: the w
 once. The block size grows (1, 10, 100, ... calls) until a block takes at least
 ``min_run_time / 1000`` seconds (and 10 ms); those calls are the warm-up and are never counted.
 Then blocks of that size are timed until ``min_run_time`` seconds have been measured and at least
-``min_repeats`` blocks were timed. (The earlier timer called ``Timer.timeit`` for each block
-short of ``min_repeats``, which warms up twice before every block: 14 calls for 5 timed blocks
-of a slow call.) ``time_ms`` is the median time per call over the blocks, ``time_iqr_ms`` their
+``min_repeats`` blocks were timed (``Timer.timeit`` per block would warm up again before every
+block). ``time_ms`` is the median time per call over the blocks, ``time_iqr_ms`` their
 interquartile range and ``repeats`` the number of blocks (:func:`summarize`). This module is the
 suite's one timer: the harness, ``speedcheck`` and the real-model experiment all time through it.
 
@@ -168,6 +167,29 @@ def time_once_ms(fn: Callable[[], Any], device: str | torch.device) -> float:
     fn()
     synchronize(device)
     return (time.perf_counter() - start) * 1e3
+
+
+def time_each(calls: Sequence[Callable[[], Any]], device: str | torch.device) -> list[float]:
+    """Milliseconds of each of ``calls``, run in order, each read alone with the suite's clock.
+
+    For calls that cannot repeat (a decode step grows its state): the device is synchronised
+    around each call (the clock does it) and the garbage collector is paused, as in a timed
+    block. The caller runs its own warm-up calls first; :func:`summarize` gives the median and
+    IQR.
+    """
+    synchronize(device)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        times = []
+        for call in calls:
+            start = clock()
+            call()
+            times.append((clock() - start) * 1e3)
+        return times
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def grad_leaves(q: Tensor, k: Tensor, v: Tensor) -> list[Tensor]:

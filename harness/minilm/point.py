@@ -4,16 +4,18 @@
 point, builds the variant, hands both to the task and turns any failure into one row with a
 status and a reason (:class:`PointFailed` for the task's own refusals). :func:`check_runs`
 refuses a point before anything loads; :func:`fidelity` compares embeddings with the exact
-model's.
+model's, beside the exact model's cosine between unrelated texts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from harness.measure.env import environment
 from harness.measure.factory import describe
@@ -127,12 +129,27 @@ def _hidden_rel_err(exact: Embeddings, approx: Embeddings) -> list[float]:
     return errs
 
 
+def unrelated_cosine(embeddings: Tensor, lengths: list[int]) -> float:
+    """Mean cosine between the embeddings of *different* texts of one length (NaN if no two
+    texts share a length): what an embedding cosine of unrelated text comes to.
+
+    Texts of different lengths are never paired: one passage cut to two lengths is one text.
+    """
+    emb = embeddings.double()
+    sims = emb @ emb.T  # (n, n), embeddings are normalised
+    same = torch.tensor(lengths)[:, None] == torch.tensor(lengths)[None, :]
+    same.fill_diagonal_(False)
+    return float(sims[same].mean()) if bool(same.any()) else math.nan
+
+
 def fidelity(
     exact: Embeddings, approx: Embeddings, lengths: list[int], by_length: list[int]
 ) -> Row:
     """Embedding cosine to the exact model (``embed_cosine`` mean, ``embed_cosine_min``,
     ``embed_cosine_by_length`` over the texts of each length in ``by_length``; ``lengths``
-    is each text's) and ``hidden_rel_err``, the per-layer hidden-state error."""
+    is each text's), its reference ``embed_cosine_unrelated`` (the exact model's
+    :func:`unrelated_cosine` of the same texts) and ``hidden_rel_err``, the per-layer
+    hidden-state error."""
     cosines = (exact.embeddings.double() * approx.embeddings.double()).sum(-1)  # (n_texts,)
     per_length = {
         str(n): float(cosines[[i for i, m in enumerate(lengths) if m == n]].mean())
@@ -141,6 +158,7 @@ def fidelity(
     return {
         "embed_cosine": float(cosines.mean()),
         "embed_cosine_min": float(cosines.min()),
+        "embed_cosine_unrelated": unrelated_cosine(exact.embeddings, lengths),
         # JSON text, as in results.csv: only params and inputs_params are read back as mappings
         "embed_cosine_by_length": json.dumps(per_length),
         "hidden_rel_err": json.dumps(_hidden_rel_err(exact, approx)),

@@ -10,9 +10,12 @@ the same queries*: the discordant pairs (the variant right where exact attention
 the opposite) and the exact McNemar test on them (:func:`mcnemar_p`). Two variants whose
 intervals overlap can still differ significantly in the paired test, and the other way round.
 
-Public: :func:`all_retrieval_pairs`, :func:`retrieval_pairs`, :func:`wilson_interval`,
-:func:`mcnemar_p`, :func:`retrieval_check`; for a task's rows :func:`embed_pairs`,
-:func:`exact_pair_embeddings` and :func:`retrieval_columns`.
+Ranks count ties against the true candidate, and NaN/Inf embeddings are an error
+(:class:`NonFiniteEmbeddings`), never a rank.
+
+Public: :func:`topic_retrieval_pairs`, :func:`all_retrieval_pairs`, :func:`retrieval_pairs`,
+:func:`wilson_interval`, :func:`mcnemar_p`, :func:`retrieval_check`; for a task's rows
+:func:`embed_pairs`, :func:`exact_pair_embeddings` and :func:`retrieval_columns`.
 """
 
 from __future__ import annotations
@@ -36,17 +39,17 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"*(])")
 
 
 @functools.cache
-def all_retrieval_pairs() -> tuple[tuple[str, str], ...]:
-    """Every retrieval pair there is, in document order (sorted topics), each text once.
+def topic_retrieval_pairs() -> tuple[tuple[str, tuple[str, str]], ...]:
+    """Every retrieval pair there is with its paragraph's pydoc topic, in document order.
 
     A pair is the first and second half (by sentences) of one prose paragraph of 2 to 10
     sentences and at most 150 words. Every text occurs once: a paragraph repeated word for word
     in another topic, or one whose half another pair already holds, is skipped, so no query has
     two true answers (and no two queries are the same text).
     """
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, tuple[str, str]]] = []
     seen: set[str] = set()
-    for _, paragraph in pydoc_paragraphs():
+    for topic, paragraph in pydoc_paragraphs():
         sentences = _SENTENCE_END.split(paragraph)
         if not 2 <= len(sentences) <= 10 or len(paragraph.split()) > 150:
             continue
@@ -55,8 +58,14 @@ def all_retrieval_pairs() -> tuple[tuple[str, str], ...]:
         if not seen.isdisjoint(pair):  # a repeated paragraph, or a half shared with another
             continue
         seen.update(pair)
-        pairs.append(pair)
+        pairs.append((topic, pair))
     return tuple(pairs)
+
+
+@functools.cache
+def all_retrieval_pairs() -> tuple[tuple[str, str], ...]:
+    """The pairs of :func:`topic_retrieval_pairs` without their topics."""
+    return tuple(pair for _, pair in topic_retrieval_pairs())
 
 
 def retrieval_pairs(n_pairs: int = MIN_PAIRS, seed: int = 0) -> list[tuple[str, str]]:
@@ -100,11 +109,51 @@ def mcnemar_p(better: int, worse: int) -> float:
     return float(binomtest(better, better + worse, 0.5).pvalue)
 
 
+class NonFiniteEmbeddings(ValueError):
+    """Retrieval embeddings with NaN/Inf: no rank can be read from them (the message says
+    whose and which)."""
+
+
 def true_ranks(queries: Tensor, docs: Tensor) -> Tensor:
-    """Rank (1 = best) of the true document of each query by cosine similarity."""
+    """Rank (1 = best) of the true document of each query by cosine similarity.
+
+    Ties count against the true document: its rank is 1 + the number of *other* documents at
+    least as similar, so a query whose candidates all score the same ranks last.
+
+    Raises:
+        NonFiniteEmbeddings: A similarity is NaN or infinite (the message counts the queries).
+    """
     sims = queries @ docs.T  # (n, n), embeddings are normalised
+    broken = ~torch.isfinite(sims).all(1)
+    if bool(broken.any()):
+        raise NonFiniteEmbeddings(
+            f"{int(broken.sum())} of {len(sims)} queries have NaN/Inf similarities"
+        )
     true = sims.diagonal().unsqueeze(1)
-    return (sims > true).sum(1) + 1
+    at_least = sims >= true
+    at_least.fill_diagonal_(False)
+    return at_least.sum(1) + 1
+
+
+def _describe(variant: AttentionVariant | None) -> str:
+    """``the exact model``, or the variant's name with its knob value."""
+    if variant is None:
+        return "the exact model"
+    knob = getattr(variant, "knob", None)
+    value = variant.config().get(knob) if knob else None
+    return variant.name if value is None else f"{variant.name} ({knob}={value})"
+
+
+def _check_finite(emb: Tensor, variant: AttentionVariant | None, counts: list[int]) -> None:
+    """Raise :class:`NonFiniteEmbeddings` naming the model and the texts' token counts."""
+    broken = (~torch.isfinite(emb).all(1)).nonzero().flatten().tolist()
+    if broken:
+        lengths = sorted({counts[i] for i in broken})
+        span = str(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
+        raise NonFiniteEmbeddings(
+            f"{_describe(variant)} gave NaN/Inf embeddings for {len(broken)} of {len(emb)} "
+            f"retrieval texts ({span} tokens)"
+        )
 
 
 def embed_pairs(
@@ -112,19 +161,24 @@ def embed_pairs(
 ) -> Tensor:
     """``(2 n, 384)`` float64 embeddings of the pairs' first halves, then their second halves.
 
+    Raises :class:`NonFiniteEmbeddings` (naming the model, the number of texts and their token
+    counts) when an embedding has NaN/Inf.
+
     Batched in order of token count: batches of similar lengths need little padding, and the
     adapter runs a variant once per distinct length in a batch, so this is several times faster
     than batching in pair order; padding never changes an embedding (the adapter's contract), so
     neither does the order.
     """
     texts = [q for q, _ in pairs] + [d for _, d in pairs]
-    order = sorted(range(len(texts)), key=count_tokens(texts).__getitem__)
+    counts = count_tokens(texts)
+    order = sorted(range(len(texts)), key=counts.__getitem__)
     found = embed(
         [texts[i] for i in order], variant, batch_size=batch_size, device=device,
         hidden_states=False,
     ).embeddings.double()  # fmt: skip
     out = torch.empty_like(found)
     out[order] = found
+    _check_finite(out, variant, counts)
     return out
 
 
@@ -181,7 +235,13 @@ def retrieval_columns(emb: Tensor, exact: Tensor) -> dict[str, Any]:
     interval, ``retrieval_mean_rank``, ``retrieval_agree_top1`` and the paired comparison on the
     same queries: ``retrieval_better`` (the variant right, exact wrong), ``retrieval_worse``
     (the opposite) and ``retrieval_mcnemar_p``.
+
+    Raises:
+        NonFiniteEmbeddings: Either side has NaN/Inf (a tie or a NaN is never a hit).
     """
+    for whose, found in (("variant model", emb), ("exact model", exact)):
+        if not bool(torch.isfinite(found).all()):
+            raise NonFiniteEmbeddings(f"the {whose}'s retrieval embeddings contain NaN/Inf")
     mine, theirs = _compare(emb, exact), _compare(exact, exact)
     out: dict[str, Any] = {
         "retrieval_pairs": len(emb) // 2,
@@ -219,7 +279,8 @@ def retrieval_check(
         (queries the variant gets right and exact attention wrong / the opposite),
         ``mcnemar_p`` (exact McNemar test on those), ``agree_top1`` (fraction of queries whose
         best candidate is the same as with exact attention), ``embed_cosine`` (mean cosine of
-        the embeddings to the exact model's) and ``reason`` for variants that could not run.
+        the embeddings to the exact model's) and ``reason`` for variants that could not run
+        (``status`` ``unsupported``, or ``nan`` for NaN/Inf embeddings).
     """
     import pandas as pd
 
@@ -245,6 +306,9 @@ def retrieval_check(
             )
         except VariantUnsupported as exc:
             records.append(record | {"status": "unsupported", "reason": str(exc)})
+            continue
+        except NonFiniteEmbeddings as exc:
+            records.append(record | {"status": "nan", "reason": str(exc)})
             continue
         records.append(record | _compare(emb, exact) | {"reason": None})
     columns = ["variant", "params", "status", "n_pairs", "mean_rank", "median_rank", "top1",

@@ -17,6 +17,16 @@ __all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "ReportContext", "Task", "get", "nam
 
 ENTRY_POINT_GROUP = "attnbench.tasks"
 
+#: The columns a decode row adds (harness/tasks/decode/measure.py says what each is).
+DECODE_COLUMNS = (
+    "task", "q_tokens", "steps", "warmup", "cache_len", "gqa", "timing", "prefill_ms",
+    "step_ms", "step_iqr_ms", "token_ms", "tokens_per_s", "state_bytes", "state_bytes_measured",
+    "state_length", "step_context", "step_read_bytes", "achieved_gbs", "copy_gbs",
+    "bandwidth_fraction", "decode_rel_err", "decode_max_abs_err", "forward_rel_err",
+    "model_depth", "model_width", "model_mlp_ratio", "model_params", "model_step_ms",
+    "model_step_iqr_ms", "model_tokens_per_s", "model_attention_share", "model_reason",
+)  # fmt: skip
+
 BUILTINS: dict[str, Task] = {
     task.name: task
     for task in (
@@ -25,6 +35,7 @@ BUILTINS: dict[str, Task] = {
             measure="harness.tasks.attention.measure:measure",
             report="harness.tasks.attention.report:section",
             title="Results",
+            tunes=True,
         ),
         Task(
             name="realmodel",
@@ -46,6 +57,14 @@ BUILTINS: dict[str, Task] = {
             config="harness.tasks.transfer.config:TransferConfig",
             report="harness.tasks.transfer.report:section",
             title="Before / after transfer",
+        ),
+        Task(
+            name="decode",
+            measure="harness.tasks.decode.measure:measure",
+            config="harness.tasks.decode.config:DecodeConfig",
+            report="harness.tasks.decode.report:section",
+            columns=DECODE_COLUMNS,
+            title="Decoding: prefill and per-token step",
         ),
     )
 }

@@ -43,6 +43,9 @@ class Task:
             its figures (empty when its rows give nothing to show); None: no section.
         columns: The columns the task adds after :data:`harness.analysis.rows.COLUMNS`.
         title: The heading of its report section.
+        tunes: True when the task tunes the variant's engine knobs itself, outside its timed
+            calls (``variant.tune``); otherwise the app runs it with the tuner suspended
+            (:func:`variants.tuning.suspended`: cached tuned values or the defaults).
     """
 
     name: str
@@ -51,6 +54,7 @@ class Task:
     report: str | Callable[[ReportContext], list[str]] | None = None
     columns: tuple[str, ...] = ()
     title: str = ""
+    tunes: bool = False
 
     def measure_fn(self) -> Callable[..., list[dict[str, Any]]]:
         """The measurement function (imported now)."""

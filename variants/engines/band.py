@@ -48,9 +48,14 @@ def forward_block_size(window: int) -> int:
     return min(32, block_size(window))
 
 
+def block_candidates(default: int) -> tuple[int, ...]:
+    """The blockings a tuner tries around a default: half, the default and double (>= 8)."""
+    return tuple(sorted({max(8, default // 2), default, 2 * default}))
+
+
 def chunked_attention(
     q: Tensor, k: Tensor, v: Tensor, window: int, num_global: int, causal: bool, scale: float,
-    masks: dict | None = None,
+    masks: dict | None = None, block: int | None = None, forward_block: int | None = None,
 ) -> Tensor:  # fmt: skip
     """Banded attention in O(Nq * window) with one fused SDPA call over blocks (module docstring).
 
@@ -58,19 +63,23 @@ def chunked_attention(
         q, k, v: ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, Dv)``.
         window: One-sided radius; num_global: global tokens; causal: bottom-right causal mask.
         scale: Softmax scale. masks: Optional dict used to cache the block masks per shape.
+        block: Query rows per block (the fused path's backward; both passes elsewhere);
+            default :func:`block_size`. forward_block: The fused forward's; default
+            :func:`forward_block_size`.
     """
     nq, nk = q.shape[-2], k.shape[-2]
     window = min(window, nq + nk)  # a wider window sees nothing more
     gq, gk = min(num_global, nq), min(num_global, nk)
     cache = masks if masks is not None else {}
     shape = (nq, nk, window, causal, gq, gk)
+    block = block or block_size(window)
     if fused_available(q, k, v):  # global keys merged apart (GlobalKeys); two blockings
-        forward = _fused_plan(*shape, forward_block_size(window), q.device, q.dtype, cache)
+        forward_block = forward_block or forward_block_size(window)
+        forward = _fused_plan(*shape, forward_block, q.device, q.dtype, cache)
         backward = forward  # the backward's blocking (and its mask) only where autograd runs
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            backward = _fused_plan(*shape, block_size(window), q.device, q.dtype, cache)
+            backward = _fused_plan(*shape, block, q.device, q.dtype, cache)
         return fused_block_sparse(q, k, v, forward, backward, gq, causal, scale)
-    block = block_size(window)
     geo = geometry(nq, nk, window, causal, gk, block)
     mask = _chunk_mask(*shape, block, geo, q.device, cache, gk)
     layout = _layout(nk, gk, geo, q.device, cache)

@@ -58,8 +58,9 @@ def kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
 
 
 def causal_linear_attention(
-    q: Tensor, k: Tensor, v: Tensor, maps: FeatureMaps, chunk: int, params: Sequence[Tensor] = ()
-) -> Tensor:
+    q: Tensor, k: Tensor, v: Tensor, maps: FeatureMaps, chunk: int,
+    params: Sequence[Tensor] = (), group: int | None = None,
+) -> Tensor:  # fmt: skip
     """Normalised causal kernel attention over ``j <= i + Nk - Nq``, features made per group.
 
     Args:
@@ -69,6 +70,8 @@ def causal_linear_attention(
         maps: The feature maps (:class:`FeatureMaps`).
         chunk: Tokens per chunk of the masked quadratic form.
         params: Tensors the maps take after ``x`` (gradients flow to them).
+        group: Query elements per streamed group (default
+            :func:`~variants.engines.prefix_stream.group_elements`).
 
     Returns:
         ``(B, H, Nq, Dv)``.
@@ -78,5 +81,5 @@ def causal_linear_attention(
         raise ValueError(f"causal kernel attention needs kv_len >= q_len, got {nk} < {nq}")
     params = tuple(params)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *params)):
-        return StreamedCausal.apply(maps, chunk, q, k, v, *params)
-    return stream_forward(q, k, v, maps, chunk, params, None)
+        return StreamedCausal.apply(maps, chunk, group, q, k, v, *params)
+    return stream_forward(q, k, v, maps, chunk, params, None, group)

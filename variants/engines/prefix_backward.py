@@ -27,22 +27,22 @@ class StreamedCausal(torch.autograd.Function):
     """:func:`causal_linear_attention` with the streamed backward of :func:`stream_backward`."""
 
     @staticmethod
-    def forward(ctx, maps, chunk, q, k, v, *params):
+    def forward(ctx, maps, chunk, group, q, k, v, *params):
         saved: list = []
-        out = stream_forward(q, k, v, maps, chunk, params, saved)
+        out = stream_forward(q, k, v, maps, chunk, params, saved, group)
         ctx.save_for_backward(q, k, v, *params)
-        ctx.maps, ctx.chunk, ctx.streamed = maps, chunk, saved
+        ctx.maps, ctx.chunk, ctx.group, ctx.streamed = maps, chunk, group, saved
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, *params = ctx.saved_tensors
-        needs = ctx.needs_input_grad[2:]
+        needs = ctx.needs_input_grad[3:]
         grads = stream_backward(
-            ctx.maps, ctx.chunk, q, k, v, params, ctx.streamed, grad_out, needs
+            ctx.maps, ctx.chunk, q, k, v, params, ctx.streamed, grad_out, needs, ctx.group
         )
-        return None, None, *grads
+        return None, None, None, *grads
 
 
 def _recompute(maps, xq, xk, params, needs):
@@ -71,7 +71,7 @@ def _add(total: Tensor | None, part: Tensor | None) -> Tensor | None:
     return part if total is None else total if part is None else total + part
 
 
-def stream_backward(maps, chunk, q, k, v, params, saved, grad_out, needs):
+def stream_backward(maps, chunk, q, k, v, params, saved, grad_out, needs, group=None):
     """Gradients of :func:`stream_forward`: the groups in reverse, carrying
     ``R^T = sum dO^T phi_q`` of the chunks after (relative to the running max of the chunk's
     keys), transposed."""
@@ -83,7 +83,7 @@ def stream_backward(maps, chunk, q, k, v, params, saved, grad_out, needs):
     dparams: list[Tensor | None] = [None] * len(params)
     carry = None  # (B H, Dv + 1, m)
     batched = is_batched(q)
-    plan = chunk_groups(q.shape, chunk, batched)
+    plan = chunk_groups(q.shape, chunk, batched, group)
     tops = [saved[0]] + [top for _, top, _ in saved[1:]]  # running max before each group
     for i in reversed(range(len(plan))):
         start, g, c = plan[i]

@@ -8,8 +8,20 @@ and follow the kernels exactly (``tests/test_flops.py`` checks them against
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from typing import ClassVar
 
-from variants.engines.prefix_stream import chunk_groups
+from torch import Tensor
+
+from variants.engines.prefix import FeatureMaps, causal_linear_attention
+from variants.engines.prefix_stream import chunk_groups, group_elements, is_batched
+from variants.tuning import Knob, TunedEngine
+
+#: Candidate chunk sizes of the causal prefix sums (tokens).
+CHUNKS = (32, 64, 128)
+#: Candidate query elements per group: streamed (the CPU's loop) and batched (GPUs).
+GROUPS = (1 << 16, 1 << 17, 1 << 18)
+DEVICE_GROUPS = (1 << 22, 1 << 23, 1 << 24)
 
 
 def causal_linear_flops(q_len: int, kv_len: int, features: int, v_dim: int, chunk: int) -> int:
@@ -31,14 +43,49 @@ def causal_linear_backward_flops(
     return 4 * (kv_len - q_len) * m * e + 8 * q_len * m * e + pairs * (3 * m + 2 * e)
 
 
-class StreamedKernelAttention(abc.ABC):
+class StreamedKernelAttention(TunedEngine, abc.ABC):
     """Mixin of the kernel-attention variants whose causal path is the streamed prefix sums
-    (:func:`variants.engines.prefix.causal_linear_attention`): the cost models of the attention
-    over the features (the feature maps' own are the variant's). Needs ``chunk_size`` and
-    :meth:`feature_count`.
+    (:func:`variants.engines.prefix.causal_linear_attention`): the tuned chunk and group
+    (:meth:`causal_prefix`) and the cost models of the attention over the features (the
+    feature maps' own are the variant's), in the values of the last call. Needs
+    ``chunk_size``, ``group_elements`` (None: tuned) and :meth:`feature_count`.
     """
 
-    chunk_size: int
+    chunk_size: int | None
+    group_elements: int | None
+    #: The chunk used when tuning is off (docs/performance.md).
+    default_chunk: ClassVar[int] = 64
+
+    def prefix_knobs(self, batched: bool = False) -> tuple[Knob, Knob]:
+        """The chunk and the group size (streamed, or ``batched`` on GPUs)."""
+        groups = DEVICE_GROUPS if batched else GROUPS
+        return (
+            Knob("chunk_size", self.default_chunk, CHUNKS),
+            Knob("group_elements", group_elements(batched), groups),
+        )
+
+    def causal_prefix(
+        self, q: Tensor, k: Tensor, v: Tensor, maps: FeatureMaps, params: Sequence[Tensor] = ()
+    ) -> Tensor:
+        """:func:`~variants.engines.prefix.causal_linear_attention` with the chunk and group of
+        this call's shape class (the user's, tuned, or the defaults)."""
+
+        def run(values: dict, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            chunk, group = values["chunk_size"], values["group_elements"]
+            return causal_linear_attention(q, k, v, maps, chunk, params, group)
+
+        extra = {"features": self.feature_count(q.shape[-1]), "key_is_log": maps.key_is_log}
+        knobs = self.prefix_knobs(is_batched(q))
+        return run(self.engine_values(knobs, q, k, v, True, run, extra), q, k, v)
+
+    def engine_tunable(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> bool:
+        return causal
+
+    def _chunk(self) -> int:
+        return self.engine_value(self.prefix_knobs()[0])
+
+    def _group(self) -> int:
+        return self.engine_value(self.prefix_knobs()[1])
 
     @abc.abstractmethod
     def feature_count(self, head_dim: int) -> int:
@@ -48,7 +95,7 @@ class StreamedKernelAttention(abc.ABC):
         """Matmul FLOPs of the attention over the features for one (batch, head): the causal
         prefix sums, or the keys' ``(m, Dv + 1)`` summary and its read-out by the queries
         (backward: both gradients of each, 2x)."""
-        m, c = self.feature_count(head_dim), self.chunk_size
+        m, c = self.feature_count(head_dim), self._chunk()
         if causal:
             count = causal_linear_backward_flops if backward else causal_linear_flops
             return count(q_len, kv_len, m, head_dim, c)
@@ -59,7 +106,8 @@ class StreamedKernelAttention(abc.ABC):
         state and two groups' inputs, features, values, scores and outputs (the last group's
         are alive while the next one's are made)."""
         m, e, d = self.feature_count(head_dim), head_dim + 1, head_dim
-        _, g, c = chunk_groups((batch, heads, q_len, head_dim), self.chunk_size)[0]
+        shape = (batch, heads, q_len, head_dim)
+        _, g, c = chunk_groups(shape, self._chunk(), elements=self._group())[0]
         elems = q_len * d + m * e + 2 * g * c * (2 * d + 2 * m + 3 * e + c)
         return batch * heads * elems * element_size
 
@@ -76,7 +124,7 @@ class StreamedKernelAttention(abc.ABC):
         if not causal:
             return 3 * forward
         shape, m, e = (batch, heads, q_len, head_dim), self.feature_count(head_dim), head_dim + 1
-        _, g, c = chunk_groups(shape, self.chunk_size)[0]
+        _, g, c = chunk_groups(shape, self._chunk(), elements=self._group())[0]
         saved = -(-q_len // c) * m * e + q_len * e
         group = g * c * (6 * m + 4 * e + 2 * c + 2 * head_dim)
         return forward + element_size * batch * heads * (saved + group)

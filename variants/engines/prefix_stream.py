@@ -38,15 +38,21 @@ def is_batched(x: Tensor) -> bool:
     return x.device.type not in STREAMED_DEVICES
 
 
+def group_elements(batched: bool = False) -> int:
+    """The default query elements per group: :data:`GROUP_ELEMENTS` streamed,
+    :data:`DEVICE_GROUP_ELEMENTS` ``batched``."""
+    return DEVICE_GROUP_ELEMENTS if batched else GROUP_ELEMENTS
+
+
 def chunk_groups(
-    shape: Sequence[int], chunk: int, batched: bool = False
+    shape: Sequence[int], chunk: int, batched: bool = False, elements: int | None = None
 ) -> list[tuple[int, int, int]]:
     """``(start, chunks, chunk size)`` of the groups of ``(B, H, Nq, D)`` queries: groups of whole
-    chunks (:data:`GROUP_ELEMENTS` query elements streamed, :data:`DEVICE_GROUP_ELEMENTS`
-    ``batched``), then the ragged tail as one shorter chunk of its own."""
+    chunks of about ``elements`` query elements (default :func:`group_elements`), then the
+    ragged tail as one shorter chunk of its own."""
     b, h, q_len, d = shape
     c = min(chunk, q_len)
-    elements = DEVICE_GROUP_ELEMENTS if batched else GROUP_ELEMENTS
+    elements = elements or group_elements(batched)
     per_group = max(1, elements // (b * h * d * c))
     full = q_len // c * c
     plan = [(s, min(per_group, (full - s) // c), c) for s in range(0, full, per_group * c)]
@@ -89,8 +95,9 @@ def flat_chunks(x: Tensor, c: int) -> Tensor:
     return x.reshape(-1, c, x.shape[-1])
 
 
-def stream_forward(q, k, v, maps, chunk, params, saved: list | None) -> Tensor:
-    """The streamed forward; appends ``(states, max, unnormalised output)`` per group to
+def stream_forward(q, k, v, maps, chunk, params, saved: list | None, group=None) -> Tensor:
+    """The streamed forward in groups of about ``group`` query elements (default
+    :func:`group_elements`); appends ``(states, max, unnormalised output)`` per group to
     ``saved`` when given (for :func:`stream_backward`)."""
     b, h, nq, _ = q.shape
     dv = v.shape[-1]
@@ -111,7 +118,7 @@ def stream_forward(q, k, v, maps, chunk, params, saved: list | None) -> Tensor:
     if saved is not None:
         saved.append(top)
     batched = is_batched(q)
-    for start, g, c in chunk_groups(q.shape, chunk, batched):
+    for start, g, c in chunk_groups(q.shape, chunk, batched, group):
         stop = start + g * c
         phi_q = maps.query(q[:, :, start:stop], *params)  # (B, H, T, m), T = G c
         phi_k = maps.key(k[:, :, offset + start : offset + stop], *params)

@@ -4,20 +4,24 @@
 --dtype float32 --rounds 3 --targets FILE --out FILE.md]`` times the four passes of
 self-attention (forward under ``no_grad`` and forward+backward, each bidirectional and causal)
 of ``sdpa`` and the variants of the targets file (default ``conf/speedcheck.yaml``), and marks
-each speed-up PASS or FAIL against its target. ``--memory`` measures the forward's peak memory
-against length instead. ``python -m harness.measure.speedcheck`` runs the same command.
+each speed-up PASS or FAIL against its target. The variants' engine knobs are tuned on this
+machine before they are timed (cached; ``--no-tune``: their defaults). ``--memory`` measures the
+forward's peak memory against length instead. ``python -m harness.measure.speedcheck`` runs the
+same command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from harness.measure.speedcheck.memory_scaling import memory_child, memory_report
 from harness.measure.speedcheck.report import speed_report
 from harness.measure.speedcheck.targets import TargetsError, default_path, load_targets
+from variants import tuning
 
 PROG = "attnbench-speedcheck"
 
@@ -46,6 +50,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the markdown report to this file")
     p.add_argument("--memory", action="store_true", help="peak-memory scaling instead")
     p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="engine knobs at their defaults (ATTNBENCH_TUNING=off; default: tuned and cached)",
+    )
+    p.add_argument(
         "--memory-child", nargs=3, metavar=("NAME", "PARAMS", "N"), help=argparse.SUPPRESS
     )
     return p
@@ -54,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
     args = parser().parse_args(argv)
+    if args.no_tune:
+        os.environ[tuning.ENV_TUNING] = "off"
     if args.memory_child:
         name, params, n = args.memory_child
         print(memory_child(name, json.loads(params), int(n), args.heads, args.head_dim))

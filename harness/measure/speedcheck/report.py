@@ -1,7 +1,8 @@
 """The speed table as markdown: a summary per pass and variant, then one detail row per cell.
 
 The header gives the facts that move the ratios: the load average and the copy bandwidth at
-the start and at the end (docs/performance.md), the threads, the CPU and, on CUDA, the GPU.
+the start and at the end (docs/performance.md), the threads, the CPU (model, ISA flags, caches:
+:mod:`.machine`) and, on CUDA, the GPU; the engine knobs the variants ran with follow the table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 import harness.measure.speedcheck.table as speed_table
 from harness.measure import env
+from harness.measure.speedcheck.machine import describe, tuned_section
 from harness.measure.speedcheck.table import Cell, Table
 from harness.measure.speedcheck.targets import PASSES, Targets
 
@@ -70,6 +72,7 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
                 f"| {cell.ratio:.2f}x ({lo:.2f}-{hi:.2f}) | {gflops:.1f} "
                 f"| {100 * gflops / table.matmul_gflops:.0f}% | {target} | {cell.verdict} |"
             )
+    lines += tuned_section(table)
     return "\n".join(lines) + "\n"
 
 
@@ -78,7 +81,7 @@ def header(device: str, start: tuple[float, float], end: tuple[float, float]) ->
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"{now}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{env.cpu_model()} ({os.cpu_count()} CPUs); load average {start[0]:.1f} at the start, "
+        f"{describe()}load average {start[0]:.1f} at the start, "
         f"{end[0]:.1f} at the end; copy bandwidth {start[1]:.1f} GB/s at the start, "
         f"{end[1]:.1f} at the end; "
     )

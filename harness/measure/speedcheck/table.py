@@ -3,7 +3,8 @@
 Every pass of :data:`~harness.measure.speedcheck.targets.PASSES` is measured in ``rounds``
 rounds; each round times ``sdpa`` and then every variant (the order reversed every other round),
 so a ratio divides two times taken seconds apart. A cell's speed-up is the median over rounds of
-those per-round ratios, against ``sdpa`` in the same pass and masking.
+those per-round ratios, against ``sdpa`` in the same pass and masking. Each variant's engine
+knobs are tuned (or read from the cache) before its first call (:mod:`variants.tuning`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Cell:
     sdpa_times: list[float] = field(default_factory=list)
     flops: int = 0
     note: str | None = None
+    tuned: dict[str, Any] = field(default_factory=dict)  # the engine knobs it ran with
 
     @property
     def ratio(self) -> float:
@@ -135,6 +137,7 @@ def measure_table(
                     cell.note = "; ".join(reasons)
                     continue
                 module.setup(q, k, v, causal)  # one-time work (masks, compilation): untimed
+                cell.tuned = module.tune(q, k, v, causal)  # the engine knobs, before timing
                 fn = timing.pass_callable(pass_name, module, q, k, v, causal, grad)
                 fn()  # lazy state, allocator warm-up
                 runs[label] = fn

@@ -18,8 +18,12 @@ point: the failure becomes the rows' ``status`` (``unsupported``, ``over_budget`
   ``ref_rows``) are repeated on each of its rows. Randomised variants are rebuilt for every seed
   in ``seeds`` and reported as mean and std; deterministic ones run once (``seeds = [seed]``,
   std 0).
-* ``setup_ms`` is the variant's ``setup()`` plus its first (cold) forward call, timed once before
-  anything else; it is the same on the point's rows. The cold excess is ``setup_ms - time_ms``.
+* Engine knobs left to the tuner (:mod:`variants.tuning`) are chosen, or read from the cache,
+  by ``variant.tune()`` before anything is timed (never inside a timed call); the rows' FLOPs
+  and memory models count the values that run, and ``tuned`` records them.
+* ``setup_ms`` is the variant's ``setup()`` plus its first (cold) forward call, timed once after
+  the tuner and before anything else; it is the same on the point's rows. The cold excess is
+  ``setup_ms - time_ms``.
 * CPU memory budget, pass by pass (:mod:`harness.measure.budget`): a pass whose estimate (the
   variant's model of that pass, ``analytic_mem_bytes`` in its row, plus inputs, gradients and
   the reference) exceeds ``measure.memory_budget_gb`` is not run and reads ``over_budget``, its
@@ -44,14 +48,13 @@ import torch
 from harness.analysis.rows import DTYPES, PASSES
 from harness.measure import accuracy, budget, env, memory, timing
 from harness.measure.factory import Factory, describe
+from harness.measure.failures import NonFinite, classify, finite
 from harness.measure.inputs import check_params, make_inputs
 from harness.measure.progress import progress
 from harness.tasks.attention.passes import (
     SHAPE,
-    NonFinite,
     apply_budget,
-    classify,
-    finite,
+    grouped_heads,
     measure_pass,
     pass_flops,
     ref_rows,
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
     from harness.app.point import Point
 
 #: Point fields copied into every row as they are.
-POINT_COLUMNS = ("variant", "device", *SHAPE, "causal", "inputs", "seed")
+POINT_COLUMNS = ("variant", "device", *SHAPE, "kv_heads", "causal", "inputs", "seed")
 
 
 def _base_row(point: Point, pass_name: str) -> dict[str, Any]:
@@ -74,7 +77,8 @@ def _base_row(point: Point, pass_name: str) -> dict[str, Any]:
         inputs_params = check_params(point.inputs, dict(given))
     except ValueError:
         inputs_params = given
-    row = {f: getattr(point, f) for f in POINT_COLUMNS}
+    row = {f: getattr(point, f, None) for f in POINT_COLUMNS}
+    row["kv_heads"] = row["kv_heads"] or point.heads
     row.update(describe(point.variant_cls, dict(point.params or {})))
     row.update(
         params=dict(point.params or {}),
@@ -88,12 +92,14 @@ def _base_row(point: Point, pass_name: str) -> dict[str, Any]:
 
 
 def _variant_columns(variant: AttentionVariant) -> dict[str, Any]:
-    """``params`` (the built variant's config), the columns its class decides and ``trained``
-    (whether its trainable parameters were fitted; null for a variant without any)."""
+    """``params`` (the built variant's config), the columns its class decides, ``trained``
+    (whether its trainable parameters were fitted; null for a variant without any) and
+    ``tuned`` (the engine knobs of its last call and whether each was tuned)."""
     params = variant.config()
     trainable = any(p.requires_grad for p in variant.parameters())
     trained = getattr(variant, "trained", None) if trainable else None
-    return {"params": params, **describe(type(variant), params), "trained": trained}
+    columns = {"params": params, **describe(type(variant), params), "trained": trained}
+    return {**columns, "tuned": variant.engine_config()}
 
 
 def _accuracy(variant, factory, point, q, k, v, backward: bool) -> dict[str, Any]:
@@ -128,12 +134,14 @@ def _accuracy(variant, factory, point, q, k, v, backward: bool) -> dict[str, Any
 def _known_columns(variant: AttentionVariant, point: Point, rows: dict, dtype) -> None:
     """The columns known before anything runs: the variant's, its models and the matmul rate."""
     m, device, shape = point.measure, point.device, shape_of(point)
-    flops = pass_flops(variant, shape, point.causal)
+    kv_heads = grouped_heads(point)
+    flops = pass_flops(variant, shape, point.causal, kv_heads)
     for name, row in rows.items():
         row.update(
             _variant_columns(variant),
+            gqa=None if kv_heads is None else getattr(variant, "gqa", None),
             analytic_mem_bytes=budget.pass_model_bytes(
-                variant, shape, point.causal, dtype.itemsize, name
+                variant, shape, point.causal, dtype.itemsize, name, kv_heads
             ),
             flops=flops[name],
             matmul_tflops=env.matmul_tflops(device, dtype) if m.timing else None,
@@ -163,7 +171,13 @@ def _run(point: Point, factory: Factory, rows: dict) -> None:
     variant = factory(point.seed).to(device)
     _known_columns(variant, point, rows, dtype)
     q, k, v = make_inputs(
-        point.inputs, *shape, dtype, device, point.seed, **(point.inputs_params or {})
+        point.inputs,
+        *shape,
+        dtype,
+        device,
+        point.seed,
+        kv_heads=grouped_heads(point),
+        **(point.inputs_params or {}),
     )
     _mark_unsupported(variant, rows, q, k, v, causal)
     if all(row["status"] for row in rows.values()):
@@ -171,6 +185,12 @@ def _run(point: Point, factory: Factory, rows: dict) -> None:
     backward_fits = apply_budget(variant, point, rows, dtype.itemsize)
     if all(row["status"] for row in rows.values()):
         return
+    # the engine knobs chosen (or read from the cache) before setup and any timed call; the
+    # FLOP and memory models then count the values that run
+    waiting = {name: row for name, row in rows.items() if row["status"] is None}
+    backward = backward_fits and any(name != "fwd" for name in waiting)
+    if variant.tune(q, k, v, causal, backward=backward):
+        _known_columns(variant, point, waiting, dtype)
     setup_ms = timing.time_once_ms(lambda: variant.setup(q, k, v, causal), device)
     with torch.no_grad():
         first: dict[str, Any] = {}

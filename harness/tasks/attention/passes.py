@@ -10,6 +10,7 @@ import torch
 
 from harness.measure import accuracy, budget, memory, timing
 from harness.measure.config import MeasureConfig
+from harness.measure.failures import NonFinite, classify, finite  # noqa: F401 (re-exported)
 from variants.base import AttentionVariant
 
 if TYPE_CHECKING:
@@ -19,47 +20,32 @@ if TYPE_CHECKING:
 SHAPE = ("batch", "heads", "q_len", "kv_len", "head_dim")
 
 
-class NonFinite(Exception):
-    """A pass produced NaN or Inf."""
-
-
 def shape_of(point: Point) -> tuple[int, ...]:
     """``(batch, heads, q_len, kv_len, head_dim)`` of a point."""
     return tuple(getattr(point, f) for f in SHAPE)
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
-    """Row ``(status, reason)`` for an exception: ``oom``, ``nan`` or ``error``."""
-    msg = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
-    if isinstance(exc, NonFinite):
-        return "nan", msg
-    cuda_oom = getattr(torch.cuda, "OutOfMemoryError", ())
-    lowered = msg.lower()
-    if (
-        isinstance(exc, MemoryError)
-        or (cuda_oom and isinstance(exc, cuda_oom))
-        or "defaultcpuallocator: can't allocate" in lowered
-        or "out of memory" in lowered
-    ):
-        return "oom", f"{type(exc).__name__}: {msg}"
-    return "error", f"{type(exc).__name__}: {msg}"
+def grouped_heads(point: Point) -> int | None:
+    """The point's ``kv_heads`` where it has fewer key/value heads than heads, else None."""
+    kv_heads = getattr(point, "kv_heads", None)
+    return None if kv_heads in (None, point.heads) else kv_heads
 
 
-def finite(value: Any) -> bool:
-    """Whether every tensor of ``value`` (a tensor or a tuple of them) is free of NaN and Inf."""
-    tensors = value if isinstance(value, (tuple, list)) else (value,)
-    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
-
-
-def pass_flops(variant: AttentionVariant, shape: tuple[int, ...], causal: bool) -> dict:
+def pass_flops(
+    variant: AttentionVariant, shape: tuple[int, ...], causal: bool, kv_heads: int | None = None
+) -> dict:
     """FLOPs of each pass: the variant's forward and backward counts, and their sum.
 
     A variant class without ``backward_flops`` (a plugin written before it) counts its backward
-    as twice its forward, the base class's default.
+    as twice its forward, the base class's default. ``kv_heads`` (grouped heads) is given to
+    the counts that take it, only when set.
     """
-    fwd = int(variant.flops(*shape, causal))
+    fwd = int(variant.flops(*shape, causal, **budget.grouped_kwargs(variant.flops, kv_heads)))
     backward = getattr(variant, "backward_flops", None)
-    bwd = int(backward(*shape, causal)) if callable(backward) else 2 * fwd
+    if callable(backward):
+        bwd = int(backward(*shape, causal, **budget.grouped_kwargs(backward, kv_heads)))
+    else:
+        bwd = 2 * fwd
     return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}
 
 
@@ -82,7 +68,8 @@ def apply_budget(variant: AttentionVariant, point: Point, rows: dict, size: int)
 
     def estimate(name: str) -> int:
         covered = ref_rows(point, backward=name != "fwd") if m.accuracy else None
-        return budget.estimate_bytes(variant, shape, point.causal, size, name, m, covered)
+        grouped = grouped_heads(point)
+        return budget.estimate_bytes(variant, shape, point.causal, size, name, m, covered, grouped)
 
     for name, row in rows.items():
         row["memory_budget_bytes"] = int(limit * 1e9)
@@ -116,7 +103,7 @@ def measure_pass(name: str, fn: Callable[[], Any], row: dict, device: str, m: Me
         row["notes"] = f"{row['notes']}; {note}" if row.get("notes") else note
         if mem["method"] == "profiler" and memory.rss_available():
             # The RSS figure is a side note: a kernel that races the high-water-mark reset
-            # (seen on this CI machine) loses the note, never the row.
+            # loses the note, never the row.
             try:
                 rss = memory.peak_memory(fn, device, method="rss")["peak_mem_bytes"]
                 row["notes"] += f"; resident-set peak {rss / 2**20:.1f} MiB"

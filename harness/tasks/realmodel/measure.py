@@ -30,6 +30,7 @@ from harness.minilm.point import (
     variant_columns,
 )
 from harness.minilm.retrieval import (
+    NonFiniteEmbeddings,
     embed_pairs,
     exact_pair_embeddings,
     retrieval_columns,
@@ -81,18 +82,20 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[R
         ``q_len`` is the longest text, ``batch`` the batch size, ``time_ms`` the variant
         model's forward time over all texts) plus ``embed_cosine`` (mean cosine of each text's
         embedding to the exact model's), ``embed_cosine_min``, ``embed_cosine_by_length`` (JSON
-        ``{length: cosine}``), ``hidden_rel_err`` (JSON list, layers 1..6), ``texts``, the
-        timing of the exact model interleaved with the variant's (``exact_time_ms``,
-        ``exact_time_iqr_ms``, ``time_ratio`` = median per-round variant/exact; ``repeats``
-        rounds), ``flops`` (attention only; no ``tflops``), ``exact_flops`` and
-        ``work_exceeds_exact`` (with a note when true); ``params`` is read after the call
-        (Longformer's ``resolved_backend``). With ``realmodel.retrieval_pairs`` > 0 also the
-        retrieval check's columns (:func:`harness.minilm.retrieval.retrieval_columns`). With
-        ``realmodel.fit_path`` the saved transfer fit's instances, one per layer, are measured
-        instead of the untrained variant (:mod:`harness.tasks.realmodel.fit_reuse`):
-        ``trained`` True, ``fit_file`` the path, ``params`` the fit's, no heatmap. Failures
-        are rows with status unsupported, nan or error and the reason (a missing or mismatched
-        fit names ``realmodel.fit_path``).
+        ``{length: cosine}``), ``embed_cosine_unrelated`` (the exact model's cosine between
+        different texts of one length: the reference), ``hidden_rel_err`` (JSON list, layers
+        1..6), ``texts``, the timing of the exact model interleaved with the variant's
+        (``exact_time_ms``, ``exact_time_iqr_ms``, ``time_ratio`` = median per-round
+        variant/exact; ``repeats`` rounds), ``flops`` (attention only; no ``tflops``),
+        ``exact_flops`` and ``work_exceeds_exact`` (with a note when true); ``params`` is read
+        after the call (Longformer's ``resolved_backend``). With ``realmodel.retrieval_pairs``
+        > 0 also the retrieval check's columns
+        (:func:`harness.minilm.retrieval.retrieval_columns`). With ``realmodel.fit_path`` the
+        saved transfer fit's instances, one per layer, are measured instead of the untrained
+        variant (:mod:`harness.tasks.realmodel.fit_reuse`): ``trained`` True, ``fit_file`` the
+        path, ``params`` the fit's, no heatmap. Failures are rows with status unsupported, nan
+        or error and the reason (a missing or mismatched fit names ``realmodel.fit_path``;
+        NaN/Inf retrieval embeddings name the model and the texts' lengths).
     """
 
     def build() -> AttentionVariant:
@@ -111,14 +114,20 @@ def _heatmap(row: Row, variant: AttentionVariant, cfg: RealmodelConfig, out_dir:
 
 
 def _retrieval(row: Row, variant: AttentionVariant, cfg: RealmodelConfig, point: Any) -> None:
-    """The retrieval check's columns on ``cfg.retrieval_pairs`` pairs chosen by the seed; a
-    failure is a note on the row (the embedding measures still stand)."""
+    """The retrieval check's columns on ``cfg.retrieval_pairs`` pairs chosen by the seed.
+
+    NaN/Inf embeddings make the row ``nan`` (:class:`PointFailed`, the reason naming the model
+    and the texts' lengths); any other failure is a note on the row (the embedding measures
+    still stand).
+    """
     try:
         pairs = retrieval_pairs(cfg.retrieval_pairs, point.seed)
         exact = exact_pair_embeddings(pairs, point.device, RETRIEVAL_BATCH)
         with attached(variant, point.device):
             emb = embed_pairs(pairs, variant, point.device, RETRIEVAL_BATCH)
         row.update(retrieval_columns(emb, exact))
+    except NonFiniteEmbeddings as exc:
+        raise PointFailed(f"retrieval check: {exc}", "nan") from exc
     except Exception as exc:  # noqa: BLE001 - the embedding figures still stand
         note(row, f"retrieval check failed: {type(exc).__name__}: {exc}")
 

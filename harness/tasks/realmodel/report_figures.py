@@ -1,8 +1,9 @@
 """The realmodel figures: embedding fidelity against each knob, and attention heatmaps.
 
 Both are drawn from files only. The fidelity figure reads the realmodel rows (``knob``,
-``knob_value``, ``embed_cosine``). The heatmaps read the ``heatmap.json`` files that realmodel
-points write beside their rows::
+``knob_value``, ``embed_cosine``), with a grey dash-dotted reference level where the rows carry
+``embed_cosine_unrelated`` (exact MiniLM's cosine between different texts of one length). The
+heatmaps read the ``heatmap.json`` files that realmodel points write beside their rows::
 
     {"sentence": str, "layer": int, "head": int, "tokens": [str], "exact": [[float]],
      "panels": [{"variant": str, "label": str, "matrix": [[float]]}],
@@ -35,6 +36,8 @@ from harness.analysis.series import series_labels
 from harness.report.style import SkipFigure, Style, color_for, finish, natural_key, one_device
 
 HEATMAP_FILE = "heatmap.json"
+#: Style of the unrelated-text reference level.
+REFERENCE_STYLE = {"color": "#7f7f7f", "linestyle": "-.", "linewidth": 1.1, "zorder": 1}
 HEATMAP_KEYS = ("sentence", "layer", "head", "tokens", "exact", "panels")
 
 
@@ -67,6 +70,12 @@ def plot_realmodel(
             markersize=5,
             label=f"{label} ({knob})",
         )
+    if "embed_cosine_unrelated" in rows.columns:
+        unrelated = pd.to_numeric(rows["embed_cosine_unrelated"], errors="coerce").dropna()
+        if len(unrelated):
+            level = float(unrelated.median())
+            label = f"exact model, unrelated texts: {level:.3g}"
+            ax.axhline(level, gid="baseline_unrelated", label=label, **REFERENCE_STYLE)
     kv = rows["knob_value"]
     if kv.min() > 0 and kv.max() / kv.min() >= 8:
         ax.set_xscale("log", base=2)

@@ -34,24 +34,26 @@ def _discordant(r: pd.Series) -> str:
 
 #: Numeric columns of the real-model table (absent ones read n/a or –).
 REALMODEL_NUMBERS = (
-    "embed_cosine", "embed_cosine_min", "retrieval_exact_top1", "retrieval_top1",
-    "retrieval_top1_lo", "retrieval_top1_hi", "retrieval_better", "retrieval_worse",
-    "retrieval_mcnemar_p", "retrieval_pairs", "retrieval_mean_rank", "retrieval_agree_top1",
-    "time_ms", "exact_time_ms",
+    "embed_cosine", "embed_cosine_min", "embed_cosine_unrelated", "retrieval_exact_top1",
+    "retrieval_top1", "retrieval_top1_lo", "retrieval_top1_hi", "retrieval_better",
+    "retrieval_worse", "retrieval_mcnemar_p", "retrieval_pairs", "retrieval_mean_rank",
+    "retrieval_agree_top1", "time_ms", "exact_time_ms",
 )  # fmt: skip
 
 
 def realmodel_markdown(df: pd.DataFrame) -> str:
     """Table of the real-model points (task ``realmodel``), one row per variant and knob value.
 
-    Embedding cosine to the exact model (mean and worst text); the retrieval check: top-1 with
-    its 95% interval against exact attention's, the discordant pairs (the variant right where
-    exact attention is wrong / the opposite) and McNemar's p on them, the mean rank of the true
-    pair and the fraction whose best candidate agrees with exact; whether the variant does more
-    attention work than exact attention at these lengths; the model's forward time against the
-    exact model's. Whole-model rows have no TFLOP/s (attention FLOPs over whole-model time
-    would mean nothing). Columns older rows lack read n/a. Empty string when there are no such
-    rows. The variant cell carries its label (``untrained``, ``eps``) without the knob.
+    Embedding cosine to the exact model (mean and worst text) and its reference, the exact
+    model's cosine between different texts of one length (what unrelated text scores); the
+    retrieval check: top-1 with its 95% interval against exact attention's, the discordant
+    pairs (the variant right where exact attention is wrong / the opposite) and McNemar's p on
+    them, the mean rank of the true pair and the fraction whose best candidate agrees with
+    exact; whether the variant does more attention work than exact attention at these lengths;
+    the model's forward time against the exact model's. Whole-model rows have no TFLOP/s
+    (attention FLOPs over whole-model time would mean nothing). Columns older rows lack read
+    n/a. Empty string when there are no such rows. The variant cell carries its label
+    (``untrained``, ``eps``) without the knob.
     """
     if "task" not in df.columns or "embed_cosine" not in df.columns:
         return ""
@@ -78,6 +80,9 @@ def realmodel_markdown(df: pd.DataFrame) -> str:
                 "–" if pd.isna(knob) else f"{knob}={fmt(value)}",
                 fmt(r["embed_cosine"], 5),
                 fmt(r["embed_cosine_min"], 5),
+                fmt(r["embed_cosine_unrelated"])
+                if np.isfinite(r["embed_cosine_unrelated"])
+                else "n/a",
                 _top1(r),
                 _discordant(r),
                 fmt(r["retrieval_mcnemar_p"], 2)
@@ -90,8 +95,9 @@ def realmodel_markdown(df: pd.DataFrame) -> str:
             ]
         )
     header = ["variant", "knob", "embedding cosine (mean)", "cosine (worst text)",
-              "retrieval top-1 [95% CI]", "pairs better / worse than exact", "McNemar p",
-              "mean rank of true pair", "top-1 agrees with exact",
+              "cosine of unrelated texts (exact model)", "retrieval top-1 [95% CI]",
+              "pairs better / worse than exact", "McNemar p", "mean rank of true pair",
+              "top-1 agrees with exact",
               "more attention FLOPs than exact", "model time ms / exact ms"]  # fmt: skip
     pairs = sorted({int(p) for p in rows["retrieval_pairs"].dropna()})
     note = f"Retrieval over {' / '.join(map(str, pairs))} pairs.\n\n" if pairs else ""

@@ -81,10 +81,16 @@ class TrainConfig:
     Args:
         task: mqar | chars (set by the ``train_setting`` group).
         lr: Peak learning rate.
-        steps: Largest number of optimizer steps.
+        steps: The cap: the largest number of optimizer steps, where the cosine ends.
         batch: Sequences per step.
         eval_every: Steps between evaluations (the learning curve's resolution).
         target: MQAR: stop at this eval accuracy (None: never); chars ignores it.
+        plateau_delta: Convergence: stop once the best evaluation of the last
+            ``plateau_window`` of the curve beats the best before it by less than this (accuracy
+            points or bits per char); None: no plateau stop (the presets set it).
+        plateau_window: That last part, as a fraction of the steps run, in (0, 1).
+        min_steps: No plateau stop before this step (a curve may sit on a plateau before it
+            learns); at most ``steps``.
         warmup: Linear warm-up steps, then cosine decay to ``min_lr_ratio * lr``.
         min_lr_ratio: Final learning rate as a fraction of the peak.
         weight_decay: AdamW weight decay (matrices only).
@@ -101,6 +107,9 @@ class TrainConfig:
     batch: int = 64
     eval_every: int = 50
     target: float | None = 0.99
+    plateau_delta: float | None = None
+    plateau_window: float = 0.3
+    min_steps: int = 0
     warmup: int = 50
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
@@ -117,6 +126,12 @@ class TrainConfig:
         lows = {"steps": 1, "batch": 1, "eval_every": 1, "warmup": 0, "layers": 1, "mlp_ratio": 0}
         for field, low in lows.items():
             _int(f"train.{field}", getattr(self, field), low)
+        _int("train.min_steps", self.min_steps, 0, self.steps)
+        w = self.plateau_window
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1:
+            raise ConfigError(f"train.plateau_window={w!r} must be a number in (0, 1)")
+        if self.plateau_delta is not None:
+            _non_negative("train.plateau_delta", self.plateau_delta)
         for field in ("min_lr_ratio", "weight_decay", "grad_clip"):
             _non_negative(f"train.{field}", getattr(self, field))
         if self.target is not None:

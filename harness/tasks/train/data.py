@@ -32,6 +32,7 @@ class _Task(abc.ABC):
 
     name = "task"
     metric = "metric"
+    plateau: float | None = None  # a trivial solution's value, where the task has one
 
     def __init__(self, batch: int, seq_len: int, causal: bool, seed: int, device: str) -> None:
         self.batch, self.seq_len, self.causal, self.device = batch, seq_len, causal, device
@@ -95,6 +96,7 @@ class MQARTask(_Task):
         self.vocab = p.vocab
         self.params = {**dataclasses.asdict(p), "seq_len": seq_len, "form": form}
         self.chance = data_mqar.chance_accuracy(self.setting)
+        self.plateau = data_mqar.plateau_accuracy(self.setting)
         evaluation = data_mqar.mqar_eval_set(self.setting, p.eval_examples, p.eval_seed)
         self.eval_inputs, self.eval_targets = evaluation
 

@@ -191,6 +191,16 @@ def chance_accuracy(cfg: MQARConfig) -> float:
     return 1.0 / (cfg.vocab // 2)
 
 
+def plateau_accuracy(cfg: MQARConfig) -> float:
+    """Accuracy of answering any value of the example: ``1 / num_pairs``.
+
+    A model that has learnt which tokens are values but not which key they belong to sits
+    here (linear attention and small states often stay on it); chance over the whole value
+    half of the vocabulary (:func:`chance_accuracy`) is far below.
+    """
+    return 1.0 / cfg.num_pairs
+
+
 def key_to_query_distances(inputs: Tensor, targets: Tensor, num_pairs: int) -> Tensor:
     """Distances from each query position back to its key's position in the context (flat)."""
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)

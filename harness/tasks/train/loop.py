@@ -1,11 +1,16 @@
-"""The training loop shared by every task: AdamW, warm-up then cosine, clipping, early stop.
+"""The training loop shared by every task: AdamW, warm-up then cosine, clipping, convergence.
 
-One call of :func:`train` runs at most ``steps`` optimizer steps on fresh batches, evaluates
-every ``eval_every`` steps (and after the last step), stops early once the evaluation reaches
-``target``, and stops at the first non-finite loss or evaluation with status ``nan`` and the
-step. Each step is timed on its own (device synchronised before and after, batch generation and
-evaluation excluded); the median over the steps after the first :data:`WARM_STEPS` is the
-row's time per step. A progress bar is shown on a terminal only.
+One call of :func:`train` runs at most ``steps`` optimizer steps (the cap, where the cosine
+ends) on fresh batches and evaluates every ``eval_every`` steps (and after the last step). It
+stops at the first evaluation that reaches ``target`` (stop reason ``target``), or that finds the
+curve flat (:func:`plateaued`: from ``min_steps`` on, the best evaluation of the last
+``plateau_window`` of the steps run beats the best before it by less than ``plateau_delta``;
+reason ``plateau``), else at the cap (reason ``cap``, unless the curve is flat there too). Target
+and plateau count as converged; an arm stopped by the cap was still improving. The first
+non-finite loss or evaluation stops it with status ``nan`` and the step. Each step is timed on
+its own (device synchronised before and after, batch generation and evaluation excluded); the
+median over the steps after the first :data:`WARM_STEPS` is the row's time per step. A progress
+bar is shown on a terminal only.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class LoopConfig:
         eval_every: Steps between evaluations.
         target: Stop once the evaluation reaches this value (None: never).
         higher_is_better: True for accuracy, False for bits per character.
+        plateau_delta: Smallest gain of the last window that counts as improving (None: no
+            plateau stop).
+        plateau_window: The last part of the curve, as a fraction of the steps run.
+        min_steps: No plateau stop before this step.
     """
 
     steps: int
@@ -56,6 +65,9 @@ class LoopConfig:
     eval_every: int = 50
     target: float | None = None
     higher_is_better: bool = True
+    plateau_delta: float | None = None
+    plateau_window: float = 0.3
+    min_steps: int = 0
 
     def reached(self, value: float, goal: float) -> bool:
         """Whether ``value`` is at least as good as ``goal``."""
@@ -71,12 +83,37 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
 
+def plateaued(curve: list[list[float]], cfg: LoopConfig) -> bool:
+    """Whether the curve (``[step, value]`` pairs, step 0 first) has stopped improving.
+
+    At the last evaluation's step ``s >= min_steps``: the window is the evaluations after
+    ``s * (1 - plateau_window)``; the curve is flat when the best value inside it beats the best
+    value before it by less than ``plateau_delta`` (at least two evaluations on each side).
+    """
+    if cfg.plateau_delta is None or not curve:
+        return False
+    step = curve[-1][0]
+    if step < cfg.min_steps:
+        return False
+    start = step * (1.0 - cfg.plateau_window)
+    before = [v for s, v in curve if s <= start]
+    inside = [v for s, v in curve if s > start]
+    if len(before) < 2 or len(inside) < 2:
+        return False
+    if cfg.higher_is_better:
+        gain = max(inside) - max(before)
+    else:
+        gain = min(before) - min(inside)
+    return gain < cfg.plateau_delta
+
+
 @dataclass
 class TrainResult:
     """What one training run produced.
 
     Attributes:
         status: ``ok`` or ``nan``.
+        stop_reason: ``target``, ``plateau``, ``cap`` or ``nan``.
         steps_run: Optimizer steps taken (the NaN step included).
         nan_step: The step whose loss or evaluation was not finite, else None.
         curve: ``[step, eval value]`` before training (step 0) and after every evaluation.
@@ -86,12 +123,18 @@ class TrainResult:
     """
 
     status: str = "ok"
+    stop_reason: str = "cap"
     steps_run: int = 0
     nan_step: int | None = None
     curve: list[list[float]] = field(default_factory=list)
     step_times_s: list[float] = field(default_factory=list)
     last_loss: float | None = None
     optimizer: Any = None
+
+    @property
+    def converged(self) -> bool:
+        """Stopped by the target or a flat curve (not still improving at the cap)."""
+        return self.stop_reason in ("target", "plateau")
 
     def time_per_step_ms(self) -> tuple[float | None, float | None]:
         """Median and interquartile range (ms) of the step times after the warm-up steps."""
@@ -174,7 +217,7 @@ def train(
             result.steps_run = step
             value = float(loss)
             if not math.isfinite(value):
-                result.status, result.nan_step = "nan", step
+                result.status, result.nan_step, result.stop_reason = "nan", step, "nan"
                 break
             result.last_loss = value
             if bar is not None:
@@ -184,11 +227,15 @@ def train(
             score = run_eval(model, evaluate)
             result.curve.append([step, score])
             if not math.isfinite(score):
-                result.status, result.nan_step = "nan", step
+                result.status, result.nan_step, result.stop_reason = "nan", step, "nan"
                 break
             if bar is not None:
                 bar.set_postfix(loss=f"{value:.3f}", eval=f"{score:.4g}")
             if cfg.target is not None and cfg.reached(score, cfg.target):
+                result.stop_reason = "target"
+                break
+            if plateaued(result.curve, cfg):
+                result.stop_reason = "plateau"
                 break
     finally:
         if bar is not None:

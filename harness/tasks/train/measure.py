@@ -19,6 +19,7 @@ from harness.tasks.train.config import TrainConfig
 from harness.tasks.train.data import make_task
 from harness.tasks.train.loop import LoopConfig, TrainResult, step_peak_memory, train
 from harness.tasks.train.model import ModelConfig, TinyTransformer, parameter_counts
+from harness.tasks.train.state import state_bytes
 from variants.base import AttentionVariant
 
 #: MQAR accuracies whose first crossing is recorded as steps_to_<percent>.
@@ -45,6 +46,9 @@ def _base_row(point: Any, cfg: TrainConfig) -> dict[str, Any]:
         "batch": cfg.batch,
         "lr": cfg.lr,
         "steps": cfg.steps,
+        "min_steps": cfg.min_steps,
+        "plateau_window": cfg.plateau_window,
+        "plateau_delta": cfg.plateau_delta,
         "status": None,
         "reason": None,
     }
@@ -77,6 +81,9 @@ def _loop_config(cfg: TrainConfig, metric: str) -> LoopConfig:
         eval_every=cfg.eval_every,
         target=cfg.target if accuracy else None,
         higher_is_better=accuracy,
+        plateau_delta=None if cfg.plateau_delta is None else float(cfg.plateau_delta),
+        plateau_window=float(cfg.plateau_window),
+        min_steps=cfg.min_steps,
     )
 
 
@@ -121,6 +128,7 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
         torch.manual_seed(row["seed"])
         task = make_task(cfg, n, row["causal"], row["seed"], row["device"])
         row.update(inputs=task.name, task_params=task.params, chance=task.chance)
+        row.update(plateau=task.plateau)
         shape = ModelConfig(task.vocab, n, heads * head_dim, heads, cfg.layers, cfg.mlp_ratio)
         model = TinyTransformer(shape, lambda block: factory(100 * row["seed"] + block))
     except Exception as exc:  # noqa: BLE001 - a bad task or variant is a row, the sweep goes on
@@ -132,6 +140,10 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
     row["model"] = {k: getattr(shape, k) for k in ("vocab", "width", "heads", "layers")}
     row["model"]["mlp_ratio"] = shape.mlp_ratio
     row.update(parameter_counts(model))
+    row["state_bytes"] = state_bytes(
+        row["variant"], row["params"], n, head_dim, heads, cfg.layers, row["causal"],
+        bool(row["exact"]), row["dtype"],
+    )  # fmt: skip
     reasons = task.unsupported_reasons(first, heads, head_dim)
     if reasons:
         return [row | {"status": "unsupported", "reason": "; ".join(reasons)}]
@@ -148,6 +160,7 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
     time_ms, iqr_ms = result.time_per_step_ms()
     row.update(_summary(result, task.metric), train_time_s=time.perf_counter() - started)
     row.update(steps_run=result.steps_run, nan_step=result.nan_step, train_loss=result.last_loss)
+    row.update(converged=result.converged, stop_reason=result.stop_reason)
     row.update(time_ms=time_ms, time_iqr_ms=iqr_ms, repeats=len(result.step_times_s))
     if result.status == "nan":
         reason = f"loss or evaluation not finite at step {result.nan_step}"

@@ -15,6 +15,9 @@ Vocabulary of :mod:`harness.tasks.train.report_markdown` and
   MQAR, validation bits per character for chars; ``best_eval`` where a row lacks it).
 * the **best learning rate** of an arm is the one with the best mean value over seeds, among the
   rates where every run finished (any rate with a finished run where none did).
+* a run **converged** when it stopped at the target or on a flat curve (``stop_reason`` target
+  or plateau); one stopped by the cap (``cap``) was still improving, and its value is a bound,
+  not the arm's level. Rows without the column count as converged (older rows).
 
 Rows only: nothing here imports the training code.
 """
@@ -33,6 +36,7 @@ from harness.analysis.rows import parse_json
 from harness.analysis.series import as_mapping, prepare, series_labels
 from harness.report.sections import task_rows
 from harness.report.style import most_common_inputs, natural_key
+from harness.tasks.train.state import state_bytes
 
 #: Reader's name of each task's metric.
 METRIC_NAMES: dict[str, str] = {"accuracy": "eval accuracy", "bpc": "validation bits per char"}
@@ -52,6 +56,7 @@ _NUMERIC = (
     "lr", "steps", "steps_run", "nan_step", "final_eval", "best_eval", "steps_to_50",
     "steps_to_90", "steps_to_99", "chance", "n_params", "n_attention_params",
     "n_variant_params", "time_ms", "peak_mem_bytes", "q_len", "kv_len", "knob_value", "seed",
+    "plateau", "state_bytes", "min_steps", "plateau_window", "plateau_delta",
 )  # fmt: skip
 
 
@@ -98,8 +103,23 @@ def setting_label(row: Mapping[str, Any]) -> str:
             f"width {model.get('width')} × {model.get('layers')} layers, {heads} "
             f"head{'s' if heads != 1 else ''}, {f'MLP ×{mlp}' if mlp else 'no MLP'}"
         )
-    parts.append(f"≤ {_int(row.get('steps'))} steps of batch {_int(row.get('batch'))}")
+    budget = f"≤ {_int(row.get('steps'))} steps of batch {_int(row.get('batch'))}"
+    delta = _float(row.get("plateau_delta"))
+    if np.isfinite(delta):
+        window = _float(row.get("plateau_window"))
+        budget += (
+            f", stop when the last {window:.0%} of the curve gains < {delta:g}"
+            f" (from step {_int(row.get('min_steps'))})"
+        )
+    parts.append(budget)
     return "; ".join(parts)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _int(value: Any) -> str:
@@ -143,13 +163,16 @@ def train_frame(df: pd.DataFrame) -> pd.DataFrame:
     rows = rows.copy()
     for col in _NUMERIC:
         rows[col] = pd.to_numeric(rows[col], errors="coerce") if col in rows else np.nan
-    for col in ("train_task", "metric", "task_params", "model", "curve", "reason"):
+    for col in ("train_task", "metric", "task_params", "model", "curve", "reason", "stop_reason"):
         if col not in rows:
             rows[col] = None
+    known = rows["converged"] if "converged" in rows else pd.Series(None, index=rows.index)
+    rows["converged"] = [_converged(v) for v in known]
     default_metric = rows["train_task"].map({"mqar": "accuracy", "chars": "bpc"})
     rows["metric"] = rows["metric"].where(rows["metric"].notna(), default_metric)
     rows["value"] = rows["final_eval"].where(rows["final_eval"].notna(), rows["best_eval"])
     keys = ["train_task", "q_len", "causal", "task_params", "model", "steps", "batch"]
+    keys += [k for k in ("min_steps", "plateau_window", "plateau_delta") if rows[k].notna().any()]
     rows["setting_key"] = rows[keys].apply(lambda r: _text(r.to_dict()), axis=1)
     rows["setting"] = rows.apply(setting_label, axis=1)
     variants = rows["variant"].unique()
@@ -164,7 +187,30 @@ def train_frame(df: pd.DataFrame) -> pd.DataFrame:
     ]
     rows["state"] = [s[0] if s else np.nan for s in sizes]
     rows["state_unit"] = [s[1] if s else None for s in sizes]
+    missing = rows["state_bytes"].isna()
+    rows.loc[missing, "state_bytes"] = [_state_bytes(r) for r in rows[missing].itertuples()]
     return rows
+
+
+def _converged(value: Any) -> bool:
+    """A row's ``converged`` (bool, or text from CSV); unknown (older rows) counts as True."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0")
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return bool(value)
+
+
+def _state_bytes(r: Any) -> float:
+    """:func:`harness.tasks.train.state.state_bytes` of a row without the column."""
+    layers = as_mapping(parse_json(r.model)).get("layers")
+    if layers is None or not np.isfinite(r.q_len):
+        return np.nan
+    size = state_bytes(
+        str(r.variant), as_mapping(r.params), int(r.q_len), int(r.head_dim), int(r.heads),
+        int(layers), bool(r.causal), bool(r.exact), str(r.dtype),
+    )  # fmt: skip
+    return np.nan if size is None else size
 
 
 def settings(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -193,8 +239,10 @@ def arm_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per arm of one setting that has a finished run (status ok with a value).
 
     Columns: ``arm``, ``family``, ``variant``, ``knob``, ``knob_value``, ``exact``, ``state``,
-    ``state_unit``, ``metric``, ``chance``; ``best_lr`` and, at it, ``value`` (mean over seeds),
-    ``value_sd``, ``n_best`` (runs), ``steps_to_90`` (median over the runs that reached 90%),
+    ``state_unit``, ``state_bytes``, ``metric``, ``chance``, ``plateau``; ``best_lr`` and, at it,
+    ``value`` (mean over seeds), ``value_min`` / ``value_max`` (their range), ``value_sd``,
+    ``n_best`` (runs), ``not_converged`` (runs still improving at the cap), ``stop_reasons``
+    ({reason: runs}), ``steps_to_90`` (median over the runs that reached 90%),
     ``reached_90`` (how many did), ``time_ms``, ``peak_mem_bytes`` (medians); over every
     learning rate and seed ``spread_min``, ``spread_max``, ``n_all``; ``runs_ok`` /
     ``runs_total`` (every status); ``n_lrs``; ``lr_means`` ({lr: mean value});
@@ -215,11 +263,16 @@ def arm_summary(rows: pd.DataFrame) -> pd.DataFrame:
             {
                 "arm": arm,
                 **{c: first[c] for c in ("family", "variant", "knob", "knob_value", "exact")},
-                **{c: first[c] for c in ("state", "state_unit", "metric", "chance")},
+                **{c: first[c] for c in ("state", "state_unit", "metric", "chance", "plateau")},
+                "state_bytes": best["state_bytes"].median(),
                 "best_lr": lr,
                 "value": best["value"].mean(),
+                "value_min": best["value"].min(),
+                "value_max": best["value"].max(),
                 "value_sd": best["value"].std(ddof=1) if len(best) > 1 else np.nan,
                 "n_best": len(best),
+                "not_converged": int((~best["converged"].astype(bool)).sum()),
+                "stop_reasons": best["stop_reason"].dropna().value_counts().to_dict(),
                 "steps_to_90": best["steps_to_90"].median(),
                 "reached_90": int(best["steps_to_90"].notna().sum()),
                 "time_ms": best["time_ms"].median(),

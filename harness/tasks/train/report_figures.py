@@ -37,6 +37,8 @@ from harness.tasks.train.report_data import (
     train_frame,
     untrained_errors,
 )
+from harness.tasks.train.report_state import draw_state
+from harness.tasks.train.state import RULE
 
 #: Names of the training figures of :func:`plot_train`, in report order.
 TRAIN_FIGURES: tuple[str, ...] = (
@@ -45,9 +47,12 @@ TRAIN_FIGURES: tuple[str, ...] = (
     "train_vs_time",
     "train_curves",
     "train_lr",
+    "train_state",
 )
 #: Panels per figure row.
 COLUMNS = 3
+#: Legend name of MQAR's trivial level.
+PLATEAU_LABEL = "plateau 1/pairs (any value of the example)"
 
 
 def _styles(rows: pd.DataFrame, column: str) -> dict[str, Style]:
@@ -76,9 +81,16 @@ def _axis(ax: Any, label: str, group: pd.DataFrame, xlabel: str) -> None:
     better = "higher" if metric == "accuracy" else "lower"
     ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} ({better} is better)", fontsize=8)
     ax.grid(True, alpha=0.25)
-    chance = group["chance"].dropna()
-    if metric == "accuracy" and len(chance):
-        ax.axhline(float(chance.iloc[0]), color="0.6", linestyle=":", linewidth=1, label="chance")
+    plateau_line(ax, group)
+
+
+def plateau_line(ax: Any, group: pd.DataFrame) -> None:
+    """MQAR's 1/pairs plateau (any value of the example) as a dotted grey level, named."""
+    plateau = group["plateau"].dropna() if "plateau" in group else group.iloc[:0]
+    if str(group["metric"].iloc[0]) == "accuracy" and len(plateau):
+        ax.axhline(
+            float(plateau.iloc[0]), color="0.5", linestyle=":", linewidth=1.2, label=PLATEAU_LABEL
+        )
 
 
 def _save(fig: Figure, axes: list[Any], path: Path, heading: str, sub: str) -> Figure:
@@ -96,7 +108,8 @@ def _save(fig: Figure, axes: list[Any], path: Path, heading: str, sub: str) -> F
             fontsize=8,
             frameon=False,
         )
-    fig.suptitle(f"{heading}\n{textwrap.fill(sub, 120)}", x=0.01, ha="left", fontsize=10)
+    width = max(60, min(120, int(fig.get_figwidth() * 13)))  # the note stays over the panels
+    fig.suptitle(f"{heading}\n{textwrap.fill(sub, width)}", x=0.01, ha="left", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -295,6 +308,27 @@ def plot_train_lr(rows: pd.DataFrame, path: str | Path, device: str) -> Figure:
     return _save(fig, axes, Path(path), "Learning-rate sensitivity", f"{device}; {note}")
 
 
+def plot_train_state(rows: pd.DataFrame, path: str | Path, device: str) -> Figure:
+    """MQAR accuracy against bytes of recurrent state (Zoology's axis), a panel per setting: a
+    line per family through its knob values, exact attention at its whole cache."""
+    mqar = rows[rows["metric"] == "accuracy"]
+    if not len(mqar):
+        raise SkipFigure("no MQAR rows (the state-size axis is drawn for recall)")
+    fig, axes, styles, panels = _plan(mqar, "family")
+    missing: set[str] = set()
+    for ax, (label, group, summary) in panels:
+        _axis(ax, label, group, "bytes of recurrent state, whole model (log scale)")
+        missing |= draw_state(ax, summary, styles)
+    heading = "MQAR accuracy against the size of the recurrent state (Zoology's axis)"
+    note = (
+        f"{RULE}; mean over seeds at each arm's best learning rate, bars min–max over seeds; "
+        "hollow: a seed still improving at the cap (a lower bound)"
+    )
+    if missing:
+        note += f"; no state-size rule, not drawn: {', '.join(sorted(missing))}"
+    return _save(fig, axes, Path(path), heading, f"{device}; {note}")
+
+
 def plot_train(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -329,6 +363,7 @@ def plot_train(
             "train_vs_time": plot_train_vs_time,
             "train_curves": plot_train_curves,
             "train_lr": plot_train_lr,
+            "train_state": plot_train_state,
         }
         suffix = f"__{slug(device)}" if len(devices) > 1 else ""
         for name in TRAIN_FIGURES:

@@ -1,5 +1,6 @@
-"""The "Quality after training" text: per setting a table of every arm, the runs that did not
-finish, and the "Which attention?" table.
+"""The "Quality after training" text: per setting a table of every arm (mean and range over
+seeds, convergence, the verdict against exact attention), the runs that did not finish, and the
+"Which attention?" table (:mod:`harness.tasks.train.report_which`).
 
 Terms (setting, arm, value, best learning rate) are :mod:`harness.tasks.train.report_data`'s.
 Every function takes prepared rows of one device and returns markdown lines or data.
@@ -18,127 +19,53 @@ from harness.tasks.train.report_data import (
     METRIC_NAMES,
     STATE_RULE,
     arm_summary,
-    higher_is_better,
     knob_key,
     not_finished,
     settings,
     train_frame,
 )
+from harness.tasks.train.report_which import TOLERANCE, verdicts, which_attention, which_markdown
+from harness.tasks.train.state import RULE
 
-#: "Which attention?" tolerance per metric: a variant qualifies when its trained value is at
-#: most this much worse than exact attention's (absolute: accuracy points, bits per char).
-TOLERANCE: dict[str, float] = {"accuracy": 0.05, "bpc": 0.05}
-
-
-def _attention_ratio(
-    attention: pd.DataFrame, arm: Mapping[str, Any], ref: Mapping[str, Any], n: float, causal: bool
-) -> tuple[float, float]:
-    """(speed-up, memory ratio) of ``arm`` against ``ref`` from attention rows (fwd_bwd pass,
-    kv_len = n, same causal flag); NaN where either lacks a row."""
-    if not len(attention):
-        return np.nan, np.nan
-    rows = attention[
-        (attention["pass"] == "fwd_bwd")
-        & (attention["status"] == "ok")
-        & (attention["kv_len"] == n)
-        & (attention["causal"] == causal)
-    ]
-
-    def medians(a: Mapping[str, Any]) -> tuple[float, float]:
-        key = knob_key(a["knob_value"])
-        same = rows["knob_value"].map(lambda v: knob_key(v) == key)
-        mine = rows[(rows["variant"] == a["variant"]) & same]
-        if not len(mine):
-            return np.nan, np.nan
-        return float(mine["time_ms"].median()), float(mine["peak_mem_bytes"].median())
-
-    (t_arm, m_arm), (t_ref, m_ref) = medians(arm), medians(ref)
-    return t_ref / t_arm, m_arm / m_ref
-
-
-def which_attention(
-    rows: pd.DataFrame, attention: pd.DataFrame, tolerance: Mapping[str, float] | None = None
-) -> list[dict[str, Any]]:
-    """Per setting: the fastest arm whose trained value is within tolerance of exact attention.
-
-    Exact attention's value is the best of its exact arms (``exact`` true: sdpa, full); its
-    time and memory per step those of the fastest exact arm. Among the arms within tolerance
-    (exact ones included, so the answer may be exact attention itself) the one with the
-    smallest training time per step wins. Speed-up = exact time / its time, memory ratio = its
-    peak memory / exact's, from the training rows; ``attn_speedup`` / ``attn_mem_ratio`` the
-    same from the attention rows (pass fwd_bwd at kv_len = n, same causal flag) where both have
-    one.
-
-    Returns:
-        One dict per setting: ``task``, ``n``, ``setting``, ``metric``, ``tolerance``,
-        ``exact_arm``, ``exact_value``, ``arm``, ``value``, ``speedup``, ``mem_ratio``,
-        ``attn_speedup``, ``attn_mem_ratio``, ``qualified`` (arms within tolerance), ``arms``
-        and ``note`` (why there is no answer, else empty).
-    """
-    tolerance = {**TOLERANCE, **(tolerance or {})}
-    out = []
-    for label, group in settings(rows):
-        summary = arm_summary(group)
-        first = group.iloc[0]
-        metric = str(first["metric"])
-        entry: dict[str, Any] = {
-            "task": first["train_task"],
-            "n": first["q_len"],
-            "setting": label,
-            "metric": metric,
-            "tolerance": tolerance.get(metric, np.nan),
-            "arms": len(summary),
-        }
-        exact = summary[summary["exact"].astype(bool)] if len(summary) else summary
-        if not len(exact):
-            out.append(entry | {"note": "no finished exact-attention run (sdpa/full)"})
-            continue
-        higher = higher_is_better(metric)
-        ref_value = exact["value"].max() if higher else exact["value"].min()
-        ref = exact.sort_values("time_ms").iloc[0]
-        gap = (ref_value - summary["value"]) if higher else (summary["value"] - ref_value)
-        qualified = summary[(gap <= entry["tolerance"] + 1e-12) & summary["time_ms"].notna()]
-        if not len(qualified):
-            out.append(entry | {"note": "no time per step recorded"})
-            continue
-        best = qualified.sort_values(["time_ms", "value"], ascending=[True, not higher]).iloc[0]
-        attn = _attention_ratio(attention, best, ref, float(first["q_len"]), bool(first["causal"]))
-        out.append(
-            entry
-            | {
-                "exact_arm": ref["arm"],
-                "exact_value": ref_value,
-                "arm": best["arm"],
-                "value": best["value"],
-                "speedup": ref["time_ms"] / best["time_ms"],
-                "mem_ratio": best["peak_mem_bytes"] / ref["peak_mem_bytes"],
-                "attn_speedup": attn[0],
-                "attn_mem_ratio": attn[1],
-                "qualified": len(qualified),
-                "note": "",
-            }
-        )
-    return out
-
+__all__ = ["TOLERANCE", "setting_table", "train_markdown", "which_attention", "which_markdown"]
 
 INTRO = (
     "Every variant trained inside the same tiny transformer on each setting (one row per "
     "variant, knob, learning rate and seed). The value is the evaluation after training "
     "(MQAR: eval accuracy on the fixed set, higher is better; chars: validation bits per "
-    "character, lower is better). Per arm the best learning rate is the one with the best mean "
-    "over seeds among the rates where every run finished; the table gives its mean ± sd over "
-    "seeds (n runs) and, for sensitivity, the min–max over every rate and seed (n runs). "
-    "Steps to 90% are at the best rate (median over the runs that reached it). Time and peak "
-    "memory are those of one training step (forward, backward, clipping, AdamW) at the best "
-    "rate, as the training job measured them. Parameters: the whole model / its attention "
-    "layers (+ the variant's own, where it has any). "
+    "character, lower is better). Each run stops when it converged (MQAR's target reached, or "
+    "its curve flat: the setting's heading gives the rule) or at the cap (the cosine schedule "
+    "ends there); a run stopped by the cap was still improving, and its value is a bound, not "
+    "its level: such cells are marked †. Per arm the best learning rate is the one with the "
+    "best mean over seeds among the rates where every run finished; the table gives its mean "
+    "and [min–max] over seeds (n runs), how many of them converged, the verdict against exact "
+    "attention (see Which attention?) and, for sensitivity, the min–max over every rate and "
+    "seed (n runs). Steps to 90% are at the best rate (median over the runs that reached it). "
+    "Time and peak memory are those of one training step (forward, backward, clipping, AdamW) "
+    "at the best rate, as the training job measured them: the median of every step's wall "
+    "time after the first three (batch generation and evaluation excluded). State: the knob "
+    "read as keys or features, and the bytes of recurrent state of the whole model. "
+    "Parameters: the whole model / its attention layers (+ the variant's own, where it has "
+    "any). "
 )
 
 
-def _mean_sd(r: Mapping[str, Any]) -> str:
-    sd = r["value_sd"]
-    core = f"{fmt(r['value'])} ± {fmt(sd)}" if np.isfinite(sd) else fmt(r["value"])
-    return f"{core} (n={int(r['n_best'])})"
+def _mean_range(r: Mapping[str, Any]) -> str:
+    """``mean [min–max] (n=3)``, marked † when a seed was still improving at the cap."""
+    core = fmt(r["value"])
+    if r["value_min"] != r["value_max"]:
+        core += f" [{fmt(r['value_min'])}–{fmt(r['value_max'])}]"
+    return f"{core} (n={int(r['n_best'])})" + (" †" if r["not_converged"] else "")
+
+
+def _converged(r: Mapping[str, Any]) -> str:
+    runs, late = int(r["n_best"]), int(r["not_converged"])
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["stop_reasons"].items()))
+    return f"{runs - late}/{runs}" + (f" ({reasons})" if reasons else "")
+
+
+def _kib(value: float) -> str:
+    return fmt(value / 1024) if np.isfinite(value) else "–"
 
 
 def _steps_to_90(r: Mapping[str, Any]) -> str:
@@ -164,25 +91,31 @@ def knob_cell(knob: Any, value: Any) -> str:
     return f"{knob}={fmt(float(value))}"
 
 
-def setting_table(summary: pd.DataFrame) -> str:
+def setting_table(summary: pd.DataFrame, tolerance: Mapping[str, float] | None = None) -> str:
     """One setting's arms (:func:`~harness.tasks.train.report_data.arm_summary`) as markdown."""
     metric = str(summary["metric"].iloc[0])
     accuracy = metric == "accuracy"
+    tol = {**TOLERANCE, **(tolerance or {})}.get(metric, np.nan)
+    verdict = verdicts(summary, tol)
     header = [
-        "variant", "knob", "state size", f"{METRIC_NAMES.get(metric, metric)} at best lr",
-        "min–max over lrs × seeds", "best lr (of n rates)",
+        "variant", "knob", "state size", "state (KiB)",
+        f"{METRIC_NAMES.get(metric, metric)} at best lr", "converged (stop reasons)",
+        "vs exact", "min–max over lrs × seeds", "best lr (of n rates)",
         *(["steps to 90%"] if accuracy else []), "ms / step", "MiB / step",
         "params (model / attention)", "runs ok",
     ]  # fmt: skip
     body = []
-    for _, r in summary.iterrows():
+    for i, r in summary.iterrows():
         state = f"{fmt(r['state'])} {r['state_unit']}" if np.isfinite(r["state"]) else "–"
         body.append(
             [
                 str(r["arm"]) + (" (exact)" if r["exact"] else ""),
                 knob_cell(r["knob"], r["knob_value"]),
                 state,
-                _mean_sd(r),
+                _kib(r["state_bytes"]),
+                _mean_range(r),
+                _converged(r),
+                verdict[i] or "–",
                 f"{fmt(r['spread_min'])}–{fmt(r['spread_max'])} (n={int(r['n_all'])})",
                 f"{r['best_lr']:g} (of {int(r['n_lrs'])})",
                 *([_steps_to_90(r)] if accuracy else []),
@@ -220,65 +153,22 @@ def not_finished_markdown(rows: pd.DataFrame) -> str:
     return "Runs that did not finish (not plotted):\n\n" + markdown_table(header, body)
 
 
-def _tolerance_text(tolerance: Mapping[str, float]) -> str:
-    names = {"accuracy": "accuracy (absolute)", "bpc": "bits per char"}
-    return ", ".join(f"{fmt(v)} {names.get(k, k)}" for k, v in tolerance.items())
-
-
-#: Below this value exact attention has not learnt the task: the answer means little.
-LEARNT: dict[str, float] = {"accuracy": 0.5}
-
-
-def _unlearnt(e: Mapping[str, Any]) -> str:
-    floor = LEARNT.get(str(e["metric"]))
-    if floor is None or e["exact_value"] >= floor:
-        return ""
-    return f" (not learnt: below {fmt(floor)})"
-
-
-def _task_cell(e: Mapping[str, Any]) -> str:
-    """The task and its parameters (the setting's first part): two MQAR settings of one length
-    (say 4 and 8 pairs) stay apart."""
-    return str(e["setting"]).split(";")[0].replace(f" n={fmt(e['n'])}", "")
-
-
-def which_markdown(entries: list[dict[str, Any]], tolerance: Mapping[str, float]) -> str:
-    """The "Which attention?" table of :func:`which_attention` with its lead text."""
-    lead = (
-        "For each task and sequence length: the fastest variant (training time per step) whose "
-        f"trained value is within {_tolerance_text(tolerance)} of exact attention's (the best "
-        "exact arm; time and memory against the fastest exact arm). The answer may be exact "
-        "attention itself. Speed-up = exact time / its time and memory ratio = its peak memory "
-        "/ exact's: from the training rows (one whole training step), and where the same "
-        "folders hold attention rows of both at that length (pass fwd_bwd, same causal flag), "
-        "from those (the attention call alone)."
-    )
-    body = []
-    for e in entries:
-        if e.get("note"):
-            body.append([_task_cell(e), fmt(e["n"]), "–", "–", "–", "–", "–", e["note"]])
-            continue
-        attn = "–"
-        if np.isfinite(e["attn_speedup"]) and np.isfinite(e["attn_mem_ratio"]):
-            attn = f"{e['attn_speedup']:.2f}× / {e['attn_mem_ratio']:.2f}"
-        body.append(
-            [
-                _task_cell(e),
-                fmt(e["n"]),
-                f"{e['exact_arm']}: {fmt(e['exact_value'])}" + _unlearnt(e),
-                f"{e['arm']}: {fmt(e['value'])}",
-                f"{e['speedup']:.2f}×",
-                f"{e['mem_ratio']:.2f}" if np.isfinite(e["mem_ratio"]) else "–",
-                attn,
-                f"{e['qualified']} of {e['arms']}",
-            ]
+def _levels(group: pd.DataFrame) -> str:
+    """The setting's reference levels: MQAR's 1/pairs plateau and chance, chars' uniform bits."""
+    chance = group["chance"].dropna()
+    plateau = group["plateau"].dropna()
+    parts = []
+    if len(plateau):
+        parts.append(
+            f"Plateau 1/pairs = {fmt(float(plateau.iloc[0]))}: the accuracy of answering any "
+            "value of the example, where a model sits that has not learnt which key a value "
+            "belongs to"
         )
-    header = [
-        "task", "n", "exact attention", "fastest within tolerance", "speed-up (training step)",
-        "memory ratio (training step)", "speed-up / memory ratio (attention fwd+bwd rows)",
-        "arms within tolerance",
-    ]  # fmt: skip
-    return lead + "\n\n" + markdown_table(header, body)
+    if len(chance):
+        accuracy = str(group["metric"].iloc[0]) == "accuracy"
+        what = "chance over the vocabulary's values" if accuracy else "uniform over the alphabet"
+        parts.append(f"{what}: {fmt(float(chance.iloc[0]))}")
+    return ("; ".join(parts) + ".") if parts else ""
 
 
 def train_markdown(
@@ -301,14 +191,19 @@ def train_markdown(
         "Where a sweep ran several jobs at once, their times were measured on a shared "
         "machine: compare them within one report, and re-measure in one process to quote them."
     )
-    md = [intro, "", f"Knobs as {STATE_RULE}.", ""]
+    md = [intro, "", f"Knobs as {STATE_RULE}. State in bytes: {RULE}.", ""]
     for label, group in settings(rows):
         summary = arm_summary(group)
-        chance = group["chance"].dropna()
-        md += [f"#### {label}", ""]
-        if len(chance):
-            md += [f"Chance level: {fmt(float(chance.iloc[0]))}.", ""]
-        md += [setting_table(summary), ""] if len(summary) else ["No run finished.", ""]
+        md += [f"#### {label}", "", _levels(group), ""]
+        md += [setting_table(summary, tolerance), ""] if len(summary) else ["No run finished.", ""]
+        if len(summary) and summary["not_converged"].any():
+            late = summary.loc[summary["not_converged"] > 0, "arm"]
+            md += [
+                f"† Still improving at the cap in at least one seed: {', '.join(late)}. Its "
+                "value is a bound (the accuracy it reached so far, the bits per char it came "
+                "down to), not its level; it is never called worse on that.",
+                "",
+            ]
         failed = not_finished_markdown(group)
         md += [failed, ""] if failed else []
     entries = which_attention(rows, attention, tolerance)

@@ -9,6 +9,9 @@ from typing import Any
 from harness.measure.config import ConfigError, check_positive
 from variants.base import check_int
 
+#: What a fit can minimise (``harness.tasks.transfer.fit`` implements them).
+LOSSES = ("attention", "output")
+
 #: Integer fields and their smallest value.
 _INTS = {"calibration_texts": 1, "eval_texts": 1, "retrieval_pairs": 0, "calibration_every": 2,
          "steps": 1, "batch_size": 1, "eval_batch_size": 1}  # fmt: skip
@@ -33,7 +36,10 @@ class TransferConfig:
         batch_size: Calibration texts per step.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (pulls parameters to 0, not to their init).
-        ce_weight: Cross-entropy to the softmax weights (variants with attention_weights).
+        loss: What each layer's fit minimises: ``attention`` (the Hedgehog paper's
+            cross-entropy from the softmax attention weights to the variant's, for variants
+            with ``attention_weights``; the others get the output loss) or ``output`` (the
+            attention output's relative squared error). The rows' ``fit_loss`` says which ran.
         eval_batch_size: Texts per forward pass when measuring.
         save: Write transfer_<variant>_<knob>.pt beside the rows.
         learnable: Constructor settings that give a variant trainable parameters, per variant.
@@ -47,7 +53,7 @@ class TransferConfig:
     batch_size: int = 8
     lr: float = 0.01
     weight_decay: float = 0.0
-    ce_weight: float = 0.0
+    loss: str = "attention"
     eval_batch_size: int = 16
     save: bool = True
     learnable: dict[str, Any] = dataclasses.field(default_factory=_learnable)
@@ -56,10 +62,11 @@ class TransferConfig:
         for field, low in _INTS.items():
             check_int(None, f"transfer.{field}", getattr(self, field), low, error=ConfigError)
         check_positive("transfer.lr", self.lr)
-        for field in ("weight_decay", "ce_weight"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"transfer.{field}={value!r} must be a number >= 0")
+        decay = self.weight_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+            raise ConfigError(f"transfer.weight_decay={decay!r} must be a number >= 0")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"transfer.loss={self.loss!r} must be one of {', '.join(LOSSES)}")
         if not isinstance(self.save, bool):
             raise ConfigError(f"transfer.save={self.save!r} must be true or false")
         if not isinstance(self.learnable, Mapping) or not all(

@@ -17,7 +17,12 @@ import torch
 from harness.minilm.embed import Embeddings, embed, exact_cached
 from harness.minilm.layerwise import LayerwiseAttention, attached
 from harness.minilm.point import fidelity
-from harness.minilm.retrieval import embed_pairs, exact_pair_embeddings, retrieval_columns
+from harness.minilm.retrieval import (
+    NonFiniteEmbeddings,
+    embed_pairs,
+    exact_pair_embeddings,
+    retrieval_columns,
+)
 from harness.tasks.transfer.fit import LayerData, capture_layers
 from harness.tasks.transfer.texts import TransferTexts
 
@@ -54,7 +59,8 @@ def exact_measures(
 def held_out(
     fitted: LayerwiseAttention, texts: TransferTexts, kv_len: int, batch_size: int, device: str
 ) -> dict[str, Any]:
-    """Every held-out measure of the model with ``fitted`` in its layers, with ``status``."""
+    """Every held-out measure of the model with ``fitted`` in its layers, with ``status``
+    (``nan``, with the reason, when the held-out or retrieval embeddings have NaN/Inf)."""
     exact, held = exact_measures(texts, kv_len, batch_size, device)
     exact_pairs = exact_pair_embeddings(texts.pairs, device, batch_size) if texts.pairs else None
     errors = layer_errors(fitted, held, batch_size)
@@ -70,6 +76,9 @@ def held_out(
         lengths = [kv_len] * len(texts.evaluation)
         out.update(status="ok", **fidelity(exact, approx, lengths, [kv_len]))
         if exact_pairs is not None:
-            emb = embed_pairs(texts.pairs, fitted, device, batch_size)
-            out.update(retrieval_columns(emb, exact_pairs))
+            try:
+                emb = embed_pairs(texts.pairs, fitted, device, batch_size)
+                out.update(retrieval_columns(emb, exact_pairs))
+            except NonFiniteEmbeddings as exc:
+                return out | {"status": "nan", "reason": f"retrieval check: {exc}"}
     return out

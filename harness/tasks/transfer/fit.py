@@ -4,13 +4,18 @@ Each of the model's 6 self-attention layers gets its own instance of the variant
 q, k, v on the calibration texts are captured (:func:`harness.minilm.capture.capture_qkv`)
 and its exact output computed from them (softmax attention at the model's scale; every text
 has the same length, so there is no padding). Only the instance's own ``nn.Parameter``s train,
-the model is never touched: AdamW on the squared error of the attention output relative to the
-output's squared norm (``||out - exact||^2 / ||exact||^2`` per batch, so one learning rate fits
-every layer), plus, for variants that expose ``attention_weights(q, k, causal)`` (Hedgehog's
-normalised feature products), optionally ``ce_weight`` times the cross-entropy from the softmax
-weights to the variant's (the Hedgehog paper's loss). A fixed number of steps per layer,
-mini-batches of texts in seeded shuffled epochs, progress bars on a terminal. The fitted
-instances run in the model as a :class:`harness.minilm.layerwise.LayerwiseAttention`.
+the model is never touched. Two losses (:data:`LOSSES`), minimised with AdamW:
+
+- ``attention`` (the Hedgehog paper's): the cross-entropy from the softmax attention weights to
+  the variant's, ``-sum_j softmax_ij log weights_ij`` averaged over queries, for variants that
+  expose their weights as ``attention_weights(q, k, causal)`` (Hedgehog's normalised feature
+  products); a variant without them is fitted with the output loss (:func:`fit_objective`);
+- ``output``: the squared error of the attention output relative to the output's squared norm
+  (``||out - exact||^2 / ||exact||^2`` per batch, so one learning rate fits every layer).
+
+A fixed number of steps per layer, mini-batches of texts in seeded shuffled epochs, progress
+bars on a terminal. The fitted instances run in the model as a
+:class:`harness.minilm.layerwise.LayerwiseAttention`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from harness.measure.progress import progress
 from harness.minilm.capture import capture_qkv
 from harness.minilm.limits import HEAD_DIM, NUM_HEADS, NUM_LAYERS
 from harness.minilm.model import encode
+from harness.tasks.transfer.config import LOSSES
 from variants.base import AttentionVariant, causal_mask
 
 
@@ -70,6 +76,15 @@ def trainable_parameters(variant: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in variant.parameters() if p.requires_grad]
 
 
+def fit_objective(variant: AttentionVariant, loss: str) -> str:
+    """The loss :func:`fit_layer` minimises for ``variant`` when ``loss`` is asked for:
+    ``attention`` only for variants with ``attention_weights``, else ``output``."""
+    if loss not in LOSSES:
+        raise ValueError(f"transfer: loss={loss!r} must be one of {', '.join(LOSSES)}")
+    has_weights = callable(getattr(variant, "attention_weights", None))
+    return "attention" if loss == "attention" and has_weights else "output"
+
+
 def _relative_mse(out: Tensor, exact: Tensor) -> Tensor:
     return (out - exact).pow(2).sum() / exact.pow(2).sum()
 
@@ -92,7 +107,7 @@ def fit_layer(
     batch_size: int,
     lr: float,
     weight_decay: float = 0.0,
-    ce_weight: float = 0.0,
+    loss: str = "attention",
     seed: int = 0,
     desc: str = "transfer",
 ) -> list[float]:
@@ -107,8 +122,8 @@ def fit_layer(
         batch_size: Texts per step.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        ce_weight: Weight of the cross-entropy to the softmax weights (variants with
-            ``attention_weights`` only; 0 turns it off).
+        loss: ``attention`` or ``output`` (module docstring; :func:`fit_objective` says which
+            one a variant gets).
         seed: Seeds the order of the texts.
         desc: Label of the progress bar.
     """
@@ -116,7 +131,7 @@ def fit_layer(
     if not params:
         raise ValueError(f"{variant.name}: no trainable parameters to fit")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    use_ce = ce_weight > 0 and callable(getattr(variant, "attention_weights", None))
+    use_weights = fit_objective(variant, loss) == "attention"
     n = data.q.shape[0]
     size = min(batch_size, n)
     gen = torch.Generator().manual_seed(seed)
@@ -127,14 +142,15 @@ def fit_layer(
     for step in progress(list(range(steps)), desc):
         idx = order[step * size : (step + 1) * size].to(data.q.device)
         q, k, v, exact = data.q[idx], data.k[idx], data.v[idx], data.out[idx]
-        loss = _relative_mse(variant(q, k, v), exact)
-        if use_ce:
+        if use_weights:
             weights = variant.attention_weights(q, k, causal=False)  # type: ignore[operator]
-            loss = loss + ce_weight * _weights_cross_entropy(weights, q, k, False)
+            value = _weights_cross_entropy(weights, q, k, False)
+        else:
+            value = _relative_mse(variant(q, k, v), exact)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(value.detach()))
     variant.eval()
     variant.trained = True
     return losses

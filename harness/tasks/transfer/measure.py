@@ -26,12 +26,18 @@ from harness.minilm.limits import MAX_TOKENS, NUM_LAYERS
 from harness.minilm.point import PointFailed, Row, check_runs, measure_point
 from harness.tasks.transfer.config import TransferConfig
 from harness.tasks.transfer.evaluate import held_out
-from harness.tasks.transfer.fit import capture_layers, fit_layer, materialize, trainable_parameters
+from harness.tasks.transfer.fit import (
+    capture_layers,
+    fit_layer,
+    fit_objective,
+    materialize,
+    trainable_parameters,
+)
 from harness.tasks.transfer.texts import TransferTexts, transfer_texts
 from variants.base import AttentionVariant, check_int
 
 #: The fields of :class:`TransferConfig` that :func:`fit_layer` takes.
-FIT_SETTINGS = ("steps", "batch_size", "lr", "weight_decay", "ce_weight")
+FIT_SETTINGS = ("steps", "batch_size", "lr", "weight_decay", "loss")
 
 
 def _build(factory: Factory, point: Any) -> AttentionVariant:
@@ -85,16 +91,19 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[R
 
     Returns:
         Two ``fwd`` rows, ``stage`` = ``before`` and ``after`` (``trained`` False / True), each
-        with the real-model columns (``embed_cosine``, ``embed_cosine_min``, ``hidden_rel_err``,
-        the ``retrieval_*`` columns), ``layer_out_rel_err`` (JSON list, layers 0..5) and its
-        mean ``layer_out_rel_err_mean``, ``texts`` (held-out passages), ``calibration_texts``,
-        ``fit_params`` (number of fitted parameters, all layers); the ``after`` row also
-        ``fit_time_s`` (capturing the calibration q, k, v and fitting every layer),
-        ``fit_steps`` (per layer), ``fit_loss_first``/``fit_loss_final``
-        (mean over layers), ``fit_loss_curve`` (JSON list, the mean over layers at up to 50
-        steps) and ``fit_file`` (the saved fit's file name, or null). One row with status
-        ``unsupported`` (no trainable parameters, or inputs the variant cannot run) or
-        ``error`` otherwise.
+        with the real-model columns (``embed_cosine``, ``embed_cosine_min``,
+        ``embed_cosine_unrelated``: the exact model's cosine between different held-out
+        passages, ``hidden_rel_err``, the ``retrieval_*`` columns), ``layer_out_rel_err``
+        (JSON list, layers 0..5) and its mean ``layer_out_rel_err_mean``, ``texts`` (held-out
+        passages), ``calibration_texts``, ``fit_params`` (number of fitted parameters, all
+        layers); the ``after`` row also ``fit_time_s`` (capturing the calibration q, k, v and
+        fitting every layer), ``fit_steps`` (per layer), ``fit_loss`` (``attention`` or
+        ``output``: the loss that was minimised,
+        :func:`harness.tasks.transfer.fit.fit_objective`), ``fit_loss_first``/
+        ``fit_loss_final`` (mean over layers), ``fit_loss_curve`` (JSON list, the mean over
+        layers at up to 50 steps) and ``fit_file`` (the saved fit's file name, or null). One
+        row with status ``unsupported`` (no trainable parameters, or inputs the variant cannot
+        run) or ``error`` otherwise.
     """
     return measure_point(
         point, partial(_build, factory, point), partial(_measure, point, factory, out_dir)
@@ -142,6 +151,7 @@ def _measure(
     after.update(
         fit_time_s=fit_time,
         fit_steps=cfg.steps,
+        fit_loss=fit_objective(variant, cfg.loss),
         fit_loss_first=statistics.fmean(c[0] for c in curves),
         fit_loss_final=statistics.fmean(c[-1] for c in curves),
         fit_loss_curve=json.dumps(_curve(curves)),

@@ -7,7 +7,9 @@ levels). Beside them, dotted, the untrained curves of the realmodel rows in the 
 every approximation that has nothing to fit (sliding windows, Nystrom, ...): the cosine at the
 transfer texts' length where those rows carry it (``embed_cosine_by_length``), else their mean
 over lengths. Those rows come from other texts (the realmodel points'), so the comparison is of
-size, not of decimals; the title says which cosine they show.
+size, not of decimals; the title says which cosine they show. A grey dash-dotted level is the
+reference: exact MiniLM's mean cosine between *different* held-out passages
+(``embed_cosine_unrelated``), what an embedding cosine of unrelated text comes to.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from harness.tasks.transfer.report_markdown import (
 FIGURE = "transfer_cosine"
 #: Line style of each kind of curve.
 LINESTYLES: dict[str, str] = {"before": "--", "after": "-", "untrained": ":"}
+#: Style of the unrelated-passage reference level.
+REFERENCE_STYLE = {"color": "#7f7f7f", "linestyle": "-.", "linewidth": 1.1, "zorder": 1}
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,18 @@ def transfer_lines(df: pd.DataFrame) -> tuple[list[TransferLine], str]:
     return lines + untrained, note
 
 
+def unrelated_level(pairs: pd.DataFrame) -> float | None:
+    """The median over pairs of exact MiniLM's cosine between different held-out passages
+    (either stage's row; both measure the exact model on the same texts), or None."""
+    values = [
+        pairs[f"embed_cosine_unrelated_{stage}"]
+        for stage in STAGES
+        if f"embed_cosine_unrelated_{stage}" in pairs
+    ]
+    found = pd.concat(values).dropna() if values else pd.Series(dtype=float)
+    return float(found.median()) if len(found) else None
+
+
 def plot_transfer_cosine(df: pd.DataFrame, path: str | Path, device: str) -> Figure:
     """Embedding cosine against knob value: before (dashed) and after (solid) transfer."""
     lines, note = transfer_lines(df)
@@ -161,6 +177,10 @@ def plot_transfer_cosine(df: pd.DataFrame, path: str | Path, device: str) -> Fig
             ax.plot(line.x, line.y, marker=marker, markersize=5, **style)
         else:  # no knob: the variant's one value as a level across the figure
             ax.axhline(line.y[0], linewidth=1.5, **style)
+    level = unrelated_level(transfer_pairs(df))
+    if level is not None:
+        label = f"exact model, unrelated held-out passages: {fmt(level)}"
+        ax.axhline(level, gid="baseline_unrelated", label=label, **REFERENCE_STYLE)
     xs = [x for line in lines for x in line.x if x > 0]
     if xs and max(xs) / min(xs) >= 8:
         ax.set_xscale("log", base=2)

@@ -3,12 +3,13 @@
 Transfer rows come in pairs per variant and knob value: ``stage`` = ``before`` (the untrained
 per-layer instances in MiniLM) and ``after`` (the same instances fitted to each layer's softmax
 attention on calibration text), both measured on the same held-out text. The table shows, per
-pair, the sentence-embedding cosine to the exact model, the attention output's relative error
-per layer (mean over the layers and the worst layer), retrieval top-1 with its 95% interval and
-the fraction of queries whose best candidate agrees with exact attention; then what the fit cost
-(fitted parameters, time, loss) and the variant's settings. A variant that could not be
-transferred (no trainable parameters, say) is listed with its reason. Every function takes
-prepared rows (:func:`harness.analysis.series.prepare`).
+pair, the sentence-embedding cosine to the exact model beside its reference (the exact model's
+cosine between different held-out passages: what unrelated text scores), the attention output's
+relative error per layer (mean over the layers and the worst layer), retrieval top-1 with its
+95% interval and the fraction of queries whose best candidate agrees with exact attention; then
+what the fit cost (fitted parameters, time, the loss and which loss) and the variant's settings.
+A variant that could not be transferred (no trainable parameters, say) is listed with its
+reason. Every function takes prepared rows (:func:`harness.analysis.series.prepare`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from harness.report.sections import task_rows
 STAGES: tuple[str, str] = ("before", "after")
 #: Numbers read per stage (medians over seeds); ``layer_out_rel_err_max`` is derived.
 STAGE_NUMBERS: tuple[str, ...] = (
-    "embed_cosine", "layer_out_rel_err_mean", "layer_out_rel_err_max", "retrieval_top1",
-    "retrieval_top1_lo", "retrieval_top1_hi", "retrieval_agree_top1", "retrieval_exact_top1",
-    "retrieval_exact_top1_lo", "retrieval_exact_top1_hi", "retrieval_pairs", "texts",
-    "calibration_texts", "fit_params", "fit_time_s", "fit_steps", "fit_loss_first",
-    "fit_loss_final",
+    "embed_cosine", "embed_cosine_unrelated", "layer_out_rel_err_mean", "layer_out_rel_err_max",
+    "retrieval_top1", "retrieval_top1_lo", "retrieval_top1_hi", "retrieval_agree_top1",
+    "retrieval_exact_top1", "retrieval_exact_top1_lo", "retrieval_exact_top1_hi",
+    "retrieval_pairs", "texts", "calibration_texts", "fit_params", "fit_time_s", "fit_steps",
+    "fit_loss_first", "fit_loss_final",
 )  # fmt: skip
 #: Identity of one before/after pair (several seeds of it are pooled by their median).
 PAIR_KEYS: tuple[str, ...] = ("variant", "knob_text", "kv_len", "settings")
@@ -40,8 +41,10 @@ INTRO = (
     "Attention transfer: each learnable variant gets one instance per MiniLM layer, fitted to "
     "that layer's softmax attention on calibration text (only the variant's parameters train; "
     "the model is frozen), and the model is measured on held-out text from other pydoc topics "
-    "before and after fitting. Layer output error: relative error of each layer's attention "
-    "output on the held-out texts' exact q, k, v (what the fit minimises), the mean over the "
+    "before and after fitting. Unrelated passages: the exact model's mean cosine between "
+    "different held-out passages, what an embedding cosine of unrelated text comes to. Layer "
+    "output error: relative error of each layer's attention output on the held-out texts' "
+    "exact q, k, v (what the output loss minimises), the mean over the "
     "layers and the worst layer. Agreement: the fraction of retrieval queries whose best "
     "candidate is the same as with exact attention."
 )
@@ -92,7 +95,8 @@ def transfer_rows(df: pd.DataFrame) -> pd.DataFrame:
         .map(_worst_layer)
         .astype(float),
     )
-    rows = rows.reindex(columns=[*rows.columns, *(c for c in STAGE_NUMBERS if c not in rows)])
+    extra = (c for c in (*STAGE_NUMBERS, "fit_loss") if c not in rows)
+    rows = rows.reindex(columns=[*rows.columns, *extra])
     for col in (*STAGE_NUMBERS, "knob_value", "kv_len"):
         rows[col] = pd.to_numeric(rows[col], errors="coerce")
     return rows
@@ -101,15 +105,16 @@ def transfer_rows(df: pd.DataFrame) -> pd.DataFrame:
 def transfer_pairs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, knob value, length, settings): each stage's numbers side by side.
 
-    Columns: the :data:`PAIR_KEYS`, ``knob``, ``knob_value``, ``seeds`` and every
+    Columns: the :data:`PAIR_KEYS`, ``knob``, ``knob_value``, ``fit_loss`` (the loss the fit
+    minimised, or None), ``seeds`` and every
     :data:`STAGE_NUMBERS` column with the suffix ``_before`` and ``_after`` (NaN where that
     stage has no ok row). Sorted by variant, then knob value. Empty when there are no rows.
     """
     rows = transfer_rows(df)
     if not len(rows):
-        return pd.DataFrame(columns=[*PAIR_KEYS, "knob", "knob_value", "seeds"])
+        return pd.DataFrame(columns=[*PAIR_KEYS, "knob", "knob_value", "fit_loss", "seeds"])
     groups = rows.groupby(list(PAIR_KEYS), sort=False, dropna=False)
-    out = groups[["knob", "knob_value"]].first()
+    out = groups[["knob", "knob_value", "fit_loss"]].first()  # fit_loss: the after row's
     out["seeds"] = groups["seed"].nunique() if "seed" in rows.columns else 1
     for stage in STAGES:
         numbers = rows[rows["stage"] == stage].groupby(list(PAIR_KEYS), dropna=False)[
@@ -137,6 +142,12 @@ def _top1(row: Mapping[str, Any], stage: str) -> str:
     return text
 
 
+def _unrelated(row: Mapping[str, Any]) -> str:
+    """The exact model's cosine between different held-out passages (either stage's row)."""
+    before, after = row["embed_cosine_unrelated_before"], row["embed_cosine_unrelated_after"]
+    return fmt(before if np.isfinite(before) else after)
+
+
 def _layers(row: Mapping[str, Any], stage: str) -> str:
     mean, worst = row[f"layer_out_rel_err_mean_{stage}"], row[f"layer_out_rel_err_max_{stage}"]
     return f"{fmt(mean)} ({fmt(worst)})" if np.isfinite(worst) else fmt(mean)
@@ -146,7 +157,11 @@ def _loss(row: Mapping[str, Any]) -> str:
     first, final = row["fit_loss_first_after"], row["fit_loss_final_after"]
     if not (np.isfinite(first) and np.isfinite(final)):
         return "–"
-    return f"{fmt(first)} → {fmt(final)} ({fmt(row['fit_steps_after'])} steps)"
+    steps = f"{fmt(row['fit_steps_after'])} steps"
+    which = row.get("fit_loss")
+    if isinstance(which, str) and which:  # rows of older runs do not say
+        steps += f", {which} loss"
+    return f"{fmt(first)} → {fmt(final)} ({steps})"
 
 
 def pairs_table(pairs: pd.DataFrame) -> str:
@@ -162,6 +177,7 @@ def pairs_table(pairs: pd.DataFrame) -> str:
                 "–" if no_knob else str(r["knob"]),
                 "–" if no_knob else fmt(r["knob_value"]),
                 _arrow(r, "embed_cosine"),
+                _unrelated(r),
                 f"{_layers(r, 'before')} → {_layers(r, 'after')}",
                 f"{_top1(r, 'before')} → {_top1(r, 'after')}",
                 _arrow(r, "retrieval_agree_top1"),
@@ -172,6 +188,7 @@ def pairs_table(pairs: pd.DataFrame) -> str:
             ]
         )
     header = ["variant", "knob", "knob value", "embedding cosine before → after",
+              "cosine of unrelated passages (exact model)",
               "layer output rel. err before → after (mean (worst layer))",
               "retrieval top-1 [95% CI] before → after", "top-1 agrees with exact before → after",
               "fitted params", "fit time (s)", "fit loss first → final", "settings"]  # fmt: skip

@@ -1,0 +1,1 @@
+"""The decode task: prefill a prompt, then time the per-token step against the cached state."""
