@@ -23,6 +23,8 @@ from harness.analysis.rows import COLUMNS, ROWS_FILE, load_row_file
 from harness.app import ray_rows
 from harness.app.main import CONF_DIR
 
+pytestmark = pytest.mark.slow
+
 HAVE_RAY = all(
     importlib.util.find_spec(m) is not None for m in ("ray", "hydra_plugins.hydra_ray_launcher")
 )
@@ -42,8 +44,6 @@ SHARES = ray_rows.check_shares(
 EXIT_VARIANT = """
 import os
 from variants.full import FullAttention
-
-pytestmark = pytest.mark.slow
 
 class ExitAttention(FullAttention):
     name = "exit"
