@@ -74,7 +74,7 @@ def shift_exp(logits: Tensor, top: Tensor | None) -> tuple[Tensor, Tensor, Tenso
     """``exp(logits - running max)`` in place over ``(B, H, T, m)`` logits.
 
     Returns the features, the new running max ``(B, H, 1, 1)`` and the factor that rescales a
-    state kept relative to the old max (None when there was none).
+    state kept relative to the previous running max (None when there was none).
     """
     new = logits.amax(dim=(-2, -1), keepdim=True)
     factor = None
