@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 def check_positive(field: str, value: Any, *, integer: bool = False, optional: bool = False):
     """``value`` when it is a number > 0 (an int if ``integer``; None if ``optional``).
 
-    Integer ranges other than > 0 use :func:`variants.base.check_int` with ``error=ConfigError``.
+    Other ranges: :func:`check_number` and :func:`check_integer`.
     """
     if value is None and optional:
         return value
@@ -27,6 +27,41 @@ def check_positive(field: str, value: Any, *, integer: bool = False, optional: b
         tail = " or null" if optional else ""
         raise ConfigError(f"{field}={value!r} must be {kind} > 0{tail}")
     return value
+
+
+def check_number(
+    field: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+):
+    """``value`` when it is a number (not a bool) from ``low`` up (to ``high`` if given).
+
+    The ends are included unless ``low_open``/``high_open``; the message names the field and the
+    range: ``train.target=-1 must be a number >= 0``, ``train.plateau_window=1.0 must be a
+    number in (0, 1)``.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if high is None:
+            allowed = f"{'>' if low_open else '>='} {low}"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{field}={value!r} must be a number {allowed}")
+    return value
+
+
+def check_integer(field: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` when it is an int (not a bool) in ``[low, high]``: :func:`variants.base.check_int`
+    raising :class:`ConfigError` (``decode.steps=0 must be an integer >= 1``)."""
+    from variants.validation import check_int  # imported here: importing this module stays light
+
+    return check_int(None, field, value, low=low, high=high, error=ConfigError)
 
 
 @dataclasses.dataclass

@@ -9,16 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from harness.measure.config import ConfigError
+from harness.measure.config import ConfigError, check_integer
 
 #: Most query tokens one step takes (speculative or multi-token decoding; the variants' limit).
 MAX_Q_TOKENS = 4
-
-
-def _int(field: str, value: Any, low: int, high: int | None = None) -> None:
-    from variants.base import check_int  # imported here: importing this module stays light
-
-    check_int(None, f"decode.{field}", value, low=low, high=high, error=ConfigError)
 
 
 @dataclasses.dataclass
@@ -48,15 +42,15 @@ class DecodeConfig:
     model_mlp_ratio: int = 4
 
     def __post_init__(self) -> None:
-        _int("q_tokens", self.q_tokens, 1, MAX_Q_TOKENS)
-        _int("steps", self.steps, 1)
-        _int("warmup", self.warmup, 0)
+        check_integer("decode.q_tokens", self.q_tokens, 1, MAX_Q_TOKENS)
+        check_integer("decode.steps", self.steps, 1)
+        check_integer("decode.warmup", self.warmup, 0)
         if self.cache_len is not None:
-            _int("cache_len", self.cache_len, 1)
-        _int("model_depth", self.model_depth, 0)
+            check_integer("decode.cache_len", self.cache_len, 1)
+        check_integer("decode.model_depth", self.model_depth, 0)
         if self.model_width is not None:
-            _int("model_width", self.model_width, 1)
-        _int("model_mlp_ratio", self.model_mlp_ratio, 0)
+            check_integer("decode.model_width", self.model_width, 1)
+        check_integer("decode.model_mlp_ratio", self.model_mlp_ratio, 0)
 
     @property
     def generated(self) -> int:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from harness.measure.config import ConfigError, check_positive
+from harness.measure.config import ConfigError, check_integer, check_positive
 from harness.minilm.limits import MAX_TOKENS, MIN_PAIRED_REPEATS, MIN_PAIRS, NUM_HEADS, NUM_LAYERS
-from variants.base import check_int
 
 
 def _check_text(field: str, value: object) -> None:
@@ -47,12 +46,12 @@ class RealmodelConfig:
         if not self.lengths:
             raise ConfigError("realmodel.lengths=[] must name at least one length")
         for n in self.lengths:
-            check_int(None, "realmodel.lengths", n, 2, MAX_TOKENS, error=ConfigError)
+            check_integer("realmodel.lengths", n, 2, MAX_TOKENS)
         self.lengths = sorted(set(self.lengths))
         check_positive("realmodel.texts_per_length", self.texts_per_length, integer=True)
         check_positive("realmodel.batch_size", self.batch_size, integer=True)
-        check_int(None, "realmodel.repeats", self.repeats, MIN_PAIRED_REPEATS, error=ConfigError)
-        check_int(None, "realmodel.retrieval_pairs", self.retrieval_pairs, 0, error=ConfigError)
+        check_integer("realmodel.repeats", self.repeats, MIN_PAIRED_REPEATS)
+        check_integer("realmodel.retrieval_pairs", self.retrieval_pairs, 0)
         if 0 < self.retrieval_pairs < MIN_PAIRS:
             # fewer pairs cannot separate variants: at 32, three discordant queries are p = 0.25
             raise ConfigError(
@@ -63,7 +62,7 @@ class RealmodelConfig:
             raise ConfigError(f"realmodel.heatmap={self.heatmap!r} must be true or false")
         _check_text("heatmap_sentence", self.heatmap_sentence)
         layer, head = self.heatmap_layer, self.heatmap_head
-        check_int(None, "realmodel.heatmap_layer", layer, 0, NUM_LAYERS - 1, error=ConfigError)
-        check_int(None, "realmodel.heatmap_head", head, 0, NUM_HEADS - 1, error=ConfigError)
+        check_integer("realmodel.heatmap_layer", layer, 0, NUM_LAYERS - 1)
+        check_integer("realmodel.heatmap_head", head, 0, NUM_HEADS - 1)
         if self.fit_path is not None and not (isinstance(self.fit_path, str) and self.fit_path):
             raise ConfigError(f"realmodel.fit_path={self.fit_path!r} must be a file path or null")

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
-from harness.measure.config import ConfigError, check_positive
+from harness.measure.config import ConfigError, check_integer, check_number, check_positive
 
 #: The training tasks a ``train.task`` may name.
 TASKS = ("mqar", "chars")
-
-
-def _int(field: str, value: Any, low: int, high: int | None = None) -> None:
-    from variants.base import check_int  # imported here: importing this module stays light
-
-    check_int(None, field, value, low=low, high=high, error=ConfigError)
-
-
-def _non_negative(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{field}={value!r} must be a number >= 0")
 
 
 @dataclasses.dataclass
@@ -44,20 +32,18 @@ class MqarConfig:
     eval_seed: int = 12345
 
     def __post_init__(self) -> None:
-        _int("train.mqar.vocab", self.vocab, 4)
+        check_integer("train.mqar.vocab", self.vocab, 4)
         if self.vocab % 2:
             raise ConfigError(
                 f"train.mqar.vocab={self.vocab} must be even (keys and values split it)"
             )
         keys = self.vocab // 2 - 1
-        _int("train.mqar.num_pairs", self.num_pairs, 1, keys)
+        check_integer("train.mqar.num_pairs", self.num_pairs, 1, keys)
         if self.num_queries is not None:
-            _int("train.mqar.num_queries", self.num_queries, 1, self.num_pairs)
-        p = self.power_a
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-            raise ConfigError(f"train.mqar.power_a={p!r} must be a number in (0, 1]")
-        _int("train.mqar.eval_examples", self.eval_examples, 1)
-        _int("train.mqar.eval_seed", self.eval_seed, 0)
+            check_integer("train.mqar.num_queries", self.num_queries, 1, self.num_pairs)
+        check_number("train.mqar.power_a", self.power_a, 0, 1, low_open=True)
+        check_integer("train.mqar.eval_examples", self.eval_examples, 1)
+        check_integer("train.mqar.eval_seed", self.eval_seed, 0)
 
 
 @dataclasses.dataclass
@@ -71,7 +57,7 @@ class CharsConfig:
     eval_chars: int = 32768
 
     def __post_init__(self) -> None:
-        _int("train.chars.eval_chars", self.eval_chars, 1)
+        check_integer("train.chars.eval_chars", self.eval_chars, 1)
 
 
 @dataclasses.dataclass
@@ -125,17 +111,16 @@ class TrainConfig:
         check_positive("train.lr", self.lr)
         lows = {"steps": 1, "batch": 1, "eval_every": 1, "warmup": 0, "layers": 1, "mlp_ratio": 0}
         for field, low in lows.items():
-            _int(f"train.{field}", getattr(self, field), low)
-        _int("train.min_steps", self.min_steps, 0, self.steps)
-        w = self.plateau_window
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1:
-            raise ConfigError(f"train.plateau_window={w!r} must be a number in (0, 1)")
+            check_integer(f"train.{field}", getattr(self, field), low)
+        check_integer("train.min_steps", self.min_steps, 0, self.steps)
+        window = self.plateau_window
+        check_number("train.plateau_window", window, 0, 1, low_open=True, high_open=True)
         if self.plateau_delta is not None:
-            _non_negative("train.plateau_delta", self.plateau_delta)
+            check_number("train.plateau_delta", self.plateau_delta, 0)
         for field in ("min_lr_ratio", "weight_decay", "grad_clip"):
-            _non_negative(f"train.{field}", getattr(self, field))
+            check_number(f"train.{field}", getattr(self, field), 0)
         if self.target is not None:
-            _non_negative("train.target", self.target)
+            check_number("train.target", self.target, 0)
         if isinstance(self.mqar, Mapping):
             self.mqar = MqarConfig(**self.mqar)
         if isinstance(self.chars, Mapping):

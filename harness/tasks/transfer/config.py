@@ -6,8 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from harness.measure.config import ConfigError, check_positive
-from variants.base import check_int
+from harness.measure.config import ConfigError, check_integer, check_number, check_positive
 
 #: What a fit can minimise (``harness.tasks.transfer.fit`` implements them).
 LOSSES = ("attention", "output")
@@ -60,11 +59,9 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         for field, low in _INTS.items():
-            check_int(None, f"transfer.{field}", getattr(self, field), low, error=ConfigError)
+            check_integer(f"transfer.{field}", getattr(self, field), low)
         check_positive("transfer.lr", self.lr)
-        decay = self.weight_decay
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
-            raise ConfigError(f"transfer.weight_decay={decay!r} must be a number >= 0")
+        check_number("transfer.weight_decay", self.weight_decay, 0)
         if self.loss not in LOSSES:
             raise ConfigError(f"transfer.loss={self.loss!r} must be one of {', '.join(LOSSES)}")
         if not isinstance(self.save, bool):
