@@ -126,7 +126,7 @@ def check_decode(variant: str | Factory) -> None:
                     f"decode differs from the causal forward ({where}): {_gap(out, expected)}"
                 )
                 analytic = [
-                    module.state_bytes(b, kv_heads, n, d, element_size=size)
+                    module.state_bytes(b, kv_heads, n, d, element_size=size, heads=h)
                     for n in (prompt if max_len is None else max_len, length, 2 * length)
                 ]
                 if max_len is not None or what == "prefill":  # allocated for max_len (prompt)

@@ -55,6 +55,10 @@ REQUIREMENTS: list[tuple[str, str]] = [
     ("PyYAML", "PyYAML>=5.1"),
     ("tqdm", "tqdm>=4.60"),
     ("packaging", "packaging>=20"),
+    # flash-linear-attention's kernels (fla-core: the ops, no models), the CUDA backend of
+    # retention and deltanet; pure Python (Triton comes with the CUDA torch)
+    ("fla-core", "fla-core>=0.5"),
+    ("einops", "einops>=0.6"),
 ]
 #: What the GPU machine already has of the project's dependencies and their needs (a test
 #: checks that every dependency in pyproject is here or in REQUIREMENTS).

@@ -99,6 +99,9 @@ install() {
     fi
     # Only what is missing is installed: pip keeps installed versions that satisfy the pins.
     pip_offline hydra-core omegaconf tqdm || return
+    if compgen -G "$wheels/fla_core-*.whl" >/dev/null; then # retention/deltanet on fla's kernels
+        pip_offline fla-core einops || echo "fla-core did not install; retention/deltanet use the suite's engine"
+    fi
     if compgen -G "$wheels/xformers-*.whl" >/dev/null; then
         pip_offline xformers || echo "xformers did not install; its points will say why"
     fi

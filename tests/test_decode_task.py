@@ -52,7 +52,7 @@ class ToyCache(AttentionVariant):
         state.length += q.shape[-2]
         return self(q, state["k"], state["v"], causal=True), state
 
-    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4):
+    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None):
         return 2 * batch * kv_heads * context_len * head_dim * element_size
 
     def step_read_bytes(

@@ -27,6 +27,8 @@ MODES = {
     "bigbird": "repeat",
     "linear": "native",
     "hedgehog": "repeat",
+    "retention": "repeat",  # the decays differ per query head
+    "deltanet": "repeat",  # the write strengths differ per query head
 }
 
 

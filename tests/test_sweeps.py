@@ -223,7 +223,7 @@ def test_sweep_dir_alone_runs_and_resumes_the_quick_sweep(tmp_path: Path) -> Non
     # shrunk to one point through its own sweeper parameters.
     sweep = tmp_path / "quick"
     args = [f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.variant=sdpa",
-            "hydra.sweeper.params.seq_len=32"]  # fmt: skip
+            "hydra.sweeper.params.seq_len=32", "hydra.sweeper.params.causal=false"]  # fmt: skip
     res = attnbench(args, tmp_path)
     assert res.returncode == 0, res.stderr
     df = pd.read_csv(sweep / "results.csv")

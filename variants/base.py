@@ -84,6 +84,16 @@ class AttentionVariant(DecodeForm, torch.nn.Module, abc.ABC):
     #: True when the variant computes softmax attention exactly (up to float rounding).
     exact: ClassVar[bool] = False
     supports_causal: ClassVar[bool] = True
+    #: False for operators that are causal by construction (a recurrence over positions, such as
+    #: retention and the delta rule): bidirectional points are then refused with
+    #: :attr:`causal_only_reason`.
+    supports_bidirectional: ClassVar[bool] = True
+    #: Why a causal-only variant refuses bidirectional attention (its rows' reason).
+    causal_only_reason: ClassVar[str] = "causal by construction"
+    #: False for operators that are not approximations of softmax attention but their own
+    #: (retention, the delta rule): rows carry it as ``approximates_softmax`` and the report
+    #: leaves them off error-against-exact comparisons.
+    approximates_softmax: ClassVar[bool] = True
     #: True when q_len != kv_len is supported.
     supports_cross: ClassVar[bool] = True
     #: True when the output depends on a random draw (seeded by ``seed``).
@@ -225,6 +235,9 @@ class AttentionVariant(DecodeForm, torch.nn.Module, abc.ABC):
             )
         if causal and not self.supports_causal:
             reasons.append(f"{self.name}: causal attention is not supported by this variant")
+        if not causal and not self.supports_bidirectional:
+            why = self.causal_only_reason
+            reasons.append(f"{self.name}: bidirectional attention is not supported ({why})")
         if causal and q.shape[-2] > k.shape[-2]:
             reasons.append(
                 f"{self.name}: causal with q_len={q.shape[-2]} > kv_len={k.shape[-2]} leaves "
@@ -248,6 +261,11 @@ class AttentionVariant(DecodeForm, torch.nn.Module, abc.ABC):
         The harness calls and times it once before any timed call and records it as
         ``setup_ms``; the default does nothing.
         """
+
+    def build_parameters(self, heads: int, head_dim: int) -> None:
+        """Build the parameters that depend on the number of heads (a per-head feature map or
+        vector) for ``heads`` x ``head_dim``; a model calls it before its optimiser collects the
+        parameters. Default: nothing to build."""
 
     def tune(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False, backward=True):
         """Choose the engine parameters left to the tuner for these inputs, before any timed

@@ -125,10 +125,17 @@ class DecodeForm:
         raise NotImplementedError(self._no_decode())
 
     def state_bytes(
-        self, batch: int, kv_heads: int, context_len: int, head_dim: int, element_size: int = 4
+        self,
+        batch: int,
+        kv_heads: int,
+        context_len: int,
+        head_dim: int,
+        element_size: int = 4,
+        heads: int | None = None,
     ) -> int:
         """Analytic bytes of the state holding ``context_len`` tokens (prefill's allocation
-        with ``max_len = context_len``)."""
+        with ``max_len = context_len``); ``heads`` (query heads, default ``kv_heads``) for
+        states kept per query head."""
         raise NotImplementedError(self._no_decode())
 
     def step_read_bytes(

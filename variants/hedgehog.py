@@ -102,6 +102,13 @@ class HedgehogAttention(RecurrentDecode, StreamedKernelAttention, AttentionVaria
         self.bias = torch.nn.Parameter(torch.zeros(heads, head_dim, device=device))  # (H, D)
         self.heads, self.head_dim = heads, head_dim
 
+    def build_parameters(self, heads: int, head_dim: int) -> None:
+        if self.weight is None:
+            self._build(heads, head_dim, torch.device("cpu"))
+        problem = self._mismatch(heads, head_dim)
+        if problem:
+            raise ValueError(problem)
+
     def _mismatch(self, heads: int, head_dim: int) -> str | None:
         if self.weight is None:
             return None

@@ -28,6 +28,8 @@ BUILTINS: dict[str, str] = {
     "bigbird": "variants.bigbird:BigBirdAttention",
     "linear": "variants.linear:LinearAttention",
     "hedgehog": "variants.hedgehog:HedgehogAttention",
+    "retention": "variants.retention:RetentionAttention",
+    "deltanet": "variants.deltanet:DeltaNetAttention",
 }
 
 

@@ -167,7 +167,9 @@ def _distribution(ep: metadata.EntryPoint) -> str | None:
 def _capabilities(cls: type[variants.AttentionVariant]) -> dict[str, Any]:
     return {
         "exact": cls.exact,
+        "approximates_softmax": getattr(cls, "approximates_softmax", True),
         "supports_causal": cls.supports_causal,
+        "supports_bidirectional": getattr(cls, "supports_bidirectional", True),
         "supports_cross": cls.supports_cross,
         "knob": cls.knob,
     }

@@ -55,13 +55,15 @@ def make_factory(
 
 
 def describe(cls: type[AttentionVariant] | None, params: dict[str, Any]) -> dict[str, Any]:
-    """The row columns a variant's class decides: ``exact``, ``randomized``, ``knob``,
+    """The row columns a variant's class decides: ``exact``, ``approximates_softmax``
+    (False for operators of their own: retention, the delta rule), ``randomized``, ``knob``,
     ``knob_value`` (the knob's value in ``params``); all ``None`` when the class is unknown."""
     if cls is None:
-        return {"exact": None, "randomized": None, "knob": None, "knob_value": None}
+        return dict.fromkeys(("exact", "approximates_softmax", "randomized", "knob", "knob_value"))
     knob = cls.knob
     return {
         "exact": bool(cls.exact),
+        "approximates_softmax": bool(getattr(cls, "approximates_softmax", True)),
         "randomized": bool(cls.randomized),
         "knob": knob,
         "knob_value": params.get(knob) if knob else None,

@@ -32,6 +32,8 @@ PALETTE: dict[str, str] = {
     "bigbird": "#9467bd",
     "linear": "#e377c2",
     "hedgehog": "#bcbd22",
+    "retention": "#5254a3",
+    "deltanet": "#b35806",
 }
 #: Colours for plugins, picked by a stable hash of the name (never Python's salted ``hash``).
 EXTRA_COLORS: tuple[str, ...] = (

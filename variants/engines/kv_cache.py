@@ -8,6 +8,7 @@ concatenated per token. A cache allocated without ``max_len`` grows by doubling
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -50,7 +51,7 @@ def step_mask(tokens: int, keys: int, group: int, device) -> Tensor | None:
     return (j <= t + (keys - tokens)).repeat(group, 1)  # (G * T, keys)
 
 
-class ExactCacheDecode:
+class ExactCacheDecode(abc.ABC):
     """Decode form of exact attention: a KV cache of every token, read whole by each step.
 
     Needs the variant's causal forward (the module's call) and :meth:`cached_attention`, the
@@ -60,9 +61,9 @@ class ExactCacheDecode:
     name: ClassVar[str]
     supports_decode: ClassVar[bool] = True
 
+    @abc.abstractmethod
     def cached_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """``q (B, Hkv, G T, D)`` over ``k``, ``v (B, Hkv, L, *)`` with ``mask (G T, L)``."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def prefill(self, q: Tensor, k: Tensor, v: Tensor, max_len: int | None = None):
@@ -85,7 +86,9 @@ class ExactCacheDecode:
         out = self.cached_attention(grouped_queries(q, k.shape[1]), keys, values, mask)
         return ungroup(out, q.shape[1]), state  # (B, H, T, Dv)
 
-    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4) -> int:
+    def state_bytes(
+        self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None
+    ) -> int:
         return 2 * batch * kv_heads * context_len * head_dim * element_size
 
     def step_read_bytes(

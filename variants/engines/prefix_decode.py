@@ -13,6 +13,7 @@ it); otherwise (Hedgehog's per-head maps) one per query head.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ from variants.grouped import group_size, grouped_queries, repeat_kv, ungroup
 PREFILL_CHUNK = 1024
 
 
-class RecurrentDecode:
+class RecurrentDecode(abc.ABC):
     """Decode form of the streamed kernel-attention variants: the running state above.
 
     Needs :meth:`decode_maps`, ``feature_count`` (:class:`~variants.engines.prefix_costs.
@@ -40,10 +41,10 @@ class RecurrentDecode:
     #: True when every head applies the same key map: the state is then one per KV head.
     shared_key_map: ClassVar[bool] = True
 
+    @abc.abstractmethod
     def decode_maps(self, q: Tensor) -> tuple[FeatureMaps, tuple[Tensor, ...]]:
         """The feature maps and their parameters for queries like ``q`` (those of the causal
         forward)."""
-        raise NotImplementedError
 
     def keys_are_logits(self) -> bool:
         """Whether the key map returns logits (a running max is then part of the state)."""
@@ -116,7 +117,9 @@ class RecurrentDecode:
         return ungroup(out[..., :-1] / out[..., -1:].clamp_min(tiny), heads), state
 
     # ------------------------------------------------------------------------ cost models
-    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4) -> int:
+    def state_bytes(
+        self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None
+    ) -> int:
         per_head = self.feature_count(head_dim) * (head_dim + 1) + self.keys_are_logits()
         return batch * self.state_heads(kv_heads) * per_head * element_size
 

@@ -110,7 +110,9 @@ class WindowDecode:
         )
         return ungroup(out, q.shape[1]), state  # (B, H, T, Dv)
 
-    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4) -> int:
+    def state_bytes(
+        self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None
+    ) -> int:
         slots = self.num_global + self._ring_slots(context_len)
         return 2 * batch * kv_heads * slots * head_dim * element_size
 

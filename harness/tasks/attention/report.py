@@ -39,6 +39,22 @@ def inputs_of_errors(rows: pd.DataFrame) -> str:
     return "; ".join(sorted(labels))
 
 
+def own_operators(rows: pd.DataFrame) -> str:
+    """A note naming the variants that are operators of their own (``approximates_softmax``
+    false): they have no error against exact attention, only speed and memory here."""
+    if "approximates_softmax" not in rows:
+        return ""
+    own = rows[rows["approximates_softmax"].eq(False)]["variant"].unique()
+    if not len(own):
+        return ""
+    return (
+        f"{', '.join(sorted(map(str, own)))}: not approximations of softmax attention but "
+        "operators of their own (causal recurrences); they have no error against exact "
+        "attention and appear in the speed and memory columns and figures only. Their quality "
+        "is what training measures (the train section)."
+    )
+
+
 def summary_sections(table: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     """One summary table per context (dtype, causal, shape) of one device."""
     if not len(table):
@@ -72,6 +88,9 @@ def section(ctx: ReportContext) -> list[str]:
     inputs = inputs_of_errors(rows)
     if inputs:
         md += [f"Accuracy measured on inputs: {inputs}.", ""]
+    own = own_operators(rows)
+    if own:
+        md += [own, ""]
     fitted = fitted_inputs_markdown(rows)
     if fitted:
         md += [fitted, ""]

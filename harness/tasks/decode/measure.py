@@ -122,7 +122,11 @@ def _bandwidth(variant, point: Point, cfg: DecodeConfig, step_ms: float, size: i
 def _state_bytes(variant, point: Point, cfg: DecodeConfig, size: int) -> int:
     """The variant's model of the state allocated for ``cache_len`` tokens."""
     cache = cfg.cache_for(point.kv_len)
-    return int(variant.state_bytes(point.batch, point.kv_heads, cache, point.head_dim, size))
+    return int(
+        variant.state_bytes(
+            point.batch, point.kv_heads, cache, point.head_dim, size, heads=point.heads
+        )
+    )
 
 
 def _step_columns(point: Point, cfg: DecodeConfig, times: list[float]) -> dict[str, Any]:

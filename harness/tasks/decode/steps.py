@@ -142,7 +142,7 @@ def estimate_bytes(
     b, h, hkv, d = point.batch, point.heads, point.kv_heads, point.head_dim
     length, cache = point.kv_len + cfg.generated, cfg.cache_for(point.kv_len)
     total = b * (h + 2 * hkv) * length * d * size
-    total += variant.state_bytes(b, hkv, cache, d, size) * (1 + model_copies)
+    total += variant.state_bytes(b, hkv, cache, d, size, heads=h) * (1 + model_copies)
     n, model = point.kv_len, variant.analytic_mem_bytes
     grouped = budget.grouped_kwargs(model, None if hkv == h else hkv)
     total += model(b, h, n, n, d, True, size, **grouped)

@@ -135,6 +135,7 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
         return [row | {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}]
     first = model.variants()[0]
     row.update(params=first.config(), exact=first.exact, randomized=first.randomized)
+    row.update(approximates_softmax=first.approximates_softmax)
     if first.knob is not None:
         row.update(knob=first.knob, knob_value=first.config().get(first.knob))
     row["model"] = {k: getattr(shape, k) for k in ("vocab", "width", "heads", "layers")}

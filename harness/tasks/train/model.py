@@ -84,6 +84,8 @@ class TinyTransformer(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(
             [Block(cfg, make_variant(layer)) for layer in range(cfg.layers)]
         )
+        for variant in self.variants():  # per-head parameters exist before the optimiser
+            variant.build_parameters(cfg.heads, cfg.width // cfg.heads)
         self.ln_out = torch.nn.LayerNorm(cfg.width)
         self.head = torch.nn.Linear(cfg.width, cfg.vocab, bias=False)
         own = {id(m) for variant in self.variants() for m in variant.modules()}

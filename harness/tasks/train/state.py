@@ -10,7 +10,9 @@ What a model must keep per sequence to produce the next token, summed over its l
 * a linear state (``linear``, ``performer``, ``hedgehog``): the running sum of ``phi(k) v^T`` and
   of ``phi(k)``, ``f d + f`` for ``f`` features (linear: ``f = d``, elu + 1; hedgehog:
   ``f = 2 d``; performer: ``nb_features``);
-* Linformer and Nystrom (bidirectional only): their ``k`` projected or landmark keys and values.
+* Linformer and Nystrom (bidirectional only): their ``k`` projected or landmark keys and values;
+* retention: the decayed sum of ``k v^T`` and its key sum (the normaliser), ``d d + d``
+  (``d d`` without ``normalize``); the delta rule (``deltanet``): its ``d x d`` matrix.
 
 Numbers are the element count times the bytes of the row's dtype. A variant without a rule here
 has no state size (the report names it).
@@ -29,7 +31,8 @@ FEATURES_PER_DIM = {"linear": 1, "hedgehog": 2, "cosformer": 2}
 RULE = (
     "bytes of recurrent state over all layers and heads: exact attention 2·n·d (the whole "
     "cache), windows 2·(keys seen)·d, BigBird 2·(keys of its blocks)·d, linear states f·d + f "
-    "(f features: linear d, hedgehog 2d, performer nb_features), Linformer/Nyström 2·k·d"
+    "(f features: linear d, hedgehog 2d, performer nb_features), retention d·d + d, DeltaNet d·d, "
+    "Linformer/Nyström 2·k·d"
 )
 
 
@@ -61,6 +64,10 @@ def per_head_elements(
     if variant in FEATURES_PER_DIM:
         f = FEATURES_PER_DIM[variant] * d
         return f * d + f
+    if variant == "retention":
+        return d * d + (d if params.get("normalize", True) else 0.0)
+    if variant == "deltanet":
+        return d * d
     if variant == "linformer" and "k" in params:
         return 2.0 * min(_num(params["k"]), n) * d
     if variant == "nystrom" and "num_landmarks" in params:

@@ -1,0 +1,256 @@
+"""The delta rule (DeltaNet, Yang et al. 2024) and its gated form (Gated DeltaNet, 2025).
+
+DeltaNet ("Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
+NeurIPS 2024, after Schlag et al. 2021) keeps a ``(D, Dv)`` state per head and, instead of
+adding ``k_t v_t^T`` to it as linear attention does, corrects what the state returns for the key:
+``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T``, read as ``o_t = S_t^T q_t`` (the state
+after writing token ``t``). Queries and keys are L2-normalised (so the write is a projection
+and the state stays bounded), the query is scaled by ``1/sqrt(D)`` as in the paper's kernels
+(``scale``), and the write strength ``beta_t = sigmoid(w_h . k_t + b_h)`` comes from a learned
+vector and bias per head (the variant's own parameters, trained with a model or fitted by
+attention transfer; ``w = 0``, ``b = 0`` at the start: ``beta = 1/2``). ``k_t`` there is the
+key before normalisation, so ``beta`` can depend on its norm.
+
+``gate="learned"`` is Gated DeltaNet ("Gated Delta Networks: Improving Mamba2 with Delta Rule",
+ICLR 2025): ``S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T`` with a decay
+``alpha_t = sigmoid(u_h . k_t + a_h)`` from another learned vector and bias per head (``u = 0``
+and ``a_h`` set so that ``alpha`` starts at RetNet's ``1 - 2^-(5+h)``). In the paper ``alpha``
+and ``beta`` come from the layer's input; an attention operator sees only q, k and v, so here
+they come from the key.
+
+Not an approximation of softmax attention (``approximates_softmax = False``), and causal by
+construction. Forms: the chunked WY form (:mod:`variants.engines.delta`) for whole sequences,
+the same engine from a carried state for decoding (a ``(D, Dv)`` state per query head).
+Grouped heads: ``beta`` differs per query head, so k and v are repeated to the query heads.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from variants.base import AttentionVariant, check_choice, check_positive_int, check_qkv
+from variants.decode import DecodeState, check_prefill, check_step
+from variants.engines.delta import delta_rule
+from variants.engines.fla_backend import BACKENDS, FlaBackend, delta_rule_fla
+from variants.grouped import group_size, repeat_bytes, repeat_kv
+from variants.perhead import PerHeadParameters
+from variants.retention import block_chunks, chunk_sizes, log_decays, retnet_exponents
+
+GATES = ("none", "learned")
+
+
+class DeltaNetAttention(FlaBackend, PerHeadParameters, AttentionVariant):
+    """The delta rule with a learned write strength per head; optionally gated.
+
+    Args:
+        heads: Number of heads (one ``w_h``, ``b_h`` each); None builds them at the first
+            call (or :meth:`build_parameters`) for that call's heads.
+        gate: ``"none"`` (DeltaNet) or ``"learned"`` (Gated DeltaNet's decay, from the key).
+        chunk_size: Tokens per chunk of the WY form (a speed parameter; results agree).
+        backend: ``"torch"`` (the suite's chunked engine), ``"fla"`` (flash-linear-attention's
+            ``chunk_delta_rule`` / ``chunk_gated_delta_rule`` kernels, CUDA) or ``"auto"`` (fla
+            where it runs; rows record ``resolved_backend``).
+        scale: Query scale after normalisation; None: ``1/sqrt(D)``.
+        kv_len: Ignored (accepted for a uniform constructor).
+        head_dim: Head dimension (with ``heads``, builds the parameters at once).
+    """
+
+    name: ClassVar[str] = "deltanet"
+    exact: ClassVar[bool] = False
+    approximates_softmax: ClassVar[bool] = False
+    supports_bidirectional: ClassVar[bool] = False
+    causal_only_reason: ClassVar[str] = (
+        "the delta rule is a recurrence over positions, causal by construction"
+    )
+    supports_cross: ClassVar[bool] = False
+    knob: ClassVar[str | None] = None
+    supports_decode: ClassVar[bool] = True
+    TOLERANCES = {**AttentionVariant.TOLERANCES, torch.bfloat16: (2e-2, 6e-2)}
+
+    def __init__(
+        self,
+        heads: int | None = None,
+        gate: str = "none",
+        chunk_size: int = 64,
+        backend: str = "auto",
+        scale: float | None = None,
+        kv_len: int | None = None,
+        head_dim: int | None = None,
+    ) -> None:
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
+        if heads is not None:
+            check_positive_int(self.name, "heads", heads)
+        self.gate = check_choice(self.name, "gate", gate, GATES)
+        self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
+        self.backend = check_choice(self.name, "backend", backend, BACKENDS)
+        names = ("beta_weight", "beta_bias")
+        self.per_head_names = names + (("gate_weight", "gate_bias") if gate == "learned" else ())
+        self._declare_per_head(heads, head_dim)
+
+    def initial_parameters(self, heads: int, head_dim: int) -> dict[str, Tensor]:
+        out = {"beta_weight": torch.zeros(heads, head_dim), "beta_bias": torch.zeros(heads)}
+        if self.gate == "learned":
+            gamma = torch.exp(log_decays(retnet_exponents(heads, None)))
+            out["gate_weight"] = torch.zeros(heads, head_dim)
+            out["gate_bias"] = torch.logit(gamma).float()  # sigmoid(bias) = gamma
+        return out
+
+    def write_strengths(self, k: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``beta (B, H, N)`` and ``log alpha`` (None without the gate) from the raw keys
+        ``k (B, H, N, D)``."""
+        params = self.per_head(k)
+        beta = torch.sigmoid(torch.einsum("bhnd,hd->bhn", k, params[0]) + params[1][:, None])
+        if self.gate != "learned":
+            return beta, None
+        logits = torch.einsum("bhnd,hd->bhn", k, params[2]) + params[3][:, None]
+        return beta, F.logsigmoid(logits)
+
+    # ------------------------------------------------------------------------------ attention
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        check_qkv(q, k, v)
+        problems = self.not_supported_reasons(q, k, v, causal)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self._delta(q, k, v, None, self.backend_for(q))[0]
+
+    def _delta(self, q: Tensor, k: Tensor, v: Tensor, state: Tensor | None, engine="torch"):
+        """Outputs of the tokens after ``state`` and the new state ``(B, H, D, Dv)``."""
+        group = group_size(q, k)
+        k, v = repeat_kv(k, group), repeat_kv(v, group)  # beta differs per query head
+        work = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        beta, log_alpha = self.write_strengths(k)
+        qn = F.normalize(q, dim=-1) * self.softmax_scale(q.shape[-1])
+        kn = F.normalize(k, dim=-1)
+        if engine == "fla":
+            out, state = delta_rule_fla(qn, kn, v, beta, log_alpha, state)
+        else:
+            out, state = delta_rule(qn, kn, v, beta, self.chunk_size, log_alpha, state=state)
+        return out, state
+
+    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        reasons = super().not_supported_reasons(q, k, v, causal) + self.backend_problems(q)
+        problem = self.shape_mismatch(q.shape[1], q.shape[-1])
+        if problem:
+            reasons.append(problem)
+        return reasons
+
+    # ---------------------------------------------------------------------------- decode form
+    @torch.no_grad()
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, max_len: int | None = None):
+        check_prefill(self.name, q, k, max_len)  # the state is constant: max_len is moot
+        out, state = self._delta(q, k, v, None, self.backend_for(q))
+        return out.to(q.dtype), DecodeState({"s": state}, k.shape[-2])
+
+    @torch.no_grad()
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState):
+        t = check_step(self.name, q, k, v, state)
+        out, state["s"] = self._delta(q, k, v, state["s"])
+        state.length += t
+        return out.to(q.dtype), state
+
+    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None):
+        # one (D, Dv) state per query head (beta differs per head); float32 at least
+        heads = heads or self.heads or kv_heads
+        return batch * heads * head_dim * head_dim * max(element_size, 4)
+
+    def step_read_bytes(
+        self, batch, heads, kv_heads, context_len, head_dim, q_tokens=1, element_size=4
+    ) -> int:
+        state = batch * heads * head_dim * head_dim * max(element_size, 4)
+        params = heads * (head_dim + 1) * (2 if self.gate == "learned" else 1) * 4
+        tokens = batch * q_tokens * (heads + 2 * kv_heads) * head_dim * element_size
+        return state + params + tokens
+
+    # ---------------------------------------------------------------------------- cost models
+    def flops(
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
+    ) -> int:
+        gates = 2 if self.gate == "learned" else 1  # w . k (and u . k) per token
+        per_head = delta_flops(q_len, head_dim, head_dim, self.chunk_size)
+        return batch * heads * (per_head + gates * 2 * q_len * head_dim)
+
+    def backward_flops(
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
+    ) -> int:
+        # 2x the forward's products (both operands carry gradients; autograd skips the ones
+        # that do not reach the output: the first chunk's zero state and the last chunk's
+        # write, a boundary term of a few (D, D) products); each solve's backward is one solve
+        # (as the forward's) and one (s, s) @ (s, s) product
+        forward = self.flops(batch, heads, q_len, kv_len, head_dim, causal, kv_heads)
+        solves = batch * heads * solve_flops(q_len, self.chunk_size)
+        products = sum(c * 2 * s**3 for s, c in chunk_sizes(q_len, self.chunk_size))
+        return 2 * (forward - solves) + solves + batch * heads * products
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
+    ) -> int:
+        return self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads)
+
+    def backward_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
+    ) -> int:
+        """The harness's model of the backward pass: the forward's working set with every
+        block's intermediates kept (autograd saves them), and half again for the gradients in
+        flight (an upper bound of the measured peaks within 2.5x: test_recurrent_variants.py)."""
+        saved = self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, True)
+        return saved * 3 // 2
+
+    def _memory(self, batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, saved=False):
+        d = head_dim
+        work = delta_memory(batch, heads, q_len, d, d, self.chunk_size, saved)
+        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return work * max(element_size, 4) + repeated
+
+
+def delta_flops(n: int, d: int, dv: int, chunk: int) -> int:
+    """Forward FLOPs of the chunked WY form for one head (:mod:`variants.engines.delta`): per
+    chunk of ``s`` tokens ``Q K^T`` and ``K K^T`` (``4 s^2 d``), the unit-triangular solve for
+    ``T`` (``s^2 (s - 1)``: forward substitution against the identity), ``W = T K`` and
+    ``U = T V`` (``2 s^2 (d + dv)``), the transition ``K^T W`` (``2 s d^2``), the write
+    ``K^T U``, the correction ``W S`` and the queries' read ``Q S`` (``6 s d dv``), the
+    intra-chunk product with the corrected values (``2 s^2 dv``) and the state carried across
+    the chunk (``2 d^2 dv``)."""
+    total = 0
+    for s, count in chunk_sizes(n, chunk):
+        per_chunk = s * s * (6 * d + 4 * dv) + s * s * (s - 1) + 2 * s * d * d
+        total += count * (per_chunk + 6 * s * d * dv + 2 * d * d * dv)
+    return total
+
+
+def solve_flops(n: int, chunk: int) -> int:
+    """The triangular solves' share of :func:`delta_flops`; its backward is one more solve and
+    an ``(s, s) @ (s, s)`` product per chunk."""
+    return sum(count * s * s * (s - 1) for s, count in chunk_sizes(n, chunk))
+
+
+def delta_memory(
+    batch: int, heads: int, n: int, d: int, dv: int, chunk: int, saved: bool = False
+) -> int:
+    """Elements of the chunked form's working set (upper bound): per head the normalised q
+    and k, the write strengths and gates, the blocks' outputs and their concatenation; and one
+    block's scores, gates, triangular factor, WY factors, corrected values, transitions and
+    states (``saved``: every block's, as autograd keeps them for the backward)."""
+    c = min(chunk, n)
+    per_chunk = 6 * c * c + 5 * c * d + 5 * c * dv + d * d + 2 * d * dv
+    chunks = -(-n // c) if saved else block_chunks(batch, heads, n, c, d, dv)
+    block = chunks * per_chunk
+    return batch * heads * (n * (3 * d + 3 * dv + 2) + block)

@@ -1,0 +1,314 @@
+"""Retention (RetNet, Sun et al. 2023): linear attention with a fixed decay per head.
+
+"Retentive Network: A Successor to Transformer for Large Language Models" (arXiv:2307.08621)
+computes ``o_n = sum_{m <= n} gamma_h^(n-m) (q_n . k_m) v_m``: a causal linear attention whose
+state ``S_n = gamma_h S_{n-1} + k_n v_n^T`` forgets at a fixed rate per head, with RetNet's
+decays ``gamma_h = 1 - 2^(-5-h)`` for head ``h = 0 .. H-1`` by default. It is not an
+approximation of softmax attention but an operator of its own (``approximates_softmax =
+False``); it is causal by construction (bidirectional and cross points are refused).
+
+Normalisations (``normalize=True``, the default, those of the paper's parallel form, section
+2.2 "Retention score normalization"): the scores are scaled by ``1/sqrt(D)``
+(``scale``); each decay row is divided by ``sqrt(sum_{m <= n} gamma^(n-m))``; and each row of
+scores by ``max(|sum_m R_nm|, 1)``. Both are computed in the recurrent form too (the second from
+a running key sum carried as a ones column of the values), so the parallel, chunked and
+recurrent forms agree exactly. The paper's GroupNorm after retention is a layer with its own
+affine parameters, outside the attention operator, and is not applied (the models that run
+variants have their own normalisation). ``normalize=False`` gives the plain formula above.
+
+Forms: the chunked form (:mod:`variants.engines.decay`) for whole sequences, ``O(n * chunk *
+d + n * d * Dv)``; the recurrent form for decoding (a ``(D, Dv + 1)`` state per query head:
+constant in the context). Grouped heads: the decays differ per head, so k and v are repeated
+to the query heads (one state per query head). The decay is fixed unless ``learn_decay``: then
+``log(-log gamma_h)`` is a trainable parameter per head (what attention transfer fits).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from variants.base import (
+    AttentionVariant,
+    VariantConfigError,
+    check_choice,
+    check_positive_int,
+    check_qkv,
+)
+from variants.decode import DecodeState, check_prefill, check_step
+from variants.engines.decay import cpu_chunks_per_block, decay_attention
+from variants.engines.fla_backend import BACKENDS, FlaBackend, decay_attention_fla
+from variants.grouped import group_size, repeat_bytes, repeat_kv
+from variants.perhead import PerHeadParameters
+
+#: RetNet's decay exponents: ``gamma_h = 1 - 2^-(5 + h)``.
+RETNET_FIRST_EXPONENT = 5.0
+
+
+def retnet_exponents(heads: int, decay_range: tuple[float, float] | None) -> Tensor:
+    """Decay exponents ``e_h`` (``gamma_h = 1 - 2^-e_h``): RetNet's ``5, 6, ...`` or
+    ``heads`` values spaced evenly over ``decay_range``."""
+    if decay_range is None:
+        return RETNET_FIRST_EXPONENT + torch.arange(heads, dtype=torch.float64)
+    lo, hi = decay_range
+    return torch.linspace(lo, hi, heads, dtype=torch.float64)
+
+
+def log_decays(exponents: Tensor) -> Tensor:
+    """``log gamma = log(1 - 2^-e)``, computed without cancellation."""
+    return torch.log1p(-torch.exp2(-exponents))
+
+
+def row_scales(log_gamma: Tensor, start: int, n: int) -> Tensor:
+    """``1 / sqrt(sum_{m <= p} gamma^(p-m))`` for absolute positions ``p = start .. start+n-1``,
+    ``(H, n, 1)``: ``sqrt((1 - gamma) / (1 - gamma^(p+1)))``."""
+    pos = torch.arange(start + 1, start + n + 1, device=log_gamma.device, dtype=log_gamma.dtype)
+    lg = log_gamma.unsqueeze(-1)  # (H, 1)
+    return torch.sqrt(torch.expm1(lg) / torch.expm1(lg * pos)).unsqueeze(-1)  # (H, n, 1)
+
+
+class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
+    """Retention with a decay per head; chunked for sequences, recurrent for decoding.
+
+    Args:
+        heads: Number of heads; needed only with ``learn_decay`` (the parameter is built at the
+            first call otherwise).
+        decay_range: ``[e_first, e_last]``: exponents of the heads' decays ``1 - 2^-e`` spaced
+            evenly from the first head to the last (larger: slower forgetting, longer memory);
+            None (default): RetNet's ``e_h = 5 + h``.
+        normalize: Apply the paper's score normalisations (module docstring); False: the plain
+            decayed sum.
+        learn_decay: Make ``log(-log gamma_h)`` a trainable parameter per head.
+        chunk_size: Tokens per chunk of the chunked form (a speed parameter; results agree).
+        backend: ``"torch"`` (the suite's chunked engine), ``"fla"`` (flash-linear-attention's
+            ``chunk_simple_gla`` kernel, CUDA) or ``"auto"`` (fla where it runs; rows record
+            ``resolved_backend``).
+        scale: Score scale; None: ``1/sqrt(D)``.
+        kv_len: Ignored (accepted for a uniform constructor).
+        head_dim: Head dimension (with ``heads``, builds the learnable decay at once).
+    """
+
+    name: ClassVar[str] = "retention"
+    exact: ClassVar[bool] = False
+    approximates_softmax: ClassVar[bool] = False
+    supports_bidirectional: ClassVar[bool] = False
+    causal_only_reason: ClassVar[str] = (
+        "retention is a recurrence over positions, causal by construction"
+    )
+    supports_cross: ClassVar[bool] = False
+    knob: ClassVar[str | None] = None
+    supports_decode: ClassVar[bool] = True
+    per_head_names: ClassVar[tuple[str, ...]] = ("decay",)
+    TOLERANCES = {**AttentionVariant.TOLERANCES, torch.bfloat16: (2e-2, 6e-2)}
+
+    def __init__(
+        self,
+        heads: int | None = None,
+        decay_range: list[float] | tuple[float, float] | None = None,
+        normalize: bool = True,
+        learn_decay: bool = False,
+        chunk_size: int = 64,
+        backend: str = "auto",
+        scale: float | None = None,
+        kv_len: int | None = None,
+        head_dim: int | None = None,
+    ) -> None:
+        super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
+        if heads is not None:
+            check_positive_int(self.name, "heads", heads)
+        self.decay_range = _check_range(decay_range)
+        for field, value in (("normalize", normalize), ("learn_decay", learn_decay)):
+            if not isinstance(value, bool):
+                raise VariantConfigError(f"retention: {field}={value!r} must be true or false")
+        self.normalize, self.learn_decay = normalize, learn_decay
+        self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
+        self.backend = check_choice(self.name, "backend", backend, BACKENDS)
+        self.per_head_names = ("decay",) if learn_decay else ()
+        self._declare_per_head(heads, head_dim)
+
+    def initial_parameters(self, heads: int, head_dim: int) -> dict[str, Tensor]:
+        log_gamma = log_decays(retnet_exponents(heads, self.decay_range))
+        return {"decay": torch.log(-log_gamma).float()}  # log(-log gamma): any real is valid
+
+    def log_gamma(self, x: Tensor) -> Tensor:
+        """``(H,)`` log decays for ``x (B, H, N, D)``, in its dtype (float64 where it is
+        half precision: the powers of gamma are taken in log space either way)."""
+        dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+        if self.learn_decay:
+            (decay,) = self.per_head(x)
+            return -torch.exp(decay.to(dtype))
+        return log_decays(retnet_exponents(x.shape[1], self.decay_range)).to(x.device, dtype)
+
+    def build_parameters(self, heads: int, head_dim: int) -> None:
+        if self.learn_decay:
+            super().build_parameters(heads, head_dim)
+
+    # ------------------------------------------------------------------------------ attention
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        check_qkv(q, k, v)
+        problems = self.not_supported_reasons(q, k, v, causal)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self._retain(q, k, v, None, 0, self.backend_for(q))[0]
+
+    def _retain(
+        self, q: Tensor, k: Tensor, v: Tensor, state: Tensor | None, start: int, engine="torch"
+    ) -> tuple[Tensor, Tensor]:
+        """Outputs for tokens at absolute positions ``start ..`` after ``state``, and the new
+        state ``(B, H, D, Dv [+ 1])``."""
+        group = group_size(q, k)
+        k, v = repeat_kv(k, group), repeat_kv(v, group)  # decays differ per query head
+        log_gamma = self.log_gamma(q)
+        work = log_gamma.dtype
+        qs = (q * self.softmax_scale(q.shape[-1])).to(work)
+        values = v.to(work)
+        if self.normalize:  # a ones column carries sum_m gamma^(n-m) q_n . k_m
+            values = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
+        if engine == "fla":
+            out, state = decay_attention_fla(qs, k.to(work), values, log_gamma, state)
+        else:
+            out, state = decay_attention(
+                qs, k.to(work), values, log_gamma, self.chunk_size, state=state
+            )
+        if self.normalize:
+            scaled = out * row_scales(log_gamma, start, q.shape[-2])  # (B, H, N, Dv + 1)
+            out = scaled[..., :-1] / scaled[..., -1:].abs().clamp_min(1.0)
+        return out.to(q.dtype), state
+
+    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
+        reasons = super().not_supported_reasons(q, k, v, causal) + self.backend_problems(q)
+        if self.learn_decay:
+            problem = self.shape_mismatch(q.shape[1], q.shape[-1])
+            if problem:
+                reasons.append(problem)
+        return reasons
+
+    # ---------------------------------------------------------------------------- decode form
+    @torch.no_grad()
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, max_len: int | None = None):
+        check_prefill(self.name, q, k, max_len)  # the state is constant: max_len is moot
+        out, state = self._retain(q, k, v, None, 0, self.backend_for(q))
+        return out, DecodeState({"s": state}, k.shape[-2])
+
+    @torch.no_grad()
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState):
+        t = check_step(self.name, q, k, v, state)
+        out, state["s"] = self._retain(q, k, v, state["s"], state.length)
+        state.length += t
+        return out, state
+
+    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None):
+        # one (D, Dv + 1) state per query head (the decays differ per head); float32 at least
+        heads = heads or self.heads or kv_heads
+        columns = head_dim + (1 if self.normalize else 0)
+        return batch * heads * head_dim * columns * max(element_size, 4)
+
+    def step_read_bytes(
+        self, batch, heads, kv_heads, context_len, head_dim, q_tokens=1, element_size=4
+    ) -> int:
+        state = batch * heads * head_dim * (head_dim + self.normalize) * max(element_size, 4)
+        tokens = batch * q_tokens * (heads + 2 * kv_heads) * head_dim * element_size
+        return state + tokens
+
+    # ---------------------------------------------------------------------------- cost models
+    def flops(
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
+    ) -> int:
+        dv = head_dim + (1 if self.normalize else 0)
+        return batch * heads * decay_flops(q_len, head_dim, dv, self.chunk_size)
+
+    def backward_flops(
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        head_dim: int,
+        causal: bool,
+        kv_heads: int | None = None,
+    ) -> int:
+        # 2x the forward: both operands of every product carry gradients (autograd skips the
+        # products that do not reach the output: the first chunk's zero state, the last
+        # chunk's write; a boundary term of one chunk, exact from two blocks of chunks on)
+        return 2 * self.flops(batch, heads, q_len, kv_len, head_dim, causal, kv_heads)
+
+    def analytic_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
+    ) -> int:
+        return self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads)
+
+    def backward_mem_bytes(
+        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
+    ) -> int:
+        """The harness's model of the backward pass: the forward's working set with every
+        block's intermediates kept (autograd saves them), and half again for the gradients in
+        flight (an upper bound of the measured peaks within 2.5x: test_recurrent_variants.py)."""
+        saved = self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, True)
+        return saved * 3 // 2
+
+    def _memory(self, batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, saved=False):
+        dv = head_dim + (1 if self.normalize else 0)
+        work = decay_memory(
+            batch, heads, q_len, head_dim, dv, self.chunk_size, self.normalize, saved
+        )
+        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
+        return work * max(element_size, 4) + repeated
+
+
+def chunk_sizes(n: int, chunk: int) -> list[tuple[int, int]]:
+    """``(size, count)`` of the chunks the engines cut ``n`` tokens into: whole chunks of
+    ``chunk`` tokens, then the ragged tail as one shorter chunk."""
+    whole, tail = divmod(n, chunk)
+    return [(s, c) for s, c in ((chunk, whole), (tail, 1 if tail else 0)) if c]
+
+
+def decay_flops(n: int, d: int, dv: int, chunk: int) -> int:
+    """Forward matmul FLOPs of the chunked decayed sum for one head
+    (:mod:`variants.engines.decay`): per chunk of ``s`` tokens the scores ``Q K^T`` and their
+    product with V (``2 s^2 (d + dv)``), the decayed keys' write to the state and the queries'
+    read of the previous state (``4 s d dv``)."""
+    return sum(c * (2 * s * s * (d + dv) + 4 * s * d * dv) for s, c in chunk_sizes(n, chunk))
+
+
+def block_chunks(batch: int, heads: int, n: int, chunk: int, d: int, dv: int) -> int:
+    """Chunks in one batched block of the engines on CPU (at most all of them)."""
+    return min(-(-n // chunk), cpu_chunks_per_block(batch, heads, chunk, d, dv))
+
+
+def decay_memory(
+    batch: int, heads: int, n: int, d: int, dv: int, chunk: int, normalize=True, saved=False
+) -> int:
+    """Elements of the chunked form's working set (upper bound): per head the scaled
+    queries, the blocks' outputs and their concatenation (with ``normalize``: the values'
+    ones column, the scaled and the normalised output too); and one block's scores, decayed
+    queries and keys, products and states (``saved``: every block's, as autograd keeps them
+    for the backward)."""
+    c = min(chunk, n)
+    chunks = -(-n // c) if saved else block_chunks(batch, heads, n, c, d, dv)
+    block = chunks * (c * c + 2 * c * d + 3 * c * dv + 2 * d * dv)
+    return batch * heads * (n * (d + (4 if normalize else 2) * dv) + block)
+
+
+def _check_range(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in value)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (0 < lo <= hi < 60):
+        raise VariantConfigError(
+            f"retention: decay_range={value!r} must be [first, last] exponents with "
+            "0 < first <= last < 60 (gamma = 1 - 2^-e)"
+        )
+    return (lo, hi)
