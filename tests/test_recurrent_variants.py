@@ -265,3 +265,29 @@ def test_memory_models_bound_the_measured_peaks(name, params, shape):
         fn()  # warm-up, as the harness does
         peak = memory.peak_memory(fn, "cpu")["peak_mem_bytes"]
         assert peak <= model <= 2.5 * peak, (pass_name, peak, model)
+
+
+def test_short_convolutions_are_causal_and_recorded():
+    from variants.mha import MultiHeadAttention
+
+    torch.manual_seed(0)
+    layer = MultiHeadAttention(8, 2, "sdpa", short_conv=4)
+    x = torch.randn(1, 12, 8)
+    y = x.clone()
+    y[:, 7:] += 1.0  # the future changes
+    with torch.no_grad():
+        assert torch.equal(layer(x, causal=True)[:, :7], layer(y, causal=True)[:, :7])
+    assert len(layer.convs) == 3 and not MultiHeadAttention(8, 2, "sdpa").convs
+    with pytest.raises(ValueError, match="short_conv"):
+        MultiHeadAttention(8, 2, "sdpa", short_conv=-1)
+
+
+def test_short_conv_is_a_checked_train_field_and_reaches_the_model():
+    from harness.measure.config import ConfigError
+    from harness.tasks.train.config import TrainConfig
+    from harness.tasks.train.model import ModelConfig, TinyTransformer
+
+    with pytest.raises(ConfigError, match="train.short_conv"):
+        TrainConfig(short_conv=-2)
+    model = TinyTransformer(ModelConfig(16, 8, 8, 2, 1, 0, 3), lambda _: variants.create("sdpa"))
+    assert all(block.attn.short_conv == 3 for block in model.blocks)

@@ -24,6 +24,10 @@ class MultiHeadAttention(torch.nn.Module):
         variant: The attention to run per head, an :class:`AttentionVariant` instance or a
             registry name (then built with ``variant_params``).
         bias: Whether the projections have biases.
+        short_conv: Kernel size of a causal depthwise convolution (then SiLU) on the q, k and v
+            projections, as the linear-recurrent layers of flash-linear-attention and Zoology
+            apply before their operator (it lets a token see its predecessors without attention);
+            0 (default): none.
         variant_params: Parameters for ``variants.create`` when ``variant`` is a name.
     """
 
@@ -33,6 +37,7 @@ class MultiHeadAttention(torch.nn.Module):
         num_heads: int,
         variant: AttentionVariant | str = "sdpa",
         bias: bool = True,
+        short_conv: int = 0,
         **variant_params,
     ) -> None:
         super().__init__()
@@ -52,6 +57,21 @@ class MultiHeadAttention(torch.nn.Module):
         self.w_k = torch.nn.Linear(d_model, d_model, bias=bias)
         self.w_v = torch.nn.Linear(d_model, d_model, bias=bias)
         self.w_o = torch.nn.Linear(d_model, d_model, bias=bias)
+        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
+            raise ValueError(f"MultiHeadAttention: short_conv={short_conv!r} must be an int >= 0")
+        self.short_conv = short_conv
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv1d(d_model, d_model, short_conv, groups=d_model, padding=short_conv - 1)
+            for _ in range(3 if short_conv else 0)
+        )
+
+    def _conv(self, index: int, x: Tensor) -> Tensor:
+        """The causal depthwise convolution ``index`` (q, k, v) and SiLU of ``x (B, N, C)``; ``x``
+        itself without ``short_conv``."""
+        if not self.short_conv:
+            return x
+        y = self.convs[index](x.transpose(1, 2))[..., : x.shape[1]]  # left context only
+        return torch.nn.functional.silu(y.transpose(1, 2))
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -70,9 +90,9 @@ class MultiHeadAttention(torch.nn.Module):
             raise ValueError(
                 f"context must be ({x.shape[0]}, N, {self.d_model}); got {tuple(context.shape)}"
             )
-        q = self._heads(self.w_q(x))  # (B, H, Nq, D)
-        k = self._heads(self.w_k(context))  # (B, H, Nk, D)
-        v = self._heads(self.w_v(context))  # (B, H, Nk, D)
+        q = self._heads(self._conv(0, self.w_q(x)))  # (B, H, Nq, D)
+        k = self._heads(self._conv(1, self.w_k(context)))  # (B, H, Nk, D)
+        v = self._heads(self._conv(2, self.w_v(context)))  # (B, H, Nk, D)
         reasons = self.attention.not_supported_reasons(q, k, v, causal)
         if reasons:
             raise ValueError("; ".join(reasons))

@@ -83,6 +83,9 @@ class TrainConfig:
         grad_clip: Gradient norm clip (0: none).
         layers: Transformer blocks.
         mlp_ratio: MLP hidden width / model width; 0 = attention-only blocks.
+        short_conv: Kernel size of a causal depthwise convolution (and SiLU) on the q, k and v
+            projections of every block, as the layers of flash-linear-attention and Zoology have
+            before a linear-recurrent operator; 0 = none (the same model for every arm either way).
         mqar: The MQAR task's settings (a mapping is turned into :class:`MqarConfig`).
         chars: The chars task's settings (a mapping is turned into :class:`CharsConfig`).
     """
@@ -102,6 +105,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     layers: int = 2
     mlp_ratio: int = 0
+    short_conv: int = 0
     mqar: MqarConfig = dataclasses.field(default_factory=MqarConfig)
     chars: CharsConfig = dataclasses.field(default_factory=CharsConfig)
 
@@ -110,6 +114,7 @@ class TrainConfig:
             raise ConfigError(f"train.task={self.task!r} is not one of {', '.join(TASKS)}")
         check_positive("train.lr", self.lr)
         lows = {"steps": 1, "batch": 1, "eval_every": 1, "warmup": 0, "layers": 1, "mlp_ratio": 0}
+        lows["short_conv"] = 0
         for field, low in lows.items():
             check_integer(f"train.{field}", getattr(self, field), low)
         check_integer("train.min_steps", self.min_steps, 0, self.steps)

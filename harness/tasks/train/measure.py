@@ -129,7 +129,9 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
         task = make_task(cfg, n, row["causal"], row["seed"], row["device"])
         row.update(inputs=task.name, task_params=task.params, chance=task.chance)
         row.update(plateau=task.plateau)
-        shape = ModelConfig(task.vocab, n, heads * head_dim, heads, cfg.layers, cfg.mlp_ratio)
+        shape = ModelConfig(
+            task.vocab, n, heads * head_dim, heads, cfg.layers, cfg.mlp_ratio, cfg.short_conv
+        )
         model = TinyTransformer(shape, lambda block: factory(100 * row["seed"] + block))
     except Exception as exc:  # noqa: BLE001 - a bad task or variant is a row, the sweep goes on
         return [row | {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}]
@@ -140,6 +142,8 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
         row.update(knob=first.knob, knob_value=first.config().get(first.knob))
     row["model"] = {k: getattr(shape, k) for k in ("vocab", "width", "heads", "layers")}
     row["model"]["mlp_ratio"] = shape.mlp_ratio
+    if shape.short_conv:  # only where used: rows without it are the same model as before
+        row["model"]["short_conv"] = shape.short_conv
     row.update(parameter_counts(model))
     row["state_bytes"] = state_bytes(
         row["variant"], row["params"], n, head_dim, heads, cfg.layers, row["causal"],

@@ -30,6 +30,7 @@ class ModelConfig:
         heads: Attention heads.
         layers: Transformer blocks.
         mlp_ratio: Hidden width of the MLP as a multiple of ``width``; 0 means no MLP.
+        short_conv: Kernel of the causal depthwise convolutions on q, k, v (0: none).
     """
 
     vocab: int
@@ -38,6 +39,7 @@ class ModelConfig:
     heads: int = 1
     layers: int = 2
     mlp_ratio: int = 0
+    short_conv: int = 0
 
 
 class Block(torch.nn.Module):
@@ -46,7 +48,7 @@ class Block(torch.nn.Module):
     def __init__(self, cfg: ModelConfig, variant: AttentionVariant) -> None:
         super().__init__()
         self.ln_attn = torch.nn.LayerNorm(cfg.width)
-        self.attn = MultiHeadAttention(cfg.width, cfg.heads, variant)
+        self.attn = MultiHeadAttention(cfg.width, cfg.heads, variant, short_conv=cfg.short_conv)
         self.mlp: torch.nn.Module | None = None
         if cfg.mlp_ratio:
             hidden = cfg.mlp_ratio * cfg.width
