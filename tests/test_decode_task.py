@@ -6,6 +6,7 @@ base class) stands in for the built-ins where a test is about the harness, not a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import ClassVar
 
@@ -210,3 +211,28 @@ def test_attention_task_runs_grouped_heads_against_the_reference() -> None:
     (row,) = rows
     assert row["status"] == "ok" and row["kv_heads"] == 2 and row["gqa"] == "repeat"
     assert row["rel_err"] < 1e-5 and row["attn_tv"] < 1e-5
+
+
+@pytest.mark.parametrize("name", ["retention", "deltanet"])
+def test_operators_of_their_own_decode_without_an_error_against_exact(name) -> None:
+    import variants
+
+    cls = variants.get_class(name)
+    (row,) = measure_decode(_point(cls), lambda seed: cls())
+    assert row["status"] == "ok", row["reason"]
+    assert row["approximates_softmax"] is False and "not an approximation" in row["notes"]
+    assert row.get("decode_rel_err") is None and row.get("rel_err") is None
+    assert row["state_bytes"] == row["state_bytes_measured"] > 0
+
+
+def test_attention_rows_of_an_operator_of_its_own_carry_no_error_and_say_why() -> None:
+    import variants
+
+    cls = variants.get_class("deltanet")
+    point = _point(cls, task="attention", kv_len=32)
+    (row,) = measure_attention(point, lambda seed: cls())
+    assert row["status"] == "ok" and row["approximates_softmax"] is False
+    assert row.get("rel_err") is None and "not an approximation" in row["notes"]
+    bidirectional = dataclasses.replace(point, causal=False)
+    (refused,) = measure_attention(bidirectional, lambda seed: cls())
+    assert refused["status"] == "unsupported" and "causal by construction" in refused["reason"]
