@@ -32,18 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants.base import AttentionVariant, check_choice, check_positive_int, check_qkv
-from variants.decode import DecodeState, check_prefill, check_step
+from variants.base import check_choice
 from variants.engines.delta import delta_rule
-from variants.engines.fla_backend import BACKENDS, FlaBackend, delta_rule_fla
-from variants.grouped import group_size, repeat_bytes, repeat_kv
-from variants.perhead import PerHeadParameters
+from variants.engines.fla_backend import delta_rule_fla
+from variants.grouped import group_size, repeat_kv
+from variants.recurrent import RecurrentOperator
 from variants.retention import block_chunks, chunk_sizes, log_decays, retnet_exponents
 
 GATES = ("none", "learned")
 
 
-class DeltaNetAttention(FlaBackend, PerHeadParameters, AttentionVariant):
+class DeltaNetAttention(RecurrentOperator):
     """The delta rule with a learned write strength per head; optionally gated.
 
     Args:
@@ -60,16 +59,9 @@ class DeltaNetAttention(FlaBackend, PerHeadParameters, AttentionVariant):
     """
 
     name: ClassVar[str] = "deltanet"
-    exact: ClassVar[bool] = False
-    approximates_softmax: ClassVar[bool] = False
-    supports_bidirectional: ClassVar[bool] = False
     causal_only_reason: ClassVar[str] = (
         "the delta rule is a recurrence over positions, causal by construction"
     )
-    supports_cross: ClassVar[bool] = False
-    knob: ClassVar[str | None] = None
-    supports_decode: ClassVar[bool] = True
-    TOLERANCES = {**AttentionVariant.TOLERANCES, torch.bfloat16: (2e-2, 6e-2)}
 
     def __init__(
         self,
@@ -82,11 +74,8 @@ class DeltaNetAttention(FlaBackend, PerHeadParameters, AttentionVariant):
         head_dim: int | None = None,
     ) -> None:
         super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
-        if heads is not None:
-            check_positive_int(self.name, "heads", heads)
+        self._check_common(heads, chunk_size, backend)
         self.gate = check_choice(self.name, "gate", gate, GATES)
-        self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
-        self.backend = check_choice(self.name, "backend", backend, BACKENDS)
         names = ("beta_weight", "beta_bias")
         self.per_head_names = names + (("gate_weight", "gate_bias") if gate == "learned" else ())
         self._declare_per_head(heads, head_dim)
@@ -109,64 +98,24 @@ class DeltaNetAttention(FlaBackend, PerHeadParameters, AttentionVariant):
         logits = torch.einsum("bhnd,hd->bhn", k, params[2]) + params[3][:, None]
         return beta, F.logsigmoid(logits)
 
-    # ------------------------------------------------------------------------------ attention
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        check_qkv(q, k, v)
-        problems = self.not_supported_reasons(q, k, v, causal)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self._delta(q, k, v, None, self.backend_for(q))[0]
-
-    def _delta(self, q: Tensor, k: Tensor, v: Tensor, state: Tensor | None, engine="torch"):
-        """Outputs of the tokens after ``state`` and the new state ``(B, H, D, Dv)``."""
+    def run(self, q, k, v, state, start, engine):
         group = group_size(q, k)
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # beta differs per query head
         work = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-        q, k, v = q.to(work), k.to(work), v.to(work)
-        beta, log_alpha = self.write_strengths(k)
-        qn = F.normalize(q, dim=-1) * self.softmax_scale(q.shape[-1])
-        kn = F.normalize(k, dim=-1)
+        qw, kw, vw = q.to(work), k.to(work), v.to(work)
+        beta, log_alpha = self.write_strengths(kw)
+        qn = F.normalize(qw, dim=-1) * self.softmax_scale(q.shape[-1])
+        kn = F.normalize(kw, dim=-1)
         if engine == "fla":
-            out, state = delta_rule_fla(qn, kn, v, beta, log_alpha, state)
+            out, state = delta_rule_fla(qn, kn, vw, beta, log_alpha, state)
         else:
-            out, state = delta_rule(qn, kn, v, beta, self.chunk_size, log_alpha, state=state)
-        return out, state
-
-    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
-        reasons = super().not_supported_reasons(q, k, v, causal) + self.backend_problems(q)
-        problem = self.shape_mismatch(q.shape[1], q.shape[-1])
-        if problem:
-            reasons.append(problem)
-        return reasons
-
-    # ---------------------------------------------------------------------------- decode form
-    @torch.no_grad()
-    def prefill(self, q: Tensor, k: Tensor, v: Tensor, max_len: int | None = None):
-        check_prefill(self.name, q, k, max_len)  # the state is constant: max_len is moot
-        out, state = self._delta(q, k, v, None, self.backend_for(q))
-        return out.to(q.dtype), DecodeState({"s": state}, k.shape[-2])
-
-    @torch.no_grad()
-    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState):
-        t = check_step(self.name, q, k, v, state)
-        out, state["s"] = self._delta(q, k, v, state["s"])
-        state.length += t
+            out, state = delta_rule(qn, kn, vw, beta, self.chunk_size, log_alpha, state=state)
         return out.to(q.dtype), state
 
-    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None):
-        # one (D, Dv) state per query head (beta differs per head); float32 at least
-        heads = heads or self.heads or kv_heads
-        return batch * heads * head_dim * head_dim * max(element_size, 4)
-
-    def step_read_bytes(
-        self, batch, heads, kv_heads, context_len, head_dim, q_tokens=1, element_size=4
-    ) -> int:
-        state = batch * heads * head_dim * head_dim * max(element_size, 4)
-        params = heads * (head_dim + 1) * (2 if self.gate == "learned" else 1) * 4
-        tokens = batch * q_tokens * (heads + 2 * kv_heads) * head_dim * element_size
-        return state + params + tokens
-
     # ---------------------------------------------------------------------------- cost models
+    def working_elements(self, batch, heads, n, head_dim, saved) -> int:
+        return delta_memory(batch, heads, n, head_dim, head_dim, self.chunk_size, saved)
+
     def flops(
         self,
         batch: int,
@@ -199,26 +148,6 @@ class DeltaNetAttention(FlaBackend, PerHeadParameters, AttentionVariant):
         solves = batch * heads * solve_flops(q_len, self.chunk_size)
         products = sum(c * 2 * s**3 for s, c in chunk_sizes(q_len, self.chunk_size))
         return 2 * (forward - solves) + solves + batch * heads * products
-
-    def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
-    ) -> int:
-        return self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads)
-
-    def backward_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
-    ) -> int:
-        """The harness's model of the backward pass: the forward's working set with every
-        block's intermediates kept (autograd saves them), and half again for the gradients in
-        flight (an upper bound of the measured peaks within 2.5x: test_recurrent_variants.py)."""
-        saved = self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, True)
-        return saved * 3 // 2
-
-    def _memory(self, batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, saved=False):
-        d = head_dim
-        work = delta_memory(batch, heads, q_len, d, d, self.chunk_size, saved)
-        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
-        return work * max(element_size, 4) + repeated
 
 
 def delta_flops(n: int, d: int, dv: int, chunk: int) -> int:

@@ -31,18 +31,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from variants.base import (
-    AttentionVariant,
-    VariantConfigError,
-    check_choice,
-    check_positive_int,
-    check_qkv,
-)
-from variants.decode import DecodeState, check_prefill, check_step
+from variants.base import VariantConfigError
 from variants.engines.decay import cpu_chunks_per_block, decay_attention
-from variants.engines.fla_backend import BACKENDS, FlaBackend, decay_attention_fla
-from variants.grouped import group_size, repeat_bytes, repeat_kv
-from variants.perhead import PerHeadParameters
+from variants.engines.fla_backend import decay_attention_fla
+from variants.grouped import group_size, repeat_kv
+from variants.recurrent import RecurrentOperator
 
 #: RetNet's decay exponents: ``gamma_h = 1 - 2^-(5 + h)``.
 RETNET_FIRST_EXPONENT = 5.0
@@ -70,7 +63,7 @@ def row_scales(log_gamma: Tensor, start: int, n: int) -> Tensor:
     return torch.sqrt(torch.expm1(lg) / torch.expm1(lg * pos)).unsqueeze(-1)  # (H, n, 1)
 
 
-class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
+class RetentionAttention(RecurrentOperator):
     """Retention with a decay per head; chunked for sequences, recurrent for decoding.
 
     Args:
@@ -92,17 +85,9 @@ class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
     """
 
     name: ClassVar[str] = "retention"
-    exact: ClassVar[bool] = False
-    approximates_softmax: ClassVar[bool] = False
-    supports_bidirectional: ClassVar[bool] = False
     causal_only_reason: ClassVar[str] = (
         "retention is a recurrence over positions, causal by construction"
     )
-    supports_cross: ClassVar[bool] = False
-    knob: ClassVar[str | None] = None
-    supports_decode: ClassVar[bool] = True
-    per_head_names: ClassVar[tuple[str, ...]] = ("decay",)
-    TOLERANCES = {**AttentionVariant.TOLERANCES, torch.bfloat16: (2e-2, 6e-2)}
 
     def __init__(
         self,
@@ -117,24 +102,23 @@ class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
         head_dim: int | None = None,
     ) -> None:
         super().__init__(kv_len=kv_len, head_dim=head_dim, scale=scale)
-        if heads is not None:
-            check_positive_int(self.name, "heads", heads)
+        self._check_common(heads, chunk_size, backend)
         self.decay_range = _check_range(decay_range)
         for field, value in (("normalize", normalize), ("learn_decay", learn_decay)):
             if not isinstance(value, bool):
                 raise VariantConfigError(f"retention: {field}={value!r} must be true or false")
         self.normalize, self.learn_decay = normalize, learn_decay
-        self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
-        self.backend = check_choice(self.name, "backend", backend, BACKENDS)
         self.per_head_names = ("decay",) if learn_decay else ()
         self._declare_per_head(heads, head_dim)
 
     def initial_parameters(self, heads: int, head_dim: int) -> dict[str, Tensor]:
+        if not self.learn_decay:
+            return {}
         log_gamma = log_decays(retnet_exponents(heads, self.decay_range))
         return {"decay": torch.log(-log_gamma).float()}  # log(-log gamma): any real is valid
 
     def log_gamma(self, x: Tensor) -> Tensor:
-        """``(H,)`` log decays for ``x (B, H, N, D)``, in its dtype (float64 where it is
+        """``(H,)`` log decays for ``x (B, H, N, D)``, in its dtype (float32 where it is
         half precision: the powers of gamma are taken in log space either way)."""
         dtype = x.dtype if x.dtype == torch.float64 else torch.float32
         if self.learn_decay:
@@ -142,23 +126,10 @@ class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
             return -torch.exp(decay.to(dtype))
         return log_decays(retnet_exponents(x.shape[1], self.decay_range)).to(x.device, dtype)
 
-    def build_parameters(self, heads: int, head_dim: int) -> None:
-        if self.learn_decay:
-            super().build_parameters(heads, head_dim)
+    def state_columns(self, head_dim: int) -> int:
+        return head_dim + (1 if self.normalize else 0)  # the normaliser's key sum
 
-    # ------------------------------------------------------------------------------ attention
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        check_qkv(q, k, v)
-        problems = self.not_supported_reasons(q, k, v, causal)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self._retain(q, k, v, None, 0, self.backend_for(q))[0]
-
-    def _retain(
-        self, q: Tensor, k: Tensor, v: Tensor, state: Tensor | None, start: int, engine="torch"
-    ) -> tuple[Tensor, Tensor]:
-        """Outputs for tokens at absolute positions ``start ..`` after ``state``, and the new
-        state ``(B, H, D, Dv [+ 1])``."""
+    def run(self, q, k, v, state, start, engine):
         group = group_size(q, k)
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # decays differ per query head
         log_gamma = self.log_gamma(q)
@@ -178,42 +149,11 @@ class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
             out = scaled[..., :-1] / scaled[..., -1:].abs().clamp_min(1.0)
         return out.to(q.dtype), state
 
-    def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
-        reasons = super().not_supported_reasons(q, k, v, causal) + self.backend_problems(q)
-        if self.learn_decay:
-            problem = self.shape_mismatch(q.shape[1], q.shape[-1])
-            if problem:
-                reasons.append(problem)
-        return reasons
-
-    # ---------------------------------------------------------------------------- decode form
-    @torch.no_grad()
-    def prefill(self, q: Tensor, k: Tensor, v: Tensor, max_len: int | None = None):
-        check_prefill(self.name, q, k, max_len)  # the state is constant: max_len is moot
-        out, state = self._retain(q, k, v, None, 0, self.backend_for(q))
-        return out, DecodeState({"s": state}, k.shape[-2])
-
-    @torch.no_grad()
-    def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState):
-        t = check_step(self.name, q, k, v, state)
-        out, state["s"] = self._retain(q, k, v, state["s"], state.length)
-        state.length += t
-        return out, state
-
-    def state_bytes(self, batch, kv_heads, context_len, head_dim, element_size=4, heads=None):
-        # one (D, Dv + 1) state per query head (the decays differ per head); float32 at least
-        heads = heads or self.heads or kv_heads
-        columns = head_dim + (1 if self.normalize else 0)
-        return batch * heads * head_dim * columns * max(element_size, 4)
-
-    def step_read_bytes(
-        self, batch, heads, kv_heads, context_len, head_dim, q_tokens=1, element_size=4
-    ) -> int:
-        state = batch * heads * head_dim * (head_dim + self.normalize) * max(element_size, 4)
-        tokens = batch * q_tokens * (heads + 2 * kv_heads) * head_dim * element_size
-        return state + tokens
-
     # ---------------------------------------------------------------------------- cost models
+    def working_elements(self, batch, heads, n, head_dim, saved) -> int:
+        dv = self.state_columns(head_dim)
+        return decay_memory(batch, heads, n, head_dim, dv, self.chunk_size, self.normalize, saved)
+
     def flops(
         self,
         batch: int,
@@ -224,7 +164,7 @@ class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
         causal: bool,
         kv_heads: int | None = None,
     ) -> int:
-        dv = head_dim + (1 if self.normalize else 0)
+        dv = self.state_columns(head_dim)
         return batch * heads * decay_flops(q_len, head_dim, dv, self.chunk_size)
 
     def backward_flops(
@@ -241,28 +181,6 @@ class RetentionAttention(FlaBackend, PerHeadParameters, AttentionVariant):
         # products that do not reach the output: the first chunk's zero state, the last
         # chunk's write; a boundary term of one chunk, exact from two blocks of chunks on)
         return 2 * self.flops(batch, heads, q_len, kv_len, head_dim, causal, kv_heads)
-
-    def analytic_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
-    ) -> int:
-        return self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads)
-
-    def backward_mem_bytes(
-        self, batch, heads, q_len, kv_len, head_dim, causal, element_size=4, kv_heads=None
-    ) -> int:
-        """The harness's model of the backward pass: the forward's working set with every
-        block's intermediates kept (autograd saves them), and half again for the gradients in
-        flight (an upper bound of the measured peaks within 2.5x: test_recurrent_variants.py)."""
-        saved = self._memory(batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, True)
-        return saved * 3 // 2
-
-    def _memory(self, batch, heads, q_len, kv_len, head_dim, element_size, kv_heads, saved=False):
-        dv = head_dim + (1 if self.normalize else 0)
-        work = decay_memory(
-            batch, heads, q_len, head_dim, dv, self.chunk_size, self.normalize, saved
-        )
-        repeated = repeat_bytes(batch, heads, kv_heads, kv_len, head_dim, element_size)
-        return work * max(element_size, 4) + repeated
 
 
 def chunk_sizes(n: int, chunk: int) -> list[tuple[int, int]]:
