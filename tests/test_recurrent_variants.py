@@ -235,7 +235,7 @@ def test_a_saved_fit_loads_into_an_unbuilt_instance():
 def test_backends_resolve_to_the_suites_engine_off_cuda_and_refuse_fla(name):
     q, k, v = make_qkv((1, 2, 16, 16, 8), seed=0)
     auto = variants.create(name)
-    assert auto.config()["resolved_backend"] is None  # nothing ran yet
+    assert auto.config()["resolved_backend"] is None  # nothing asked yet
     auto(q, k, v, causal=True)
     assert auto.config()["resolved_backend"] == "torch"
     (reason,) = variants.create(name, backend="fla").not_supported_reasons(q, k, v, True)

@@ -84,9 +84,12 @@ def _fmt_value(value: Any) -> str:
 
 
 #: Constructor parameters that restate the point's shape (every variant is built for the point's
-#: ``kv_len`` and ``head_dim``; older rows say ``seq_len``): never part of a series label, or each
-#: length would be a series.
-SHAPE_PARAMS = frozenset({"seq_len", "kv_len", "q_len", "head_dim"})
+#: ``kv_len`` and ``head_dim``; older rows say ``seq_len``; per-head parameters are built for the
+#: point's ``heads``): never part of a series label, or each length would be a series.
+SHAPE_PARAMS = frozenset({"seq_len", "kv_len", "q_len", "head_dim", "heads"})
+#: Parameters a variant records about what ran rather than what was asked for (the engine
+#: ``auto`` resolved to): absent from rows of points that did not run, so never in a label.
+RECORDED_PARAMS = frozenset({"resolved_backend"})
 
 
 def series_labels(
@@ -113,7 +116,8 @@ def series_labels(
     labels = pd.Series(index=df.index, dtype=object)
     for variant, idx in df.groupby(df["variant"].astype(str), sort=False).groups.items():
         dicts = params.loc[idx]
-        keys = sorted({k for d in dicts for k in d} - ignore.get(variant, set()) - SHAPE_PARAMS)
+        keys = {k for d in dicts for k in d} - ignore.get(variant, set()) - SHAPE_PARAMS
+        keys = sorted(keys - RECORDED_PARAMS)
         always = ALWAYS_NAMED.get(variant, frozenset())
         named = [
             k

@@ -97,6 +97,9 @@ class FlaBackend:
         return self._last_backend
 
     def backend_problems(self, x: Tensor) -> list[str]:
+        """Why the configured backend cannot run inputs like ``x`` (and the engine that would:
+        rows of points that did not run record it too)."""
+        self.backend_for(x)
         problem = fla_problem(x.device.type) if self.backend == "fla" else None
         return [f"{self.name}: backend=fla: {problem}"] if problem else []
 
