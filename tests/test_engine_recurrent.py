@@ -241,3 +241,19 @@ def test_blocks_of_chunks_change_nothing(block_elements, engine, monkeypatch):
     assert_pair_close(run(x), want, **TIGHT)
     for got, expected in zip(grads_of(run, x, names), want_grads):
         assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+@pytest.mark.parametrize("n", [1, 37, 130])
+def test_row_sums_equal_a_ones_column_of_the_values(n, chunk):
+    """``row_sums`` carries the decayed key sum as a last state column and returns ``q . z`` as
+    a last output column: exactly what a ones column appended to the values gives."""
+    gen = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    log_gamma = -torch.rand(3, generator=gen, dtype=torch.float64)
+    start = torch.randn(2, 3, 8, 9, generator=gen, dtype=torch.float64)
+    ones = torch.cat([v, torch.ones(2, 3, n, 1, dtype=torch.float64)], dim=-1)
+    want, want_state = decay_naive.decay_attention(q, k, ones, log_gamma, state=start)
+    got, got_state = decay.decay_attention(q, k, v, log_gamma, chunk, state=start, row_sums=True)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got_state, want_state, rtol=1e-10, atol=1e-12)

@@ -134,20 +134,24 @@ class RetentionAttention(RecurrentOperator):
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # decays differ per query head
         log_gamma = self.log_gamma(q)
         work = log_gamma.dtype
-        qs = (q * self.softmax_scale(q.shape[-1])).to(work)
-        values = v.to(work)
-        if self.normalize:  # a ones column carries sum_m gamma^(n-m) q_n . k_m
-            values = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
+        qw, kw, vw = q.to(work), k.to(work), v.to(work)
+        # the state carries sum_m gamma^(n-m) k_m as a last column (the normaliser's row sums
+        # q_n . z_n come out as a last output column): a ones column of the values on fla, an
+        # engine option on the CPU, where widening the large products to Dv + 1 costs 25%
         if engine == "fla":
-            out, state = decay_attention_fla(qs, k.to(work), values, log_gamma, state)
+            ones = [vw.new_ones(*vw.shape[:-1], 1)] if self.normalize else []
+            out, state = decay_attention_fla(qw, kw, torch.cat([vw, *ones], -1), log_gamma, state)
         else:
             out, state = decay_attention(
-                qs, k.to(work), values, log_gamma, self.chunk_size, state=state
+                qw, kw, vw, log_gamma, self.chunk_size, state=state, row_sums=self.normalize
             )
-        if self.normalize:
-            scaled = out * row_scales(log_gamma, start, q.shape[-2])  # (B, H, N, Dv + 1)
-            out = scaled[..., :-1] / scaled[..., -1:].abs().clamp_min(1.0)
-        return out.to(q.dtype), state
+        # the outputs are linear in the score scale: it multiplies the result, not q
+        scale = self.softmax_scale(q.shape[-1])
+        if not self.normalize:
+            return (out * scale).to(q.dtype), state
+        rows = row_scales(log_gamma, start, q.shape[-2]) * scale  # (H, N, 1)
+        sums = (out[..., -1:] * rows).abs().clamp_min(1.0)  # max(|row sum|, 1)
+        return (out[..., :-1] * (rows / sums)).to(q.dtype), state
 
     # ---------------------------------------------------------------------------- cost models
     def working_elements(self, batch, heads, n, head_dim, saved) -> int:
@@ -164,8 +168,8 @@ class RetentionAttention(RecurrentOperator):
         causal: bool,
         kv_heads: int | None = None,
     ) -> int:
-        dv = self.state_columns(head_dim)
-        return batch * heads * decay_flops(q_len, head_dim, dv, self.chunk_size)
+        flops = decay_flops(q_len, head_dim, head_dim, self.chunk_size, self.normalize)
+        return batch * heads * flops
 
     def backward_flops(
         self,
@@ -190,12 +194,17 @@ def chunk_sizes(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, c) for s, c in ((chunk, whole), (tail, 1 if tail else 0)) if c]
 
 
-def decay_flops(n: int, d: int, dv: int, chunk: int) -> int:
+def decay_flops(n: int, d: int, dv: int, chunk: int, row_sums: bool = False) -> int:
     """Forward matmul FLOPs of the chunked decayed sum for one head
     (:mod:`variants.engines.decay`): per chunk of ``s`` tokens the scores ``Q K^T`` and their
-    product with V (``2 s^2 (d + dv)``), the decayed keys' write to the state and the queries'
-    read of the previous state (``4 s d dv``)."""
-    return sum(c * (2 * s * s * (d + dv) + 4 * s * d * dv) for s, c in chunk_sizes(n, chunk))
+    product with V (``2 s^2 (d + dv)``), the decayed keys' write to the state (``2 s d dv``) and
+    the queries' read of the previous state (``2 s d (dv + 1)`` with ``row_sums``: the key sum's
+    column; the sums themselves are reductions, not products)."""
+    read = dv + int(row_sums)
+    return sum(
+        c * (2 * s * s * (d + dv) + 2 * s * d * dv + 2 * s * d * read)
+        for s, c in chunk_sizes(n, chunk)
+    )
 
 
 def block_chunks(batch: int, heads: int, n: int, chunk: int, d: int, dv: int) -> int:

@@ -95,7 +95,9 @@ def join_outputs(outs: list[Tensor], v: Tensor) -> Tensor:
     return torch.cat(outs, dim=-2) if outs else v.new_zeros(*v.shape[:2], 0, v.shape[-1])
 
 
-def check_inputs(name: str, q: Tensor, k: Tensor, v: Tensor, chunk_size: int, state) -> None:
+def check_inputs(
+    name: str, q: Tensor, k: Tensor, v: Tensor, chunk_size: int, state, extra: int = 0
+) -> None:
     """Raises ``ValueError`` naming the argument when shapes or ``chunk_size`` disagree."""
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"{name}: q and k must be (B, H, N, D) alike, got {tuple(q.shape)} "
@@ -105,17 +107,17 @@ def check_inputs(name: str, q: Tensor, k: Tensor, v: Tensor, chunk_size: int, st
                          f"{tuple(v.shape)} for q {tuple(q.shape)}")  # fmt: skip
     if chunk_size < 1:
         raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
-    want = (*q.shape[:2], q.shape[-1], v.shape[-1])
+    want = (*q.shape[:2], q.shape[-1], v.shape[-1] + extra)
     if state is not None and tuple(state.shape) != want:
         raise ValueError(f"{name}: state must be (B, H, D, Dv) = {want}, got "
                          f"{tuple(state.shape)}")  # fmt: skip
 
 
 def _decay_blocks(
-    q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, state: Tensor
+    q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, state: Tensor, row_sums: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Retention over blocks ``(B, H, nc, c, .)`` from ``state``: ``(B, H, nc * c, Dv)`` and the
-    state after the last chunk."""
+    state after the last chunk (``row_sums``: one more column each, below)."""
     c = q.shape[-2]
     pos = torch.arange(c, device=q.device, dtype=q.dtype)
     lag = pos[:, None] - pos[None, :]  # (c, c): i - j
@@ -126,15 +128,20 @@ def _decay_blocks(
     write = (log_g * (c - 1 - pos)[:, None]).exp()  # (H, c, 1): gamma^(c - 1 - j)
     carry = (log_g * c).exp()[:, None].expand(-1, q.shape[-3], 1, 1)  # (H, nc, 1, 1): gamma^c
     scores = (q @ k.transpose(-2, -1)) * mask[:, None]  # (B, H, nc, c, c)
-    step = (k * write[:, None]).transpose(-2, -1) @ v  # (B, H, nc, D, Dv)
+    k_write = k * write[:, None]
+    step = k_write.transpose(-2, -1) @ v  # (B, H, nc, D, Dv)
+    intra = scores @ v  # (B, H, nc, c, Dv)
+    if row_sums:  # the decayed key sum as one more state column, the score rows' sums as output
+        step = torch.cat([step, k_write.sum(dim=-2).unsqueeze(-1)], dim=-1)
+        intra = torch.cat([intra, scores.sum(dim=-1, keepdim=True)], dim=-1)
     before, state = scan_states(carry, step, state, matrix=False)
-    out = batched_addmm(scores @ v, q * read[:, None], before)  # (B, H, nc, c, Dv)
+    out = batched_addmm(intra, q * read[:, None], before)  # (B, H, nc, c, Dv [+ 1])
     return out.flatten(-3, -2), state
 
 
 def decay_attention(
     q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_size: int,
-    state: Tensor | None = None, offset: int = 0,
+    state: Tensor | None = None, offset: int = 0, row_sums: bool = False,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Causal linear attention with decay ``gamma`` per head, chunk by chunk.
 
@@ -150,25 +157,29 @@ def decay_attention(
         state: ``(B, H, D, Dv)`` state before the first token (key dim first); zeros if None.
         offset: Absolute position of the first token; accepted and ignored, since the output
             depends only on the state and the tokens of this call.
+        row_sums: Also carry the decayed key sum ``z_n = gamma z_{n-1} + k_n`` as a last state
+            column (``state`` is then ``(B, H, D, Dv + 1)``) and return ``q_n . z_n``, the sum of
+            the decayed score row, as a last output column: what a ones column of the values
+            gives, without widening the large products to ``Dv + 1`` columns.
 
     Returns:
         ``(B, H, N, Dv)`` outputs and the ``(B, H, D, Dv)`` state after the last token, in
         ``q``'s dtype (half precision computes in float32).
     """
-    check_inputs("decay_attention", q, k, v, chunk_size, state)
+    check_inputs("decay_attention", q, k, v, chunk_size, state, int(row_sums))
     if log_gamma.shape != (q.shape[1],):
         raise ValueError(f"decay_attention: log_gamma must be (H,) = ({q.shape[1]},), got "
                          f"{tuple(log_gamma.shape)}")  # fmt: skip
     dtype = compute_dtype(q.dtype)
     b, h, _, d = q.shape
     if state is None:
-        state = q.new_zeros(b, h, d, v.shape[-1], dtype=dtype)
+        state = q.new_zeros(b, h, d, v.shape[-1] + int(row_sums), dtype=dtype)
     state, log_gamma = state.to(dtype), log_gamma.to(dtype)
     outs = []
     chunks = chunks_per_block(q, v, chunk_size)
     blocks = (chunk_blocks(x.to(dtype), chunk_size, chunks) for x in (q, k, v))
     for qb, kb, vb in zip(*blocks):
-        out, state = _decay_blocks(qb, kb, vb, log_gamma, state)
+        out, state = _decay_blocks(qb, kb, vb, log_gamma, state, row_sums)
         outs.append(out)
     return join_outputs(outs, v).to(q.dtype), state.to(q.dtype)
 
