@@ -291,3 +291,13 @@ def test_short_conv_is_a_checked_train_field_and_reaches_the_model():
         TrainConfig(short_conv=-2)
     model = TinyTransformer(ModelConfig(16, 8, 8, 2, 1, 0, 3), lambda _: variants.create("sdpa"))
     assert all(block.attn.short_conv == 3 for block in model.blocks)
+
+
+def test_the_variant_list_names_them_own_operators_and_causal_only(capsys):
+    from harness.app.list_variants import cli
+
+    assert cli([]) in (0, None)
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip()}
+    for name in ("retention", "deltanet"):
+        assert "own operator (not softmax), causal only" in lines[name]
+    assert "approximate, causal, cross" in lines["linear"]

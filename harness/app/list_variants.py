@@ -25,8 +25,15 @@ from harness.app.plugin_configs import describe_variants
 def _notes(row: dict[str, Any]) -> str:
     if not row["ok"]:
         return row["error"] or "unusable"
-    caps = ["exact" if row["exact"] else "approximate"]
-    caps += [c for c in ("causal", "cross") if row[f"supports_{c}"]]
+    if row["exact"]:
+        caps = ["exact"]
+    elif row.get("approximates_softmax", True):
+        caps = ["approximate"]
+    else:
+        caps = ["own operator (not softmax)"]
+    causal_only = not row.get("supports_bidirectional", True)
+    caps += ["causal only" if causal_only else "causal"] if row["supports_causal"] else []
+    caps += ["cross"] if row["supports_cross"] else []
     if row["knob"]:
         caps.append(f"knob={row['knob']}")
     if row["distribution"]:
