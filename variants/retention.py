@@ -11,7 +11,7 @@ Normalisations (``normalize=True``, the default, those of the paper's parallel f
 2.2 "Retention score normalization"): the scores are scaled by ``1/sqrt(D)``
 (``scale``); each decay row is divided by ``sqrt(sum_{m <= n} gamma^(n-m))``; and each row of
 scores by ``max(|sum_m R_nm|, 1)``. Both are computed in the recurrent form too (the second from
-a running key sum carried as a ones column of the values), so the parallel, chunked and
+a running key sum carried as one more column of the state), so the parallel, chunked and
 recurrent forms agree exactly. The paper's GroupNorm after retention is a layer with its own
 affine parameters, outside the attention operator, and is not applied (the models that run
 variants have their own normalisation). ``normalize=False`` gives the plain formula above.
@@ -216,8 +216,8 @@ def decay_memory(
     batch: int, heads: int, n: int, d: int, dv: int, chunk: int, normalize=True, saved=False
 ) -> int:
     """Elements of the chunked form's working set (upper bound): per head the scaled
-    queries, the blocks' outputs and their concatenation (with ``normalize``: the values'
-    ones column, the scaled and the normalised output too); and one block's scores, decayed
+    queries, the blocks' outputs and their concatenation (with ``normalize``: the row sums'
+    column, the scaled and the normalised output too); and one block's scores, decayed
     queries and keys, products and states (``saved``: every block's, as autograd keeps them
     for the backward)."""
     c = min(chunk, n)
