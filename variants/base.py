@@ -31,8 +31,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from variants.costs import exact_attention_flops, recomputing_backward_flops, visible_pairs
 from variants.decode import DecodeForm, DecodeState
 from variants.grouped import group_size, kv_heads_problem, repeat_bytes, repeat_kv
+from variants.shapes import causal_mask, check_qkv
 from variants.validation import (
     VariantConfigError,
     check_choice,
@@ -303,68 +305,3 @@ class AttentionVariant(DecodeForm, torch.nn.Module, abc.ABC):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-
-
-# ------------------------------------------------------------------------------- cost helpers
-def visible_pairs(q_len: int, kv_len: int, causal: bool) -> int:
-    """Number of (query, key) pairs the bottom-right causal mask leaves visible (all if not).
-
-    Query ``i`` sees ``i + (kv_len - q_len) + 1`` keys (none when that is <= 0), so the count
-    is ``kv_len (kv_len + 1) / 2 - off (off + 1) / 2`` with ``off = max(kv_len - q_len, 0)``.
-    """
-    if not causal:
-        return q_len * kv_len
-    hidden = max(kv_len - q_len, 0)
-    return (kv_len * (kv_len + 1) - hidden * (hidden + 1)) // 2
-
-
-def exact_attention_flops(
-    batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, skip_masked: bool = False
-) -> int:
-    """Forward FLOPs of exact softmax attention: ``Q K^T`` and ``P V``, ``2 D`` each per pair.
-
-    The one formula of the exact variants (``full``, ``sdpa``, ``xformers``, Longformer's
-    ``dense_mask``). ``skip_masked=True`` counts only the causally visible pairs, for kernels
-    that skip the masked tiles (fused causal kernels do about half the work); a kernel that
-    applies the mask to a full score matrix does all of it (``skip_masked=False``).
-    """
-    return 4 * batch * heads * head_dim * visible_pairs(q_len, kv_len, skip_masked)
-
-
-def recomputing_backward_flops(forward_flops: int) -> int:
-    """Backward FLOPs of a fused (FlashAttention-style) kernel: 2.5x its forward.
-
-    It keeps no probability matrix, so its backward recomputes ``Q K^T`` and then computes
-    ``dV``, ``dP``, ``dQ`` and ``dK``: five matmuls of the forward's two (the count of
-    ``torch.utils.flop_counter`` for the fused SDPA kernels).
-    """
-    return forward_flops * 5 // 2
-
-
-def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    """Validate the shapes of q, k, v against the interface; raise ``ValueError`` naming them.
-
-    ``k`` and ``v`` may have fewer heads than ``q`` (``kv_heads`` dividing ``heads``).
-    """
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"q, k, v must be 4-D (B, H, N, D); got q{tuple(q.shape)} k{tuple(k.shape)} "
-            f"v{tuple(v.shape)}"
-        )
-    if q.shape[0] != k.shape[0] or k.shape[:2] != v.shape[:2]:
-        raise ValueError(
-            f"batch and heads must match: q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
-        )
-    group_size(q, k)
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"head_dim mismatch: q has {q.shape[-1]}, k has {k.shape[-1]}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"kv_len mismatch: k has {k.shape[-2]}, v has {v.shape[-2]}")
-
-
-def causal_mask(q_len: int, kv_len: int, device: torch.device | str | None = None) -> Tensor:
-    """Boolean ``(q_len, kv_len)`` mask, True where query i may attend key j (bottom-right)."""
-    offset = kv_len - q_len
-    i = torch.arange(q_len, device=device).unsqueeze(1)
-    j = torch.arange(kv_len, device=device).unsqueeze(0)
-    return j <= i + offset

@@ -20,6 +20,13 @@ MAX_STEP_TOKENS = 4
 GQA_MODES = ("native", "repeat", "unsupported")
 
 
+class DecodeUnsupportedError(NotImplementedError):
+    """Raised by prefill/step (and the state models) of a variant without a decode form; the
+    message is its ``no_decode_reason``. Harness code asks
+    :meth:`DecodeForm.decode_not_supported_reasons` first and records the point as
+    ``unsupported``, so this is what a direct call gets."""
+
+
 @dataclass
 class DecodeState:
     """The tensors a decode step reads and updates, and the tokens seen so far.
@@ -112,7 +119,7 @@ class DecodeForm:
         Returns:
             ``(B, H, P, Dv)`` outputs and the state.
         """
-        raise NotImplementedError(self._no_decode())
+        raise DecodeUnsupportedError(self._no_decode())
 
     def step(
         self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState
@@ -122,7 +129,7 @@ class DecodeForm:
         ``q (B, H, T, D)``, ``k``/``v (B, Hkv, T, *)`` -> ``(B, H, T, Dv)`` and the state
         (updated in place where it can be).
         """
-        raise NotImplementedError(self._no_decode())
+        raise DecodeUnsupportedError(self._no_decode())
 
     def state_bytes(
         self,
@@ -136,7 +143,7 @@ class DecodeForm:
         """Analytic bytes of the state holding ``context_len`` tokens (prefill's allocation
         with ``max_len = context_len``); ``heads`` (query heads, default ``kv_heads``) for
         states kept per query head."""
-        raise NotImplementedError(self._no_decode())
+        raise DecodeUnsupportedError(self._no_decode())
 
     def step_read_bytes(
         self,
@@ -149,7 +156,7 @@ class DecodeForm:
         element_size: int = 4,
     ) -> int:
         """Bytes one step of ``q_tokens`` must read at ``context_len`` (its memory floor)."""
-        raise NotImplementedError(self._no_decode())
+        raise DecodeUnsupportedError(self._no_decode())
 
     def _no_decode(self) -> str:
         return f"{self.name}: {self.no_decode_reason}"
