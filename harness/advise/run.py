@@ -1,6 +1,6 @@
 """Measuring advise's missing points with the app's own measurement, stored as a sweep stores them.
 
-Each point goes through :func:`harness.app.main._measure` (its task's measurement, as one
+Each point goes through :func:`harness.app.main.measure_point` (its task's measurement, as one
 ``attnbench`` job runs it). Engine knobs come from the tuning cache (``attnbench-tune`` fills it
 ahead) or their defaults: the tuner is suspended unless ``tune`` is asked for, because a search
 at a long training shape can take minutes that no time limit can interrupt; rows say which
@@ -29,8 +29,7 @@ from tqdm import tqdm
 from harness.advise.plan import Planned
 from harness.analysis.rows import ROWS_FILE, write_rows
 from harness.app.callbacks import aggregate
-from harness.app.main import _measure as measure_point
-from harness.app.main import hygiene, progress_line
+from harness.app.main import hygiene, measure_point, progress_line
 from variants import tuning
 
 EXPERIMENT = "advise"

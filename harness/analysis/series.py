@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -90,6 +91,11 @@ SHAPE_PARAMS = frozenset({"seq_len", "kv_len", "q_len", "head_dim", "heads"})
 #: Parameters a variant records about what ran rather than what was asked for (the engine
 #: ``auto`` resolved to): absent from rows of points that did not run, so never in a label.
 RECORDED_PARAMS = frozenset({"resolved_backend"})
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``k=64`` before ``k=256`` (numbers compared as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def series_labels(

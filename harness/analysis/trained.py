@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.rows import parse_json
-from harness.analysis.series import as_mapping, series_labels
+from harness.analysis.series import as_mapping, natural_key, series_labels
 
 #: Parameters that never make two arms: a randomized variant's seed follows the row's seed, and
 #: the resolved backend is an outcome, not a choice.
@@ -56,11 +55,6 @@ def knob_key(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(v) else v
-
-
-def _natural_key(text: str) -> list[Any]:
-    """``k=64`` before ``k=256`` (the report's ``natural_key``, which analysis may not import)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def _text(value: Any) -> str:
@@ -166,7 +160,7 @@ def settings(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         key=lambda t: (
             order.get(str(t[1]["train_task"].iloc[0]), 2),
             float(t[1]["q_len"].iloc[0]),
-            _natural_key(t[0]),
+            natural_key(t[0]),
         ),
     )
 
@@ -238,6 +232,6 @@ def arm_summary(rows: pd.DataFrame) -> pd.DataFrame:
         return table
     order = sorted(
         range(len(table)),
-        key=lambda i: (not table["exact"].iloc[i], _natural_key(str(table["arm"].iloc[i]))),
+        key=lambda i: (not table["exact"].iloc[i], natural_key(str(table["arm"].iloc[i]))),
     )
     return table.iloc[order].reset_index(drop=True)

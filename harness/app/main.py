@@ -121,7 +121,7 @@ def config_error_row(cfg: DictConfig, overrides: list[str], exc: ConfigError) ->
     }
 
 
-def _measure(point: Point, out_dir: Path) -> list[dict[str, Any]]:
+def measure_point(point: Point, out_dir: Path) -> list[dict[str, Any]]:
     """The rows of one valid point, from its task's measurement (:mod:`harness.tasks`)."""
     if point.inputs == "minilm":  # registers the real-model input generator (attnbench[real])
         import harness.minilm.capture  # noqa: F401
@@ -156,7 +156,7 @@ def run_point(cfg: DictConfig) -> list[dict[str, Any]]:
             print(skip_line(index, point.variant, pid), flush=True)
             return []
         hygiene()
-        rows = _measure(point, out_dir)
+        rows = measure_point(point, out_dir)
         for row in rows:
             row.update(experiment=cfg.experiment_name, point_id=pid)
         line = progress_line(index, point, rows)

@@ -8,15 +8,13 @@ plot finds it green everywhere. Several configurations of one variant (series, s
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
-from harness.analysis.series import prepare
+from harness.analysis.series import natural_key, prepare
 
 #: Colour of each built-in variant. The exact baselines are neutral (black, greys, brown) so
 #: that the approximations stand out against them.
@@ -68,11 +66,6 @@ def color_for(variant: str) -> str:
     if variant in PALETTE:
         return PALETTE[variant]
     return EXTRA_COLORS[zlib.crc32(variant.encode()) % len(EXTRA_COLORS)]
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``k=64`` before ``k=256`` (numbers compared as numbers)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def style_map(df: pd.DataFrame) -> dict[str, Style]:
