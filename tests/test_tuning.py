@@ -322,3 +322,20 @@ def test_the_tune_command_tunes_a_shape_and_a_preset_grid(tuner, capsys):
     out = capsys.readouterr().out
     assert "linear B1 H2 q300 kv300 d16 float32 causal: chunk_size=128" in out
     assert "(from the cache)" in out and "sdpa B1 H2 q300" in out and "no engine knobs" in out
+
+
+@pytest.mark.parametrize("name", ["retention", "deltanet"])
+def test_the_recurrent_operators_tune_their_chunk_and_count_with_it(tuner, name):
+    import variants
+
+    q, k, v = make_qkv(SHAPE, seed=0)
+    module = variants.create(name)
+    assert module.tune(q, k, v, causal=True) == {"chunk_size": 128, "chunk_size_tuned": True}
+    with FlopCounterMode(display=False):
+        module(q, k, v, causal=True)  # the second call reads the choice
+    fixed = variants.create(name, chunk_size=128)
+    assert module.flops(*SHAPE, True) == fixed.flops(*SHAPE, True)
+    assert module.tune(q, k, v, causal=False) == {}  # bidirectional: nothing to run
+    assert variants.create(name, chunk_size=32).tune(q, k, v, causal=True) == {
+        "chunk_size": 32, "chunk_size_tuned": False,
+    }  # fmt: skip

@@ -49,7 +49,8 @@ class DeltaNetAttention(RecurrentOperator):
         heads: Number of heads (one ``w_h``, ``b_h`` each); None builds them at the first
             call (or :meth:`build_parameters`) for that call's heads.
         gate: ``"none"`` (DeltaNet) or ``"learned"`` (Gated DeltaNet's decay, from the key).
-        chunk_size: Tokens per chunk of the WY form (a speed parameter; results agree).
+        chunk_size: Tokens per chunk of the WY form (a speed parameter; results agree); None
+            chooses it by measurement on this machine (:mod:`variants.tuning`; 64 with tuning off).
         backend: ``"torch"`` (the suite's chunked engine), ``"fla"`` (flash-linear-attention's
             ``chunk_delta_rule`` / ``chunk_gated_delta_rule`` kernels, CUDA) or ``"auto"`` (fla
             where it runs; rows record ``resolved_backend``).
@@ -67,7 +68,7 @@ class DeltaNetAttention(RecurrentOperator):
         self,
         heads: int | None = None,
         gate: str = "none",
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         backend: str = "auto",
         scale: float | None = None,
         kv_len: int | None = None,
@@ -98,7 +99,7 @@ class DeltaNetAttention(RecurrentOperator):
         logits = torch.einsum("bhnd,hd->bhn", k, params[2]) + params[3][:, None]
         return beta, F.logsigmoid(logits)
 
-    def run(self, q, k, v, state, start, engine):
+    def run(self, q, k, v, state, start, engine, chunk):
         group = group_size(q, k)
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # beta differs per query head
         work = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
@@ -109,12 +110,12 @@ class DeltaNetAttention(RecurrentOperator):
         if engine == "fla":
             out, state = delta_rule_fla(qn, kn, vw, beta, log_alpha, state)
         else:
-            out, state = delta_rule(qn, kn, vw, beta, self.chunk_size, log_alpha, state=state)
+            out, state = delta_rule(qn, kn, vw, beta, chunk, log_alpha, state=state)
         return out.to(q.dtype), state
 
     # ---------------------------------------------------------------------------- cost models
     def working_elements(self, batch, heads, n, head_dim, saved) -> int:
-        return delta_memory(batch, heads, n, head_dim, head_dim, self.chunk_size, saved)
+        return delta_memory(batch, heads, n, head_dim, head_dim, self.chunk(), saved)
 
     def flops(
         self,
@@ -127,7 +128,7 @@ class DeltaNetAttention(RecurrentOperator):
         kv_heads: int | None = None,
     ) -> int:
         gates = 2 if self.gate == "learned" else 1  # w . k (and u . k) per token
-        per_head = delta_flops(q_len, head_dim, head_dim, self.chunk_size)
+        per_head = delta_flops(q_len, head_dim, head_dim, self.chunk())
         return batch * heads * (per_head + gates * 2 * q_len * head_dim)
 
     def backward_flops(
@@ -145,8 +146,8 @@ class DeltaNetAttention(RecurrentOperator):
         # write, a boundary term of a few (D, D) products); each solve's backward is one solve
         # (as the forward's) and one (s, s) @ (s, s) product
         forward = self.flops(batch, heads, q_len, kv_len, head_dim, causal, kv_heads)
-        solves = batch * heads * solve_flops(q_len, self.chunk_size)
-        products = sum(c * 2 * s**3 for s, c in chunk_sizes(q_len, self.chunk_size))
+        solves = batch * heads * solve_flops(q_len, self.chunk())
+        products = sum(c * 2 * s**3 for s, c in chunk_sizes(q_len, self.chunk()))
         return 2 * (forward - solves) + solves + batch * heads * products
 
 

@@ -21,11 +21,18 @@ from torch import Tensor
 from variants.base import AttentionVariant, check_choice, check_positive_int, check_qkv
 from variants.decode import DecodeState, check_prefill, check_step
 from variants.engines.fla_backend import BACKENDS, FlaBackend
+from variants.engines.fla_backend import resolve as resolve_backend
 from variants.grouped import repeat_bytes
 from variants.perhead import PerHeadParameters
+from variants.tuning import Knob, TunedEngine, check_auto
+
+#: Tokens per chunk of the chunked forms: chosen by measurement on the machine that runs
+#: (:mod:`variants.tuning`); 64 with tuning off (fla's default; 32 and 64 traded places on the
+#: 2-core AMD build machine, 128 was slower).
+CHUNK_KNOB = Knob("chunk_size", 64, (32, 64, 128))
 
 
-class RecurrentOperator(FlaBackend, PerHeadParameters, AttentionVariant):
+class RecurrentOperator(TunedEngine, FlaBackend, PerHeadParameters, AttentionVariant):
     """Base of the causal linear-recurrent operators (module docstring)."""
 
     exact: ClassVar[bool] = False
@@ -37,20 +44,27 @@ class RecurrentOperator(FlaBackend, PerHeadParameters, AttentionVariant):
     #: bf16 outputs: the engines compute in float32, the output carries bf16's 8 mantissa bits
     TOLERANCES = {**AttentionVariant.TOLERANCES, torch.bfloat16: (2e-2, 6e-2)}
 
-    def _check_common(self, heads: int | None, chunk_size: int, backend: str) -> None:
+    def _check_common(self, heads: int | None, chunk_size: int | None, backend: str) -> None:
         """Validate and set the parameters every operator has."""
         if heads is not None:
             check_positive_int(self.name, "heads", heads)
-        self.chunk_size = check_positive_int(self.name, "chunk_size", chunk_size)
+        self.chunk_size = check_auto(self.name, "chunk_size", chunk_size)
         self.backend = check_choice(self.name, "backend", backend, BACKENDS)
 
     @abc.abstractmethod
     def run(
-        self, q: Tensor, k: Tensor, v: Tensor, state: Tensor | None, start: int, engine: str
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: Tensor | None,
+        start: int,
+        engine: str,
+        chunk: int,
     ) -> tuple[Tensor, Tensor]:
         """Outputs ``(B, H, N, Dv)`` in q's dtype for tokens at absolute positions ``start ..``
         after ``state`` (None: the empty state), and the state after them; ``engine`` is
-        ``"torch"`` or ``"fla"``."""
+        ``"torch"`` (chunks of ``chunk`` tokens) or ``"fla"``."""
 
     @abc.abstractmethod
     def working_elements(self, batch: int, heads: int, n: int, head_dim: int, saved: bool) -> int:
@@ -67,7 +81,26 @@ class RecurrentOperator(FlaBackend, PerHeadParameters, AttentionVariant):
         problems = self.not_supported_reasons(q, k, v, causal)
         if problems:
             raise ValueError("; ".join(problems))
-        return self.run(q, k, v, None, 0, self.backend_for(q))[0]
+        return self._whole(q, k, v)[0]
+
+    def chunk(self) -> int:
+        """Tokens per chunk of the last call (before one: the user's value or the default)."""
+        return self.engine_value(CHUNK_KNOB)
+
+    def _whole(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """A whole sequence from the empty state, the chunk size tuned on the suite's engine."""
+        engine = self.backend_for(q)
+        if engine != "torch":
+            return self.run(q, k, v, None, 0, engine, self.chunk())
+
+        def probe(values: dict, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return self.run(q, k, v, None, 0, "torch", values["chunk_size"])[0]
+
+        values = self.engine_values((CHUNK_KNOB,), q, k, v, True, probe)
+        return self.run(q, k, v, None, 0, "torch", values["chunk_size"])
+
+    def engine_tunable(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> bool:
+        return causal and resolve_backend(self.backend, q.device.type) == "torch"
 
     def not_supported_reasons(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> list[str]:
         reasons = super().not_supported_reasons(q, k, v, causal) + self.backend_problems(q)
@@ -78,13 +111,13 @@ class RecurrentOperator(FlaBackend, PerHeadParameters, AttentionVariant):
     @torch.no_grad()
     def prefill(self, q: Tensor, k: Tensor, v: Tensor, max_len: int | None = None):
         check_prefill(self.name, q, k, max_len)  # the state is constant: max_len is moot
-        out, state = self.run(q, k, v, None, 0, self.backend_for(q))
+        out, state = self._whole(q, k, v)
         return out, DecodeState({"s": state}, k.shape[-2])
 
     @torch.no_grad()
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState):
         t = check_step(self.name, q, k, v, state)
-        out, state["s"] = self.run(q, k, v, state["s"], state.length, "torch")
+        out, state["s"] = self.run(q, k, v, state["s"], state.length, "torch", self.chunk())
         state.length += t
         return out, state
 

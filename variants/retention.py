@@ -75,7 +75,8 @@ class RetentionAttention(RecurrentOperator):
         normalize: Apply the paper's score normalisations (module docstring); False: the plain
             decayed sum.
         learn_decay: Make ``log(-log gamma_h)`` a trainable parameter per head.
-        chunk_size: Tokens per chunk of the chunked form (a speed parameter; results agree).
+        chunk_size: Tokens per chunk of the chunked form (a speed parameter; results agree); None
+            chooses it by measurement on this machine (:mod:`variants.tuning`; 64 with tuning off).
         backend: ``"torch"`` (the suite's chunked engine), ``"fla"`` (flash-linear-attention's
             ``chunk_simple_gla`` kernel, CUDA) or ``"auto"`` (fla where it runs; rows record
             ``resolved_backend``).
@@ -95,7 +96,7 @@ class RetentionAttention(RecurrentOperator):
         decay_range: list[float] | tuple[float, float] | None = None,
         normalize: bool = True,
         learn_decay: bool = False,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         backend: str = "auto",
         scale: float | None = None,
         kv_len: int | None = None,
@@ -129,7 +130,7 @@ class RetentionAttention(RecurrentOperator):
     def state_columns(self, head_dim: int) -> int:
         return head_dim + (1 if self.normalize else 0)  # the normaliser's key sum
 
-    def run(self, q, k, v, state, start, engine):
+    def run(self, q, k, v, state, start, engine, chunk):
         group = group_size(q, k)
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # decays differ per query head
         log_gamma = self.log_gamma(q)
@@ -143,7 +144,7 @@ class RetentionAttention(RecurrentOperator):
             out, state = decay_attention_fla(qw, kw, torch.cat([vw, *ones], -1), log_gamma, state)
         else:
             out, state = decay_attention(
-                qw, kw, vw, log_gamma, self.chunk_size, state=state, row_sums=self.normalize
+                qw, kw, vw, log_gamma, chunk, state=state, row_sums=self.normalize
             )
         # the outputs are linear in the score scale: it multiplies the result, not q
         scale = self.softmax_scale(q.shape[-1])
@@ -156,7 +157,7 @@ class RetentionAttention(RecurrentOperator):
     # ---------------------------------------------------------------------------- cost models
     def working_elements(self, batch, heads, n, head_dim, saved) -> int:
         dv = self.state_columns(head_dim)
-        return decay_memory(batch, heads, n, head_dim, dv, self.chunk_size, self.normalize, saved)
+        return decay_memory(batch, heads, n, head_dim, dv, self.chunk(), self.normalize, saved)
 
     def flops(
         self,
@@ -168,7 +169,7 @@ class RetentionAttention(RecurrentOperator):
         causal: bool,
         kv_heads: int | None = None,
     ) -> int:
-        flops = decay_flops(q_len, head_dim, head_dim, self.chunk_size, self.normalize)
+        flops = decay_flops(q_len, head_dim, head_dim, self.chunk(), self.normalize)
         return batch * heads * flops
 
     def backward_flops(
