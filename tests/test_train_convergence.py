@@ -18,8 +18,8 @@ from harness.app.main import CONF_DIR
 from harness.app.point import Point
 from harness.measure.config import ConfigError
 from harness.tasks.train.config import TrainConfig
-from harness.tasks.train.loop import LoopConfig, lr_at, plateaued, train
-from harness.tasks.train.measure import measure, train_point
+from harness.tasks.train.loop import LoopConfig, lr_at, on_trivial_plateau, plateaued, train
+from harness.tasks.train.measure import _loop_config, measure, train_point
 
 N, HEAD_DIM = 16, 16
 SMALL = {"steps": 12, "batch": 4, "eval_every": 4, "warmup": 2, "target": None,
@@ -54,6 +54,33 @@ def test_a_flat_curve_stops_on_the_plateau_and_counts_as_converged():
     # before min_steps a flat curve is a plateau the model may still leave: no stop
     result, _ = _scripted(flat, _cfg(min_steps=70, plateau_window=0.3))
     assert result.stop_reason == "plateau" and result.steps_run == 70
+
+
+def test_a_curve_on_the_trivial_plateau_is_not_stopped_before_the_cap():
+    # flat at 1/pairs = 0.25 (the trivial solution): min_steps alone would stop it at step 40
+    flat = [0.0, 0.25] + [0.25 + 0.004 * (i % 3) for i in range(30)]
+    result, _ = _scripted(flat, _cfg(min_steps=40, plateau_window=0.3, trivial=0.25))
+    assert result.steps_run == 100, "on the trivial plateau only the cap stops the arm"
+    assert result.stop_reason == "plateau", "flat over the cap's last window: converged by the rule"
+    # the same flat curve once above the trivial value by two deltas stops as before
+    high = [0.0, 0.25] + [0.4 + 0.001 * (i % 2) for i in range(30)]
+    result, _ = _scripted(high, _cfg(min_steps=40, plateau_window=0.3, trivial=0.25))
+    assert (result.stop_reason, result.steps_run) == ("plateau", 40)
+    # a late escape (the case that motivated the rule) is seen: 0.25 until step 70, then learns
+    late = [0.0] + [0.25] * 7 + [0.6, 0.9, 0.995]
+    result, _ = _scripted(late, _cfg(min_steps=40, plateau_window=0.3, trivial=0.25, target=0.99))
+    assert (result.stop_reason, result.steps_run) == ("target", 100)
+
+
+def test_the_trivial_plateau_reads_direction_and_margin():
+    cfg = _cfg(trivial=0.25, plateau_delta=0.01)
+    assert on_trivial_plateau([[0, 0.0], [10, 0.25], [20, 0.2699]], cfg)
+    assert not on_trivial_plateau([[0, 0.0], [10, 0.25], [20, 0.27]], cfg)
+    assert not on_trivial_plateau([[0, 0.0], [10, 0.25]], _cfg(plateau_delta=0.01))  # none set
+    assert on_trivial_plateau([[0, 0.9]], cfg), "step 0 (untrained) does not count"
+    lower = _cfg(trivial=8.0, plateau_delta=0.05, higher_is_better=False)  # bits per char
+    assert on_trivial_plateau([[0, 9.0], [10, 7.95]], lower)
+    assert not on_trivial_plateau([[0, 9.0], [10, 7.9]], lower)
 
 
 def test_a_rising_curve_runs_to_the_cap_and_is_not_converged():
@@ -118,7 +145,11 @@ def test_rows_record_convergence_the_budget_and_the_plateau_level(one_thread):
     row = _measure(target=0.0)
     assert row["stop_reason"] == "target" and row["converged"] is True and row["steps_run"] == 4
     row = _measure(plateau_delta=10.0, min_steps=8, plateau_window=0.5, eval_every=2)
-    assert row["stop_reason"] == "plateau" and row["converged"] is True and row["steps_run"] == 8
+    # a delta of 10 keeps every curve within two deltas of 1/pairs: the trivial plateau, which
+    # only the cap ends (flat there: plateau); without the trivial level it stops at min_steps
+    assert row["stop_reason"] == "plateau" and row["converged"] is True and row["steps_run"] == 12
+    loop = _loop_config(TrainConfig(**(SMALL | {"plateau_delta": 10.0})), "accuracy", None)
+    assert loop.trivial is None and _loop_config(TrainConfig(), "accuracy", 0.5).trivial == 0.5
     assert (row["min_steps"], row["plateau_window"], row["plateau_delta"]) == (8, 0.5, 10.0)
     # the state size: keys and values of all 16 positions, 2 layers, 1 head, float32
     assert row["state_bytes"] == 2 * N * HEAD_DIM * 2 * 4

@@ -5,7 +5,10 @@ ends) on fresh batches and evaluates every ``eval_every`` steps (and after the l
 stops at the first evaluation that reaches ``target`` (stop reason ``target``), or that finds the
 curve flat (:func:`plateaued`: from ``min_steps`` on, the best evaluation of the last
 ``plateau_window`` of the steps run beats the best before it by less than ``plateau_delta``;
-reason ``plateau``), else at the cap (reason ``cap``, unless the curve is flat there too). Target
+reason ``plateau``), else at the cap (reason ``cap``, unless the curve is flat there too). A
+curve that has not left the task's trivial solution (``trivial``: MQAR's 1/pairs) is not stopped
+as flat before the cap: arms on that plateau have left it late (steps 1100-1750 with a 2000-step
+cap), so flat there is not evidence of convergence until the budget is spent. Target
 and plateau count as converged; an arm stopped by the cap was still improving. The first
 non-finite loss or evaluation stops it with status ``nan`` and the step. Each step is timed on
 its own (device synchronised before and after, batch generation and evaluation excluded); the
@@ -33,6 +36,11 @@ from harness.tasks.train.model import decay_groups
 #: Steps left out of the time-per-step median (lazy initialisation, allocator warm-up).
 WARM_STEPS = 3
 
+#: A curve has left the trivial plateau once its best evaluation beats the trivial value by this
+#: many ``plateau_delta`` (two: one delta is within the evaluation's own wobble on the plateau,
+#: e.g. 0.245-0.257 around 0.25 for linear attention with 4 pairs).
+TRIVIAL_MARGIN = 2.0
+
 Batch = tuple[Tensor, Tensor]
 
 
@@ -54,6 +62,10 @@ class LoopConfig:
             plateau stop).
         plateau_window: The last part of the curve, as a fraction of the steps run.
         min_steps: No plateau stop before this step.
+        trivial: The value of the task's trivial solution (MQAR: 1/pairs, any value from the
+            context), or None. While the best evaluation so far is within
+            ``TRIVIAL_MARGIN * plateau_delta`` of it, the curve counts as still on the trivial
+            plateau and only the cap stops it.
     """
 
     steps: int
@@ -68,6 +80,7 @@ class LoopConfig:
     plateau_delta: float | None = None
     plateau_window: float = 0.3
     min_steps: int = 0
+    trivial: float | None = None
 
     def reached(self, value: float, goal: float) -> bool:
         """Whether ``value`` is at least as good as ``goal``."""
@@ -89,11 +102,15 @@ def plateaued(curve: list[list[float]], cfg: LoopConfig) -> bool:
     At the last evaluation's step ``s >= min_steps``: the window is the evaluations after
     ``s * (1 - plateau_window)``; the curve is flat when the best value inside it beats the best
     value before it by less than ``plateau_delta`` (at least two evaluations on each side).
+    Before the cap, a curve still on the trivial plateau (:func:`on_trivial_plateau`) is not
+    flat but waiting: it runs on.
     """
     if cfg.plateau_delta is None or not curve:
         return False
     step = curve[-1][0]
     if step < cfg.min_steps:
+        return False
+    if step < cfg.steps and on_trivial_plateau(curve, cfg):
         return False
     start = step * (1.0 - cfg.plateau_window)
     before = [v for s, v in curve if s <= start]
@@ -105,6 +122,19 @@ def plateaued(curve: list[list[float]], cfg: LoopConfig) -> bool:
     else:
         gain = min(before) - min(inside)
     return gain < cfg.plateau_delta
+
+
+def on_trivial_plateau(curve: list[list[float]], cfg: LoopConfig) -> bool:
+    """Whether no evaluation after step 0 has beaten ``cfg.trivial`` by the margin yet."""
+    if cfg.trivial is None or cfg.plateau_delta is None:
+        return False
+    values = [v for s, v in curve if s > 0 and math.isfinite(v)]
+    if not values:
+        return True
+    margin = TRIVIAL_MARGIN * cfg.plateau_delta
+    if cfg.higher_is_better:
+        return max(values) < cfg.trivial + margin
+    return min(values) > cfg.trivial - margin
 
 
 @dataclass

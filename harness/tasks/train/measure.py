@@ -69,7 +69,7 @@ def _summary(result: TrainResult, metric: str) -> dict[str, Any]:
     return out
 
 
-def _loop_config(cfg: TrainConfig, metric: str) -> LoopConfig:
+def _loop_config(cfg: TrainConfig, metric: str, trivial: float | None = None) -> LoopConfig:
     accuracy = metric == "accuracy"
     return LoopConfig(
         steps=cfg.steps,
@@ -84,6 +84,7 @@ def _loop_config(cfg: TrainConfig, metric: str) -> LoopConfig:
         plateau_delta=None if cfg.plateau_delta is None else float(cfg.plateau_delta),
         plateau_window=float(cfg.plateau_window),
         min_steps=cfg.min_steps,
+        trivial=trivial,
     )
 
 
@@ -152,7 +153,7 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
     reasons = task.unsupported_reasons(first, heads, head_dim)
     if reasons:
         return [row | {"status": "unsupported", "reason": "; ".join(reasons)}]
-    loop = _loop_config(cfg, task.metric)
+    loop = _loop_config(cfg, task.metric, task.plateau)
     model.to(row["device"])
     started = time.perf_counter()
     try:
