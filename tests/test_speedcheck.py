@@ -92,6 +92,10 @@ def test_markdown_lays_out_the_issue_table(no_probe):
     detail = [line for line in lines if line.startswith("| forward") and "sdpa" in line]
     assert len(detail) == 4  # one sdpa row per pass, each its own baseline
     assert text.count("GFLOP/s") >= 2 and "measured matmul rate 100.0 GFLOP/s" in text
+    # the work ratio: linformer's forward does 8*k*n*d against sdpa's 4*n*n*d, i.e. n / (2k)
+    (linformer,) = [line for line in lines if line.startswith("| forward, bidirectional | linf")]
+    n, k = SHAPE["seq_len"], min(256, SHAPE["seq_len"])
+    assert linformer.split(" | ")[5] == f"{n / (2 * k):.2f}x"
 
 
 def test_command_line_writes_the_report(no_probe, monkeypatch, tmp_path):

@@ -42,7 +42,10 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
         f"{table.setup['dtype']}, batch {b}, heads {h}, q_len = kv_len {n}, head_dim {d}, "
         f"device {table.setup['device']}; {header}measured matmul rate "
         f"{table.matmul_gflops:.1f} GFLOP/s. Speed-up over `sdpa` in the same pass and "
-        "masking: median over rounds of the per-round ratio (target in brackets).",
+        "masking: median over rounds of the per-round ratio (target in brackets). `sdpa FLOPs "
+        "/ FLOPs` is the speed-up the variant would have at sdpa's own rate (the ratio of the "
+        "work each does; FLOPs of matmuls as `variants` counts them): a speed-up below it means "
+        "the variant's kernels run below sdpa's rate, above it that they run faster.",
         "",
         "| pass | " + " | ".join(labels) + " |",
         "| --- |" + " ---: |" * len(labels),
@@ -54,22 +57,23 @@ def render_markdown(table: Table, command: str = "", header: str = "") -> str:
         )
     lines += [
         "",
-        "| pass | variant | time ms | sdpa ms | speed-up (min-max) | GFLOP/s | % of matmul "
-        "| target | result |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| pass | variant | time ms | sdpa ms | speed-up (min-max) | sdpa FLOPs / FLOPs "
+        "| GFLOP/s | % of matmul | target | result |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for pass_name, causal, row in done:
         sdpa = table.sdpa[(pass_name, causal)]
         for cell in [sdpa, *table.passes[(pass_name, causal)].values()]:
             if cell.note is not None or not cell.times:
-                lines.append(f"| {row} | {cell.label} | - | - | - | - | - | | {cell.note} |")
+                lines.append(f"| {row} | {cell.label} | - | - | - | - | - | - | | {cell.note} |")
                 continue
             gflops = cell.flops / (cell.time_ms * 1e-3) / 1e9
             lo, hi = cell.ratio_range
             target = f">= {cell.target:g}x" if cell.target is not None else ""
+            work = f"{sdpa.flops / cell.flops:.2f}x" if cell.flops and sdpa.flops else "-"
             lines.append(
                 f"| {row} | {cell.label} | {cell.time_ms:.1f} | {sdpa.time_ms:.1f} "
-                f"| {cell.ratio:.2f}x ({lo:.2f}-{hi:.2f}) | {gflops:.1f} "
+                f"| {cell.ratio:.2f}x ({lo:.2f}-{hi:.2f}) | {work} | {gflops:.1f} "
                 f"| {100 * gflops / table.matmul_gflops:.0f}% | {target} | {cell.verdict} |"
             )
     lines += tuned_section(table)
