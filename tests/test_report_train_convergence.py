@@ -50,7 +50,7 @@ def _row(arm: tuple, seed: int) -> dict[str, Any]:
             "knob_value": value, "dtype": "float32", "heads": 1, "head_dim": 64, "q_len": 64,
             "kv_len": 64, "causal": True, "seed": seed, "pass": "train", "batch": 64,
             "lr": 3e-3, "steps": 2000, "min_steps": 600, "plateau_window": 0.3,
-            "plateau_delta": 0.01, "point_id": f"{variant}-{value}-{seed}",
+            "plateau_delta": 0.01, "trivial_margin": 0.02, "point_id": f"{variant}-{value}-{seed}",
             "task_params": {"vocab": 256, "num_pairs": 4, "seq_len": 64, "form": "causal"},
             "model": {"vocab": 256, "width": 64, "heads": 1, "layers": 2, "mlp_ratio": 0},
             "metric": "accuracy", "chance": 1 / 128, "plateau": 0.25, "status": "ok",
@@ -125,6 +125,8 @@ def test_which_attention_never_calls_a_rising_curve_worse(rows, section):
 def test_the_plateau_is_one_over_pairs_and_named(rows, section, tmp_path):
     assert "Plateau 1/pairs = 0.25" in section
     assert "chance over the vocabulary's values: 0.00781" in section
+    # the loop's hold on the plateau (0.25 + the rows' margin 0.02) is stated where rows record it
+    assert "best evaluation stays below 0.27 is still on it" in section
     fig = plot_train_curves(rows, tmp_path / "curves.png", "cpu")
     (level,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == PLATEAU_LABEL]
     plt.close(fig)

@@ -61,7 +61,9 @@ def test_a_curve_on_the_trivial_plateau_is_not_stopped_before_the_cap():
     flat = [0.0, 0.25] + [0.25 + 0.004 * (i % 3) for i in range(30)]
     result, _ = _scripted(flat, _cfg(min_steps=40, plateau_window=0.3, trivial=0.25))
     assert result.steps_run == 100, "on the trivial plateau only the cap stops the arm"
-    assert result.stop_reason == "plateau", "flat over the cap's last window: converged by the rule"
+    assert result.stop_reason == "plateau", (
+        "flat over the cap's last window: converged by the rule"
+    )
     # the same flat curve once above the trivial value by two deltas stops as before
     high = [0.0, 0.25] + [0.4 + 0.001 * (i % 2) for i in range(30)]
     result, _ = _scripted(high, _cfg(min_steps=40, plateau_window=0.3, trivial=0.25))

@@ -39,7 +39,7 @@ NUMERIC = (
     "lr", "steps", "steps_run", "nan_step", "final_eval", "best_eval", "steps_to_50",
     "steps_to_90", "steps_to_99", "chance", "n_params", "n_attention_params",
     "n_variant_params", "time_ms", "peak_mem_bytes", "q_len", "kv_len", "knob_value", "seed",
-    "plateau", "state_bytes", "min_steps", "plateau_window", "plateau_delta",
+    "plateau", "state_bytes", "min_steps", "plateau_window", "plateau_delta", "trivial_margin",
 )  # fmt: skip
 
 

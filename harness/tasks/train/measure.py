@@ -17,7 +17,13 @@ import torch
 from harness.measure.factory import Factory
 from harness.tasks.train.config import TrainConfig
 from harness.tasks.train.data import make_task
-from harness.tasks.train.loop import LoopConfig, TrainResult, step_peak_memory, train
+from harness.tasks.train.loop import (
+    TRIVIAL_MARGIN,
+    LoopConfig,
+    TrainResult,
+    step_peak_memory,
+    train,
+)
 from harness.tasks.train.model import ModelConfig, TinyTransformer, parameter_counts
 from harness.tasks.train.state import state_bytes
 from variants.base import AttentionVariant
@@ -154,6 +160,8 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
     if reasons:
         return [row | {"status": "unsupported", "reason": "; ".join(reasons)}]
     loop = _loop_config(cfg, task.metric, task.plateau)
+    if loop.trivial is not None and loop.plateau_delta is not None:
+        row["trivial_margin"] = TRIVIAL_MARGIN * loop.plateau_delta
     model.to(row["device"])
     started = time.perf_counter()
     try:

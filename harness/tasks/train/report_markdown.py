@@ -153,6 +153,19 @@ def not_finished_markdown(rows: pd.DataFrame) -> str:
     return "Runs that did not finish (not plotted):\n\n" + markdown_table(header, body)
 
 
+def _trivial_hold(group: pd.DataFrame, plateau: float) -> str:
+    """The loop's rule for runs still on the plateau, where the rows record its margin."""
+    if "trivial_margin" not in group:
+        return ""
+    margin = pd.to_numeric(group["trivial_margin"], errors="coerce").dropna()
+    if not len(margin):
+        return ""
+    return (
+        f"; a run whose best evaluation stays below {fmt(plateau + float(margin.max()))} is "
+        "still on it and is not stopped as flat before the cap (runs have left it late)"
+    )
+
+
 def _levels(group: pd.DataFrame) -> str:
     """The setting's reference levels: MQAR's 1/pairs plateau and chance, chars' uniform bits."""
     chance = group["chance"].dropna()
@@ -162,7 +175,7 @@ def _levels(group: pd.DataFrame) -> str:
         parts.append(
             f"Plateau 1/pairs = {fmt(float(plateau.iloc[0]))}: the accuracy of answering any "
             "value of the example, where a model sits that has not learnt which key a value "
-            "belongs to"
+            "belongs to" + _trivial_hold(group, float(plateau.iloc[0]))
         )
     if len(chance):
         accuracy = str(group["metric"].iloc[0]) == "accuracy"
