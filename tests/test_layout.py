@@ -7,6 +7,7 @@ rule cannot be dodged by moving an import into a function body.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,14 @@ def test_library_files_stay_under_the_line_limit() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_the_reports_list_of_engine_knobs_names_every_knob_the_variants_declare() -> None:
+    # harness.analysis may not import the variants' tuner; the names are kept in step here
+    from harness.analysis.series import ENGINE_KNOBS
+
+    root = Path(__file__).resolve().parents[1] / "variants"
+    declared = set()
+    for path in root.rglob("*.py"):
+        declared |= set(re.findall(r'Knob\(\s*"(\w+)"', path.read_text()))
+    assert declared and declared == set(ENGINE_KNOBS)

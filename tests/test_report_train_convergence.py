@@ -161,3 +161,12 @@ def test_the_state_size_figure_draws_every_arm_at_its_bytes(rows, section, tmp_p
     assert expected <= xs and len(expected) == 6
     assert {"sdpa (exact: whole cache)", "linear", "performer", PLATEAU_LABEL} <= labels
     assert "![train_state](train_state.png)" in section
+
+
+def test_rows_differing_only_in_an_engine_knob_are_one_arm():
+    # a recurrence's chunk was a fixed 64 before the tuner and is auto (None) after: one arm
+    rows = [_row(("linear", None, None), seed) for seed in (0, 1, 2)]
+    rows[0]["params"] = {"chunk_size": 64}
+    rows[1]["params"] = {"chunk_size": None, "group_elements": 4096}
+    frame = train_frame(prepare(pd.DataFrame(rows)))
+    assert set(frame["arm"]) == {"linear"}

@@ -91,6 +91,10 @@ SHAPE_PARAMS = frozenset({"seq_len", "kv_len", "q_len", "head_dim", "heads"})
 #: Parameters a variant records about what ran rather than what was asked for (the engine
 #: ``auto`` resolved to): absent from rows of points that did not run, so never in a label.
 RECORDED_PARAMS = frozenset({"resolved_backend"})
+#: The engine knobs the variants declare (``variants.tuning.Knob``: prefix-sum chunks and groups,
+#: the band kernel's row blocks): they change a result only by rounding, so rows that differ in
+#: them alone measured the same model (tests/test_layout.py keeps this list complete).
+ENGINE_KNOBS = frozenset({"chunk_size", "group_elements", "block_size", "forward_block_size"})
 
 
 def natural_key(text: str) -> list[Any]:

@@ -29,11 +29,14 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.rows import parse_json
-from harness.analysis.series import as_mapping, natural_key, series_labels
+from harness.analysis.series import ENGINE_KNOBS, as_mapping, natural_key, series_labels
 
 #: Parameters that never make two arms: a randomized variant's seed follows the row's seed, and
 #: the resolved backend is an outcome, not a choice.
-IGNORED_PARAMS = frozenset({"seed", "resolved_backend"})
+#: Engine knobs (chunk and block sizes, :data:`~harness.analysis.series.ENGINE_KNOBS`) change
+#: results only by rounding: rows that differ in them alone are one arm (e.g. a fixed chunk of
+#: 64 before tuning, auto after).
+IGNORED_PARAMS = frozenset({"seed", "resolved_backend"}) | ENGINE_KNOBS
 #: Numeric columns of training rows (CSV gives text).
 NUMERIC = (
     "lr", "steps", "steps_run", "nan_step", "final_eval", "best_eval", "steps_to_50",
