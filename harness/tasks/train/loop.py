@@ -82,6 +82,14 @@ class LoopConfig:
     min_steps: int = 0
     trivial: float | None = None
 
+    @property
+    def trivial_margin(self) -> float | None:
+        """How far the best evaluation must beat ``trivial`` to have left its plateau (None
+        without a trivial level or a plateau rule)."""
+        if self.trivial is None or self.plateau_delta is None:
+            return None
+        return TRIVIAL_MARGIN * self.plateau_delta
+
     def reached(self, value: float, goal: float) -> bool:
         """Whether ``value`` is at least as good as ``goal``."""
         return value >= goal if self.higher_is_better else value <= goal
@@ -126,12 +134,12 @@ def plateaued(curve: list[list[float]], cfg: LoopConfig) -> bool:
 
 def on_trivial_plateau(curve: list[list[float]], cfg: LoopConfig) -> bool:
     """Whether no evaluation after step 0 has beaten ``cfg.trivial`` by the margin yet."""
-    if cfg.trivial is None or cfg.plateau_delta is None:
+    margin = cfg.trivial_margin
+    if margin is None:
         return False
     values = [v for s, v in curve if s > 0 and math.isfinite(v)]
     if not values:
         return True
-    margin = TRIVIAL_MARGIN * cfg.plateau_delta
     if cfg.higher_is_better:
         return max(values) < cfg.trivial + margin
     return min(values) > cfg.trivial - margin

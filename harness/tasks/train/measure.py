@@ -18,7 +18,6 @@ from harness.measure.factory import Factory
 from harness.tasks.train.config import TrainConfig
 from harness.tasks.train.data import make_task
 from harness.tasks.train.loop import (
-    TRIVIAL_MARGIN,
     LoopConfig,
     TrainResult,
     step_peak_memory,
@@ -160,8 +159,8 @@ def measure(point: Any, factory: Factory, out_dir: Path | None = None) -> list[d
     if reasons:
         return [row | {"status": "unsupported", "reason": "; ".join(reasons)}]
     loop = _loop_config(cfg, task.metric, task.plateau)
-    if loop.trivial is not None and loop.plateau_delta is not None:
-        row["trivial_margin"] = TRIVIAL_MARGIN * loop.plateau_delta
+    if loop.trivial_margin is not None:
+        row["trivial_margin"] = loop.trivial_margin
     model.to(row["device"])
     started = time.perf_counter()
     try:
