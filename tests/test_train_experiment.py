@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import ClassVar
@@ -140,6 +141,11 @@ def test_the_presets_compose_into_the_typed_train_block():
     assert (chars.task_cfg.task, chars.task_cfg.steps, chars.q_len) == ("chars", 4000, 64)
     assert chars.task_cfg.chars.eval_chars == 8192 and chars.task_cfg.batch == 32
     assert _preset("train_setting=mqar_128_8").task_cfg.mqar.num_pairs == 8
+    # the example's characters: chars_64 over the 8000-step whole cosine, nothing else changed
+    long = _preset("train_setting=chars_64_long", experiment="train_full")
+    assert (long.task_cfg.steps, long.task_cfg.min_steps) == (8000, 8000)
+    assert dataclasses.replace(long.task_cfg, steps=4000, min_steps=4000) == chars.task_cfg
+    assert (long.q_len, long.causal) == (chars.q_len, chars.causal)
     gpu = _preset("device=cpu", experiment="train_gpu").task_cfg
     assert (gpu.steps, gpu.mqar.vocab, gpu.mqar.eval_examples) == (20000, 8192, 3000)
 
